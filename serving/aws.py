@@ -48,7 +48,7 @@ class ClientFactory:
         import boto3
         from botocore.config import Config
 
-        session = self._session or boto3.session.Session()
+        session: Any = self._session or boto3.session.Session()
         config = Config(
             max_pool_connections=self._pool,
             retries={"max_attempts": 4, "mode": "standard"},

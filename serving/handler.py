@@ -54,7 +54,7 @@ def default_input_fn(body: bytes | str, content_type: str) -> Any:
 
 def default_output_fn(prediction: Any, accept: str) -> tuple[bytes, str]:
     """Encode ``prediction`` as ``accept`` with :func:`serving.codecs.encode`."""
-    return codecs.encode(prediction, accept), codecs.normalize(accept)
+    return codecs.encode(prediction, accept), codecs.resolve_accept(accept)
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,8 @@ class Handlers:
             ) from err
 
     def _response(self, result: Any, accept: str, name: str) -> Response:
-        content_type = codecs.normalize(accept) if accept else "application/octet-stream"
+        kind = codecs.normalize(accept)
+        content_type = kind if kind and "*" not in kind else "application/octet-stream"
         if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str):
             result, content_type = result
         if isinstance(result, str):
@@ -201,20 +202,45 @@ def _entry_file(path: Path, program: str) -> Path:
     )
 
 
+#: Folders :func:`load_handlers` has put on ``sys.path``.
+_MODEL_FOLDERS: set[Path] = set()
+
+
+def _home(module: ModuleType) -> Path | None:
+    """The folder a top-level module or package was imported from."""
+    file = getattr(module, "__file__", None)
+    if not file:
+        return None
+    path = Path(file).resolve()
+    return path.parent.parent if path.stem == "__init__" else path.parent
+
+
 def _forget_siblings(folder: Path) -> None:
-    """Drop cached modules that share a name with a file in ``folder``.
+    """Drop cached modules from other model folders that share a name with one in ``folder``.
 
     Two model folders both have ``model.py``; without this, the second
-    ``import model`` would return the first folder's module.
+    ``import model`` would return the first folder's module. Only modules
+    imported from a model folder loaded earlier are dropped (with their
+    submodules): the toolkit's own ``serving`` package, the standard library
+    and installed packages stay, whatever the model's files are called.
     """
     names = {p.stem for p in folder.glob("*.py")} | {
         p.name for p in folder.iterdir() if (p / "__init__.py").is_file()
     }
+    others = _MODEL_FOLDERS - {folder}
     for name in names:
         mod = sys.modules.get(name)
-        mod_file = getattr(mod, "__file__", None) if mod is not None else None
-        if mod is not None and (mod_file is None or Path(mod_file).parent != folder):
-            del sys.modules[name]
+        if mod is None or _home(mod) not in others:
+            continue
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
+
+
+def _culprit(err: BaseException, folder: Path) -> traceback.FrameSummary:
+    """The innermost frame in the model's own files (else the innermost one)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    own = [f for f in frames if Path(f.filename).resolve().parent == folder]
+    return (own or frames)[-1]
 
 
 def load_handlers(path: str | Path, program: str = "serving.py") -> Handlers:
@@ -232,31 +258,38 @@ def load_handlers(path: str | Path, program: str = "serving.py") -> Handlers:
     """
     entry = _entry_file(Path(path).resolve(), program)
     folder = entry.parent
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+    if str(folder) in sys.path:
+        sys.path.remove(str(folder))
+    sys.path.insert(0, str(folder))
     _forget_siblings(folder)
+    _MODEL_FOLDERS.add(folder)
     name = f"_smserve_handler_{abs(hash(str(entry))):x}"
     spec = importlib.util.spec_from_file_location(name, entry)
     if spec is None or spec.loader is None:
         raise HandlerError(f"{entry} is not a Python module")
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as `import` does: dataclasses, pickle and
+    # typing look a class's module up in sys.modules while the module runs.
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except SyntaxError as err:
-        raise HandlerError(
-            f"{entry}, line {err.lineno}: syntax error ({err.msg}); fix it and try again",
-        ) from err
-    except ImportError as err:
-        missing = getattr(err, "name", None) or str(err)
-        raise HandlerError(
-            f"{entry} could not import {missing!r} ({err}); add it to the model folder or "
-            "to the image's dependencies",
-        ) from err
-    except Exception as err:
-        frame = traceback.extract_tb(err.__traceback__)[-1]
-        raise HandlerError(
-            f"{entry} raised {_describe(err)} at import ({Path(frame.filename).name}, "
-            f"line {frame.lineno}); module-level code must not fail",
-        ) from err
-    sys.modules[name] = module
+    except BaseException as err:
+        sys.modules.pop(name, None)
+        if not isinstance(err, Exception):
+            raise
+        raise _import_error(err, entry) from err
     return check_module(module, str(entry))
+
+
+def _import_error(err: Exception, entry: Path) -> HandlerError:
+    if isinstance(err, SyntaxError):
+        where = err.filename or str(entry)
+        return HandlerError(f"{where}, line {err.lineno}: syntax error ({err.msg}); fix it and "
+                            "try again")
+    if isinstance(err, ImportError):
+        missing = getattr(err, "name", None) or str(err)
+        return HandlerError(f"{entry} could not import {missing!r} ({err}); add it to the model "
+                            "folder or to the image's dependencies")
+    frame = _culprit(err, entry.parent)
+    return HandlerError(f"{entry} raised {_describe(err)} at import ({Path(frame.filename).name}, "
+                        f"line {frame.lineno}); module-level code must not fail")

@@ -1,0 +1,1 @@
+"""Harness helpers and sample data for running the toolkit locally."""

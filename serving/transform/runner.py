@@ -1,0 +1,321 @@
+"""Containers without Docker: the model server in a subprocess, one private ``/opt/ml`` each.
+
+:class:`ProcessRunner` starts the command the image runs (``smserve serve``
+by default) once per container, each with:
+
+- a private directory shaped like ``/opt/ml`` (``model/`` holds hard links
+  to the model's files, or copies across file systems) given as
+  ``SAGEMAKER_BASE_DIR``;
+- its own free loopback port below 32767, given as ``SAGEMAKER_BIND_TO_PORT``;
+- the runner's environment, then the container environment passed to
+  :meth:`ProcessRunner.start` (see :func:`serving.transform.params.container_environment`);
+- its output in ``container.log`` in that directory (optionally followed
+  line by line into a callback).
+
+It waits until ``GET /ping`` answers 200 and is not "Unhealthy" (each ping
+times out after ``ping_timeout``), fails fast with the log's last lines when
+the process exits, and gives up after ``startup_timeout``. Each process is
+the leader of its own process group; :meth:`Container.stop` ends the whole
+group (SIGTERM, then SIGKILL after a grace period). No error path leaves a
+process behind, and a container never stopped is killed at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+
+from serving.errors import ServerStartError
+from serving.ports import free_port
+from serving.transform._health import ping
+from serving.transform._logs import LogFollower, tail
+
+TAIL_LINES = 40
+_PORT_CLASH = ("Address already in use", "BindException", "port is in use")
+
+
+def default_command() -> list[str]:
+    """``python -m serving.cli serve``, with this interpreter."""
+    return [sys.executable, "-m", "serving.cli", "serve"]
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a process of group ``pgid`` runs (zombies do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it ended while we looked
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+class Container:
+    """One running model server process.
+
+    Attributes:
+        index: its position among the job's containers.
+        port: the loopback port it listens on.
+        url: ``http://127.0.0.1:PORT``.
+        base_dir: its private ``/opt/ml``-shaped directory.
+        log_path: its output.
+    """
+
+    def __init__(self, index: int, process: subprocess.Popen[bytes], port: int, base_dir: Path,
+                 log_path: Path, *, host: str = "127.0.0.1", grace: float = 10.0,
+                 keep_files: bool = False, follower: LogFollower | None = None) -> None:
+        self.index = index
+        self.process = process
+        self.port = port
+        self.url = f"http://{host}:{port}"
+        self.base_dir = base_dir
+        self.log_path = log_path
+        self.grace = grace
+        self.keep_files = keep_files
+        self._follower = follower
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, _kill_group, process.pid)
+
+    @property
+    def pid(self) -> int:
+        """The server process id (also its process group id)."""
+        return self.process.pid
+
+    def alive(self) -> bool:
+        """True while the server process runs."""
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = TAIL_LINES) -> str:
+        """The last ``lines`` lines of the container's output."""
+        return tail(self.log_path, lines)
+
+    def stop(self, grace: float | None = None) -> None:
+        """End the process group: SIGTERM, then SIGKILL after ``grace`` seconds.
+
+        Safe to call twice; removes the private directory unless ``keep_files``.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        try:
+            self._terminate(self.grace if grace is None else grace)
+        finally:
+            self._finalizer.detach()
+            if self._follower is not None:
+                self._follower.stop()
+            if not self.keep_files:
+                shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def _terminate(self, grace: float) -> None:
+        pid = self.process.pid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=max(0.0, grace))
+        while _group_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _group_alive(pid):
+            _kill_group(pid)
+        self.process.wait()
+        end = time.monotonic() + 5.0  # members other than the leader are reaped by init
+        while _group_alive(pid) and time.monotonic() < end:
+            time.sleep(0.05)
+
+    def __enter__(self) -> Container:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"Container(index={self.index}, url={self.url!r}, pid={self.pid})"
+
+
+class ProcessRunner:
+    """Starts model servers as local processes.
+
+    Args:
+        command: the server command (default: ``python -m serving.cli serve``).
+        env: the base environment of every container (default: the process
+            environment, through :class:`~serving.settings.Settings`).
+        startup_timeout: seconds a container may take to answer ``/ping``.
+        ping_timeout: seconds each ``/ping`` may take.
+        log: receives the containers' output lines, prefixed ``[container N]``.
+        stop_grace: seconds between SIGTERM and SIGKILL.
+        keep_files: keep each container's private directory (and log) after stop.
+        poll_interval: seconds between pings.
+    """
+
+    def __init__(self, command: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
+                 startup_timeout: float = 120.0, ping_timeout: float = 2.0, *,
+                 log: Callable[[str], None] | None = None, stop_grace: float = 10.0,
+                 keep_files: bool = False, poll_interval: float = 0.1) -> None:
+        if env is None:
+            from serving.settings import Settings
+
+            env = Settings.from_environ().environ
+        self.command = list(command) if command is not None else default_command()
+        self.env = dict(env)
+        self.startup_timeout = startup_timeout
+        self.ping_timeout = ping_timeout
+        self.log = log
+        self.stop_grace = stop_grace
+        self.keep_files = keep_files
+        self.poll_interval = poll_interval
+
+    def start(self, model_dir: Path, environment: Mapping[str, str] | None = None,
+              count: int = 1) -> list[Container]:
+        """Start ``count`` containers serving ``model_dir``, concurrently.
+
+        Args:
+            model_dir: an extracted model (what goes to ``/opt/ml/model``; code in ``code/``).
+            environment: the container environment (model's, job's, ``SAGEMAKER_*``).
+            count: how many containers.
+
+        Returns:
+            the healthy containers, in index order. Stop them (or use them as
+            context managers) when done.
+
+        Raises:
+            ServerStartError: one did not come up; all of them are stopped then.
+        """
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ServerStartError(f"model directory {model_dir} does not exist",
+                                   model_dir=str(model_dir))
+        abort = threading.Event()
+        started: list[Container] = []
+        lock = threading.Lock()
+
+        def one(index: int) -> Container:
+            return self._start_one(model_dir, environment or {}, index, abort, started, lock)
+
+        try:
+            with ThreadPoolExecutor(max(1, count), thread_name_prefix="start") as pool:
+                try:
+                    futures = [pool.submit(one, i) for i in range(count)]
+                    first: BaseException | None = None
+                    for future in futures:
+                        try:
+                            future.result()
+                        except Exception as err:
+                            abort.set()
+                            first = first or err
+                    if first is not None:
+                        raise first
+                except BaseException:
+                    abort.set()
+                    raise
+        except BaseException:
+            for container in started:
+                container.stop(grace=2.0)
+            raise
+        return sorted(started, key=lambda c: c.index)
+
+    def _start_one(self, model_dir: Path, environment: Mapping[str, str], index: int,
+                   abort: threading.Event, started: list[Container],
+                   lock: threading.Lock) -> Container:
+        for attempt in range(2):
+            container = self._spawn(model_dir, environment, index)
+            with lock:
+                started.append(container)
+            try:
+                self._wait_healthy(container, abort)
+                return container
+            except ServerStartError as err:
+                clash = any(s in container.log_tail() for s in _PORT_CLASH)
+                container.stop(grace=2.0)
+                with lock:
+                    started.remove(container)
+                if not clash or attempt or abort.is_set():
+                    raise
+                if self.log:
+                    self.log(f"[container {index}] port {container.port} was taken; "
+                             f"retrying on another ({err.message.splitlines()[0]})")
+        raise AssertionError("unreachable")
+
+    def _spawn(self, model_dir: Path, environment: Mapping[str, str], index: int) -> Container:
+        base = Path(tempfile.mkdtemp(prefix=f"smserve-container{index}-"))
+        try:
+            shutil.copytree(model_dir, base / "model", symlinks=True, copy_function=_link_or_copy)
+            port = free_port()
+            env = {**self.env, **environment, "SAGEMAKER_BASE_DIR": str(base),
+                   "SAGEMAKER_BIND_TO_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+            log_path = base / "container.log"
+            with open(log_path, "wb") as out:
+                process = subprocess.Popen(self.command, env=env, cwd=base, stdout=out,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           start_new_session=True)
+        except OSError as err:
+            shutil.rmtree(base, ignore_errors=True)
+            raise ServerStartError(f"cannot start container {index} ({' '.join(self.command)})"
+                                   f": {err}", model_dir=str(model_dir)) from err
+        except BaseException:
+            shutil.rmtree(base, ignore_errors=True)
+            raise
+        follower = None
+        if self.log is not None:
+            follower = LogFollower(log_path, self.log, prefix=f"[container {index}] ")
+        return Container(index, process, port, base, log_path, grace=self.stop_grace,
+                         keep_files=self.keep_files, follower=follower)
+
+    def _wait_healthy(self, container: Container, abort: threading.Event) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        state = "no answer yet"
+        where = f"container {container.index} (port {container.port})"
+        while True:
+            code = container.process.poll()
+            if code is not None:
+                raise ServerStartError(
+                    f"{where} exited with code {code} before answering /ping; the model "
+                    f"failed to load or the server could not start. Last log lines:\n"
+                    f"{container.log_tail()}", exit_code=code)
+            if abort.is_set():
+                raise ServerStartError(f"{where}: start abandoned because another container "
+                                       "failed to start")
+            ready, state = ping(container.port, self.ping_timeout)
+            if ready:
+                return
+            if time.monotonic() >= deadline:
+                raise ServerStartError(
+                    f"{where} did not answer /ping with 200 (healthy) within "
+                    f"{self.startup_timeout:g} s (last: {state}); raise the start-up timeout "
+                    f"if the model loads slowly. Last log lines:\n{container.log_tail()}")
+            time.sleep(self.poll_interval)
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst

@@ -1,0 +1,254 @@
+"""The two example models, in-process through their real handlers, on real (local) S3."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from local_test.clips import clip_bytes, make_clip, upload_clips
+from serving import s3refs
+from serving.aws import ClientFactory
+from serving.errors import BadRequest, InvalidInput, SmserveError
+from serving.handler import Handlers, load_handlers
+from serving.modelspec import discover
+from serving.pipeline import Graph
+from serving.s3refs import dumps_records
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "models"
+JSONLINES = "application/jsonlines"
+CLASSES = ["indoor", "outdoor", "sports", "news", "nature"]
+
+
+@pytest.fixture()
+def s3(clients: ClientFactory, aws_env: dict[str, str],
+       monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """S3 on the stack, with the handlers' process-wide runtime pointed at it."""
+    monkeypatch.setenv("SMSERVE_ALLOWED_BUCKETS", "*")
+    s3refs.reset_runtime()
+    try:
+        yield clients.client("s3")
+    finally:
+        s3refs.reset_runtime()
+
+
+@pytest.fixture(scope="module")
+def graph() -> Graph:
+    return Graph(discover(MODELS))
+
+
+@pytest.fixture(scope="module")
+def frame_features() -> tuple[Handlers, Any]:
+    handlers = load_handlers(MODELS / "frame_features")
+    return handlers, handlers.load_model(MODELS / "frame_features")
+
+
+@pytest.fixture(scope="module")
+def scene_classifier() -> tuple[Handlers, Any]:
+    handlers = load_handlers(MODELS / "scene_classifier")
+    return handlers, handlers.load_model(MODELS / "scene_classifier")
+
+
+def invoke(loaded: tuple[Handlers, Any], records: list[s3refs.RequestRecord]) -> list[dict]:
+    handlers, model = loaded
+    response = handlers.invoke(model, dumps_records(records), JSONLINES, JSONLINES)
+    return [json.loads(line) for line in response.body.decode().splitlines()]
+
+
+def load_npy(s3: Any, bucket: str, key: str) -> np.ndarray:
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return np.load(io.BytesIO(body), allow_pickle=False)
+
+
+def object_keys(s3: Any, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def test_both_models_end_to_end_then_skip(s3: Any, bucket: str, graph: Graph,
+                                          frame_features: Any, scene_classifier: Any) -> None:
+    keys = upload_clips(s3, bucket, "samples/clips/", 3)
+    assert keys == [f"samples/clips/clip-00{i}.npy" for i in range(3)]
+
+    ff_records = graph.build_requests("frame_features", bucket, keys)
+    answers = invoke(frame_features, ff_records)
+    assert [a["status"] for a in answers] == ["written"] * 3
+    assert [a["key"] for a in answers] == [r.output_path for r in ff_records]
+    for i, record in enumerate(ff_records):
+        feats = load_npy(s3, bucket, record.output_path)
+        assert feats.shape == (8, 64)
+        assert feats.dtype == np.float32
+        assert np.isfinite(feats).all()
+        head = s3.head_object(Bucket=bucket, Key=record.output_path)
+        assert head["ContentType"] == "application/x-npy"
+        assert answers[i]["bytes"] == head["ContentLength"]
+    first = load_npy(s3, bucket, ff_records[0].output_path)
+    assert not np.allclose(first, load_npy(s3, bucket, ff_records[1].output_path))
+
+    sc_records = graph.build_requests("scene_classifier", bucket, keys)
+    answers = invoke(scene_classifier, sc_records)
+    assert [a["status"] for a in answers] == ["written"] * 3
+    for record in sc_records:
+        body = s3.get_object(Bucket=bucket, Key=record.output_path)["Body"].read()
+        result = json.loads(body)
+        assert result["classes"] == CLASSES
+        assert len(result["probabilities"]) == 5
+        assert sum(result["probabilities"]) == pytest.approx(1.0, abs=1e-6)
+        assert all(0.0 <= p <= 1.0 for p in result["probabilities"])
+        top = int(np.argmax(result["probabilities"]))
+        assert result["top_class"] == CLASSES[top]
+        assert result["top_probability"] == result["probabilities"][top]
+        assert result["frames"] == 8
+
+    before = {k: s3.head_object(Bucket=bucket, Key=k)["ETag"] for k in object_keys(s3, bucket)}
+    again = invoke(frame_features, ff_records) + invoke(scene_classifier, sc_records)
+    assert [a["status"] for a in again] == ["skipped"] * 6
+    after = {k: s3.head_object(Bucket=bucket, Key=k)["ETag"] for k in object_keys(s3, bucket)}
+    assert after == before
+
+
+def test_results_are_deterministic_and_batch_independent(s3: Any, bucket: str, graph: Graph,
+                                                         frame_features: Any) -> None:
+    keys = upload_clips(s3, bucket, "c/", 2)
+    # Clip 2 has another frame size and length: it runs in its own group.
+    s3.put_object(Bucket=bucket, Key="c/big.npy", Body=clip_bytes(2, frames=3, height=40,
+                                                                  width=24))
+    together = graph.build_requests("frame_features", bucket, [*keys, "c/big.npy"])
+    invoke(frame_features, together)
+    shapes = [load_npy(s3, bucket, r.output_path).shape for r in together]
+    assert shapes == [(8, 64), (8, 64), (3, 64)]
+    batched = load_npy(s3, bucket, together[1].output_path)
+    alone = graph.build_requests("frame_features", bucket, keys[1:2], overwrite=True)
+    invoke(frame_features, alone)
+    np.testing.assert_allclose(load_npy(s3, bucket, alone[0].output_path), batched,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_integer_clips_in_range_are_accepted(frame_features: Any) -> None:
+    handlers, model = frame_features
+    clip = make_clip(0).astype(np.int64)
+    buffer = io.BytesIO()
+    np.save(buffer, clip)
+    [out] = handlers.module.compute(model, [{"video": buffer.getvalue()}])
+    assert np.load(io.BytesIO(out)).shape == (8, 64)
+
+
+@pytest.mark.parametrize(("array", "expect"), [
+    (np.zeros((8, 32, 32), np.uint8), "shape (8, 32, 32)"),
+    (np.zeros((8, 32, 32, 4), np.uint8), "shape (8, 32, 32, 4)"),
+    (np.zeros((0, 32, 32, 3), np.uint8), "shape (0, 32, 32, 3)"),
+    (np.zeros((2, 4, 32, 3), np.uint8), "shape (2, 4, 32, 3)"),
+    (np.zeros((2, 32, 32, 3), np.float32), "dtype float32"),
+    (np.full((2, 32, 32, 3), 300, np.int32), "outside 0..255"),
+])
+def test_wrong_clip_is_invalid_input_and_writes_nothing(
+        s3: Any, bucket: str, graph: Graph, frame_features: Any, array: np.ndarray,
+        expect: str) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    s3.put_object(Bucket=bucket, Key="in/bad.npy", Body=buffer.getvalue())
+    records = graph.build_requests("frame_features", bucket, ["in/bad.npy"])
+    with pytest.raises(InvalidInput) as info:
+        invoke(frame_features, records)
+    message = str(info.value)
+    assert "record 0: input 'video'" in message
+    assert expect in message
+    assert "T x H x W x 3" in message or "uint8" in message
+    assert info.value.status == 422
+    assert object_keys(s3, bucket) == ["in/bad.npy"]
+
+
+def test_pickled_npy_is_refused_with_a_4xx(s3: Any, bucket: str, graph: Graph,
+                                           frame_features: Any, scene_classifier: Any) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    s3.put_object(Bucket=bucket, Key="in/pickled.npy", Body=buffer.getvalue())
+    # scene_classifier reads frame_features' output for "in/other.npy"
+    s3.put_object(Bucket=bucket, Key="results/frame_features/in/other.npy",
+                  Body=buffer.getvalue())
+    for loaded, name, key in [(frame_features, "frame_features", "in/pickled.npy"),
+                              (scene_classifier, "scene_classifier", "in/other.npy")]:
+        records = graph.build_requests(name, bucket, [key])
+        with pytest.raises(SmserveError) as info:
+            invoke(loaded, records)
+        assert isinstance(info.value, BadRequest)
+        assert 400 <= info.value.status < 500
+        assert "pickle" in str(info.value)
+    assert object_keys(s3, bucket) == ["in/pickled.npy", "results/frame_features/in/other.npy"]
+
+
+@pytest.mark.parametrize(("array", "expect"), [
+    (np.zeros((8, 32), np.float32), "shape (8, 32)"),
+    (np.zeros((64,), np.float32), "shape (64,)"),
+    (np.zeros((0, 64), np.float32), "shape (0, 64)"),
+    (np.full((2, 64), np.nan, np.float32), "NaN"),
+])
+def test_wrong_features_are_invalid_input(s3: Any, bucket: str, graph: Graph,
+                                          scene_classifier: Any, array: np.ndarray,
+                                          expect: str) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    s3.put_object(Bucket=bucket, Key="results/frame_features/in/a.npy", Body=buffer.getvalue())
+    records = graph.build_requests("scene_classifier", bucket, ["in/a.npy"])
+    with pytest.raises(InvalidInput) as info:
+        invoke(scene_classifier, records)
+    assert "record 0: input 'features'" in str(info.value)
+    assert expect in str(info.value)
+    assert object_keys(s3, bucket) == ["results/frame_features/in/a.npy"]
+
+
+def test_missing_upstream_output_is_a_404(s3: Any, bucket: str, graph: Graph,
+                                          scene_classifier: Any) -> None:
+    records = graph.build_requests("scene_classifier", bucket, ["in/never.npy"])
+    with pytest.raises(SmserveError) as info:
+        invoke(scene_classifier, records)
+    assert info.value.status == 404
+
+
+@pytest.mark.parametrize("name", ["frame_features", "scene_classifier"])
+def test_weights_regenerate_byte_identically(tmp_path: Path, name: str) -> None:
+    out = tmp_path / "weights.npz"
+    done = subprocess.run([sys.executable, str(MODELS / name / "make_weights.py"), "--out",
+                           str(out)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert str(out) in done.stdout
+    assert out.read_bytes() == (MODELS / name / "weights.npz").read_bytes()
+    assert out.stat().st_size < 1024 * 1024
+
+
+def test_weights_have_chainer_keys() -> None:
+    with np.load(MODELS / "frame_features" / "weights.npz") as npz:
+        assert sorted(npz.files) == [f"conv{i}/{p}" for i in (1, 2, 3) for p in ("W", "b")]
+    with np.load(MODELS / "scene_classifier" / "weights.npz") as npz:
+        assert sorted(npz.files) == ["fc1/W", "fc1/b", "fc2/W", "fc2/b"]
+
+
+def _gpu_present() -> bool:
+    try:
+        from chainer.backends import cuda
+
+        return bool(cuda.available) and cuda.cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_present(), reason="needs an NVIDIA GPU with cupy (cupy-cuda12x)")
+def test_frame_features_runs_on_the_gpu_and_matches_the_cpu(frame_features: Any) -> None:
+    import chainer
+
+    handlers, model = frame_features
+    assert model.gpu
+    clip = make_clip(5)
+    on_gpu = handlers.module.features(model, clip)
+    cpu_net = type(model.net)()
+    chainer.serializers.load_npz(str(MODELS / "frame_features" / "weights.npz"), cpu_net)
+    on_cpu = handlers.module.features(type(model)(cpu_net, False), clip)
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-3, atol=1e-4)

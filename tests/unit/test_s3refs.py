@@ -1,0 +1,522 @@
+"""serving.s3refs against the embedded moto server: parse, validate, fetch, write, skip."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from serving import s3refs
+from serving.aws import ClientFactory
+from serving.errors import (
+    BadRequest,
+    Forbidden,
+    InputNotFound,
+    PayloadTooLarge,
+    PredictionError,
+    StorageError,
+    UnsupportedContentType,
+)
+from serving.s3refs import RecordResult, RequestRecord, S3Refs, parse_records
+from serving.settings import Settings
+
+# --- helpers -------------------------------------------------------------------
+
+
+def rec(bucket: str, out: str = "results/a.bin", overwrite: bool = False,
+        **inputs: str) -> RequestRecord:
+    return RequestRecord(bucket, inputs or {"x": "in/a.bin"}, out, overwrite)
+
+
+def put(s3: Any, bucket: str, key: str, data: bytes) -> None:
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def get(s3: Any, bucket: str, key: str) -> bytes | None:
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def keys(s3: Any, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def upper(batch: list[dict[str, bytes]]) -> list[bytes]:
+    return [b"|".join(v.upper() for v in inputs.values()) for inputs in batch]
+
+
+@pytest.fixture()
+def s3(clients: ClientFactory) -> Any:
+    return clients.client("s3")
+
+
+@pytest.fixture()
+def refs(s3: Any, settings: Settings) -> Iterator[S3Refs]:
+    r = S3Refs(s3, settings)
+    yield r
+    r.close()
+
+
+# --- parse_records -----------------------------------------------------------
+
+ONE = {"bucket": "b1", "inputs": {"video": "v/a.npy", "feat": "f/a.npz"},
+       "output_path": "results/a.npy", "overwrite": True}
+
+
+def test_parse_single_object() -> None:
+    [r] = parse_records(json.dumps(ONE).encode())
+    assert r == RequestRecord("b1", {"video": "v/a.npy", "feat": "f/a.npz"}, "results/a.npy", True)
+    assert r.to_dict() == ONE
+
+
+def test_parse_array_and_default_overwrite() -> None:
+    two = [{"bucket": "b", "inputs": {"x": f"in/{i}"}, "output_path": f"out/{i}"} for i in (1, 2)]
+    records = parse_records(json.dumps(two), "application/json; charset=utf-8")
+    assert [r.output_path for r in records] == ["out/1", "out/2"]
+    assert not any(r.overwrite for r in records)
+
+
+@pytest.mark.parametrize("ctype", ["application/jsonlines", "application/x-jsonlines",
+                                   "application/jsonl", "Application/JSONLines; charset=utf-8"])
+def test_parse_jsonlines_skips_blank_lines(ctype: str) -> None:
+    lines = [json.dumps({**ONE, "output_path": f"out/{i}"}) for i in range(3)]
+    body = ("\ufeff" + lines[0] + "\r\n\n  \n" + lines[1] + "\n" + lines[2] + "\n").encode()
+    records = parse_records(body, ctype)
+    assert [r.output_path for r in records] == ["out/0", "out/1", "out/2"]
+
+
+def test_dumps_records_round_trips() -> None:
+    records = [RequestRecord("b", {"x": f"in/{i}"}, f"out/{i}") for i in range(3)]
+    body = s3refs.dumps_records(records)
+    assert body.endswith(b"\n") and body.count(b"\n") == 3
+    assert parse_records(body, "application/jsonlines") == records
+
+
+def test_record_is_hashable_and_copies_inputs() -> None:
+    inputs = {"x": "in/a"}
+    r = RequestRecord("b", inputs, "out/a")
+    inputs["x"] = "in/changed"
+    assert r.inputs == {"x": "in/a"}
+    assert len({r, RequestRecord("b", {"x": "in/a"}, "out/a")}) == 1
+
+
+def test_unsupported_content_type() -> None:
+    with pytest.raises(UnsupportedContentType, match="text/csv"):
+        parse_records(json.dumps(ONE), "text/csv")
+
+
+@pytest.mark.parametrize(("body", "ctype", "match"), [
+    (b"", "application/json", "not valid JSON"),
+    (b"   \n\n", "application/jsonlines", "no records"),
+    (b"[]", "application/json", "no records"),
+    (b"{not json", "application/json", r"not valid JSON.*line 1"),
+    (b"\xff\xfe", "application/json", "not UTF-8"),
+    (json.dumps(ONE).encode() + b"\n" + json.dumps(ONE).encode(), "application/json",
+     "application/jsonlines"),
+    (json.dumps(ONE).encode() + b"\n{oops\n", "application/jsonlines",
+     "line 2 is not valid JSON"),
+    (b"[1, 2]", "application/json", r"record\[0\]: expected a JSON object"),
+    (b'"just a string"', "application/json", "expected a JSON object"),
+    (b"[[]]", "application/json", "expected a JSON object"),
+    (b'{"bucket": "b", "bucket": "c", "inputs": {"x": "k"}, "output_path": "o"}',
+     "application/json", "'bucket' appears twice"),
+    (b"[" * 100_000 + b"]" * 100_000, "application/json", "nested too deeply|not valid"),
+])
+def test_parse_malformed(body: bytes, ctype: str, match: str) -> None:
+    with pytest.raises(BadRequest, match=match):
+        parse_records(body, ctype)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"bucket": None}, "'bucket' is missing"),
+    ({"inputs": None}, "'inputs' is missing"),
+    ({"output_path": None}, "'output_path' is missing"),
+    ({"bucket": 3}, "'bucket' must be a non-empty string"),
+    ({"bucket": ""}, "'bucket' must be a non-empty string"),
+    ({"inputs": ["v/a.npy"]}, "'inputs' must be a non-empty object"),
+    ({"inputs": {}}, "'inputs' must be a non-empty object"),
+    ({"inputs": {"x": 5}}, r"inputs\['x'\] must be a non-empty string"),
+    ({"inputs": {"x": ""}}, r"inputs\['x'\] must be a non-empty string"),
+    ({"inputs": {"": "k"}}, "input name '' must be non-empty"),
+    ({"inputs": {f"i{n}": "k" for n in range(300)}}, "at most 256"),
+    ({"output_path": ["o"]}, "'output_path' must be a non-empty string"),
+    ({"overwrite": "false"}, "'overwrite' must be true or false"),
+    ({"overwrite": 0}, "'overwrite' must be true or false"),
+    ({"overwirte": True}, "unknown field.*'overwirte'"),
+])
+def test_parse_bad_record_names_index_and_field(change: dict[str, Any], match: str) -> None:
+    bad = {**ONE, **change}
+    bad = {k: v for k, v in bad.items() if v is not None}
+    body = json.dumps([ONE, bad])
+    with pytest.raises(BadRequest, match=r"record\[1\]") as info:
+        parse_records(body)
+    assert info.match(match)
+    lines = json.dumps({**ONE, "output_path": "other"}) + "\n" + json.dumps(bad)
+    with pytest.raises(BadRequest, match=r"^line 2: "):
+        parse_records(lines, "application/jsonlines")
+
+
+def test_from_dict_uses_index() -> None:
+    with pytest.raises(BadRequest, match=r"^record\[7\]: field 'bucket' is missing"):
+        RequestRecord.from_dict({"inputs": {"x": "k"}, "output_path": "o"}, 7)
+
+
+def test_parse_refuses_too_many_records() -> None:
+    one = json.dumps({"bucket": "b", "inputs": {"x": "k"}, "output_path": "o"})
+    with pytest.raises(PayloadTooLarge, match="10000"):
+        parse_records("\n".join([one] * 10_001), "application/jsonlines")
+    with pytest.raises(PayloadTooLarge, match="10000"):
+        parse_records("[" + ",".join([one] * 10_001) + "]")
+
+
+def test_parse_refuses_same_output_twice_but_allows_shared_inputs() -> None:
+    a = {"bucket": "b", "inputs": {"x": "in/shared"}, "output_path": "out/a"}
+    b = {**a, "output_path": "out/b"}
+    assert len(parse_records(json.dumps([a, b]))) == 2
+    with pytest.raises(BadRequest, match=r"record\[0\] and record\[2\] both write s3://b/out/a"):
+        parse_records(json.dumps([a, b, a]))
+    assert len(parse_records(json.dumps([a, {**a, "bucket": "other"}]))) == 2
+    with pytest.raises(BadRequest, match="outputs may not overwrite inputs"):
+        parse_records(json.dumps([a, {"bucket": "b", "inputs": {"x": "out/a"},
+                                      "output_path": "out/c"}]))
+
+
+# --- validate ----------------------------------------------------------------
+
+
+def test_allow_list(s3: Any, settings: Settings, bucket: str) -> None:
+    closed = S3Refs(s3, settings.with_changes(allowed_buckets=()))
+    with pytest.raises(Forbidden, match=f"bucket '{bucket}' is not on the allow-list; add it to "
+                                        "SMSERVE_ALLOWED_BUCKETS"):
+        closed.validate(rec(bucket))
+    only = S3Refs(s3, settings.with_changes(allowed_buckets=(bucket,)))
+    only.validate(rec(bucket))
+    with pytest.raises(Forbidden, match="allow-list"):
+        only.validate(rec("someone-elses-bucket"))
+    with pytest.raises(Forbidden):  # nothing was read or written on the way
+        only.write(rec("someone-elses-bucket"), b"x")
+
+
+@pytest.mark.parametrize(("key", "error", "match"), [
+    ("../x", Forbidden, r"'\.\.' segment"),
+    ("a/../b", Forbidden, r"'\.\.' segment"),
+    ("a/./b", Forbidden, r"'\.' or"),
+    ("/abs/key", Forbidden, "absolute"),
+    ("a//b", BadRequest, "empty segment"),
+    ("a/", BadRequest, "empty segment"),
+    ("a\\..\\b", BadRequest, "backslash"),
+    ("a\nb", BadRequest, "control character"),
+    ("a\x00b", BadRequest, "control character"),
+    ("\ud800", BadRequest, "not valid Unicode"),
+    ("k" * 1025, BadRequest, "1025 bytes"),
+    ("é" * 513, BadRequest, "1026 bytes"),
+])
+def test_bad_keys(refs: S3Refs, key: str, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=r"inputs\['x'\].*" + match):
+        refs.validate(RequestRecord("b1", {"x": key}, "results/ok"))
+    with pytest.raises(error, match="output_path.*" + match):
+        refs.validate(RequestRecord("b1", {"x": "in/ok"}, key))
+
+
+def test_good_keys(refs: S3Refs) -> None:
+    refs.validate(RequestRecord("b1", {"x": "a..b/c.d/..e"}, "k" * 1024))
+
+
+def test_bucket_name_and_inputs(refs: S3Refs) -> None:
+    with pytest.raises(BadRequest, match="not a valid S3 bucket name"):
+        refs.validate(RequestRecord("a/b", {"x": "k"}, "o"))
+    with pytest.raises(BadRequest, match="at least one input"):
+        refs.validate(RequestRecord("b1", {}, "o"))
+    with pytest.raises(BadRequest, match="also an input"):
+        refs.validate(RequestRecord("b1", {"x": "same"}, "same"))
+
+
+def test_output_prefixes(s3: Any, settings: Settings) -> None:
+    r = S3Refs(s3, settings.with_changes(output_prefixes=("results/m1", "tmp/")))
+    r.validate(rec("b1", "results/m1/a.npy"))
+    r.validate(rec("b1", "tmp/a"))
+    for out in ("results/m1-evil/a", "results/other/a", "a.npy", "tmpx/a", "results/m1"):
+        with pytest.raises(Forbidden, match=r"outside the allowed output prefixes.*"
+                                            r"SMSERVE_OUTPUT_PREFIXES"):
+            r.validate(rec("b1", out))
+    with pytest.raises(Forbidden):
+        S3Refs(s3, settings.with_changes(output_prefixes=())).validate(rec("b1"))
+
+
+# --- fetch / write / output_exists -------------------------------------------
+
+
+def test_fetch_write_exists(refs: S3Refs, s3: Any, bucket: str) -> None:
+    put(s3, bucket, "in/v", b"video")
+    put(s3, bucket, "in/f", b"feat")
+    r = rec(bucket, "results/o", v="in/v", f="in/f")
+    assert refs.fetch(r) == {"v": b"video", "f": b"feat"}
+    assert list(refs.fetch(r)) == ["v", "f"]
+    assert refs.output_exists(r) is None
+    assert refs.write(r, b"12345", "application/x-npy") == 5
+    assert refs.output_exists(r) == 5
+    head = s3.head_object(Bucket=bucket, Key="results/o")
+    assert head["ContentType"] == "application/x-npy"
+    assert get(s3, bucket, "results/o") == b"12345"
+
+
+def test_fetch_missing_input_and_bucket(refs: S3Refs, s3: Any, bucket: str) -> None:
+    put(s3, bucket, "in/v", b"video")
+    with pytest.raises(InputNotFound, match=f"input 'f' not found: s3://{bucket}/in/missing"):
+        refs.fetch(rec(bucket, v="in/v", f="in/missing"))
+    with pytest.raises(InputNotFound, match="s3://no-such-bucket-xyz/in/v"):
+        refs.fetch(rec("no-such-bucket-xyz", v="in/v"))
+    assert refs.output_exists(rec("no-such-bucket-xyz")) is None
+
+
+def test_fetch_oversized_input(s3: Any, settings: Settings, bucket: str) -> None:
+    put(s3, bucket, "in/small", b"x" * 10)
+    put(s3, bucket, "in/big", b"x" * 11)
+    r = S3Refs(s3, settings.with_changes(max_input_bytes=10))
+    assert r.fetch(rec(bucket, x="in/small")) == {"x": b"x" * 10}
+    with pytest.raises(PayloadTooLarge, match=f"s3://{bucket}/in/big is 11 bytes, over the "
+                                              "10-byte limit"):
+        r.fetch(rec(bucket, x="in/big"))
+
+
+def test_storage_error_has_no_credentials(settings: Settings, bucket: str) -> None:
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(aws_access_key_id="AKIASECRETID",
+                                    aws_secret_access_key="very-secret-key")
+    closed_port = session.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
+                                 config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    with pytest.raises(StorageError) as info:
+        S3Refs(closed_port, settings).output_exists(rec(bucket))
+    message = str(info.value)
+    assert f"s3://{bucket}/results/a.bin" in message
+    assert "secret" not in message.lower() and "AKIA" not in message
+
+
+# --- process -------------------------------------------------------------------
+
+
+def test_process_writes_and_answers(refs: S3Refs, s3: Any, bucket: str) -> None:
+    put(s3, bucket, "in/a", b"a")
+    put(s3, bucket, "in/b", b"b")
+    put(s3, bucket, "in/shared", b"s")
+    records = [rec(bucket, "out/1", a="in/a", s="in/shared"),
+               rec(bucket, "out/2", b="in/b", s="in/shared")]
+    seen: list[list[dict[str, bytes]]] = []
+
+    def predict(batch: list[dict[str, bytes]]) -> list[bytes]:
+        seen.append(batch)
+        return upper(batch)
+
+    results = refs.process(records, predict, "text/plain")
+    assert seen == [[{"a": b"a", "s": b"s"}, {"b": b"b", "s": b"s"}]]
+    assert results == [RecordResult("written", bucket, "out/1", 3),
+                       RecordResult("written", bucket, "out/2", 3)]
+    assert get(s3, bucket, "out/1") == b"A|S"
+    assert get(s3, bucket, "out/2") == b"B|S"
+    assert s3.head_object(Bucket=bucket, Key="out/1")["ContentType"] == "text/plain"
+
+
+def test_process_skips_existing_and_overwrite_rewrites(refs: S3Refs, s3: Any,
+                                                       bucket: str) -> None:
+    put(s3, bucket, "in/a", b"a")
+    put(s3, bucket, "out/1", b"old!")
+    put(s3, bucket, "out/2", b"old")
+    records = [rec(bucket, "out/1", x="in/a"), rec(bucket, "out/2", True, x="in/a"),
+               rec(bucket, "out/3", x="in/a")]
+    seen: list[int] = []
+
+    def predict(batch: list[dict[str, bytes]]) -> list[bytes]:
+        seen.append(len(batch))
+        return [b"new"] * len(batch)
+
+    results = refs.process(records, predict)
+    assert seen == [2]
+    assert [(r.status, r.key, r.bytes) for r in results] == [
+        ("skipped", "out/1", 4), ("written", "out/2", 3), ("written", "out/3", 3)]
+    assert get(s3, bucket, "out/1") == b"old!"
+    assert get(s3, bucket, "out/2") == b"new"
+    assert get(s3, bucket, "out/3") == b"new"
+
+    # a rerun finds everything finished and does not call predict at all
+    again = refs.process([records[0], records[2]], lambda batch: pytest.fail("called"))
+    assert [r.status for r in again] == ["skipped", "skipped"]
+
+
+def test_process_validates_everything_first(s3: Any, settings: Settings, bucket: str) -> None:
+    put(s3, bucket, "in/a", b"a")
+    refs = S3Refs(s3, settings.with_changes(output_prefixes=("results/",)))
+    records = [rec(bucket, "results/ok", x="in/a"), rec(bucket, "elsewhere/x", x="in/a")]
+    with pytest.raises(Forbidden, match="elsewhere/x"):
+        refs.process(records, upper)
+    assert keys(s3, bucket) == ["in/a"]
+    with pytest.raises(Forbidden, match=r"'\.\.' segment"):
+        refs.process([records[0], rec(bucket, "results/../x", x="in/a")], upper)
+    with pytest.raises(BadRequest, match="both write"):
+        refs.process([records[0], records[0]], upper)
+    assert keys(s3, bucket) == ["in/a"]
+
+
+def test_process_missing_input_writes_nothing(refs: S3Refs, s3: Any, bucket: str) -> None:
+    put(s3, bucket, "in/a", b"a")
+    records = [rec(bucket, "out/1", x="in/a"), rec(bucket, "out/2", x="in/gone")]
+    with pytest.raises(InputNotFound, match=f"s3://{bucket}/in/gone"):
+        refs.process(records, lambda batch: pytest.fail("predict called"))
+    assert keys(s3, bucket) == ["in/a"]
+
+
+def test_process_oversized_input_writes_nothing(s3: Any, settings: Settings,
+                                                bucket: str) -> None:
+    put(s3, bucket, "in/a", b"a")
+    put(s3, bucket, "in/big", b"b" * 100)
+    refs = S3Refs(s3, settings.with_changes(max_input_bytes=50))
+    with pytest.raises(PayloadTooLarge):
+        refs.process([rec(bucket, "out/1", x="in/a"), rec(bucket, "out/2", x="in/big")],
+                     lambda batch: pytest.fail("predict called"))
+    assert keys(s3, bucket) == ["in/a", "in/big"]
+
+
+@pytest.mark.parametrize(("predict", "match"), [
+    (lambda batch: [b"one"], "1 outputs for 2 records"),
+    (lambda batch: [b"a", b"b", b"c"], "3 outputs for 2 records"),
+    (lambda batch: b"ab", "return a list"),
+    (lambda batch: None, "return a list"),
+    (lambda batch: ["a", "b"], "output 0 is str, not bytes"),
+    (lambda batch: 1 / 0, "predict raised ZeroDivisionError"),
+])
+def test_process_bad_predict_writes_nothing(refs: S3Refs, s3: Any, bucket: str, predict: Any,
+                                            match: str) -> None:
+    put(s3, bucket, "in/a", b"a")
+    records = [rec(bucket, "out/1", x="in/a"), rec(bucket, "out/2", x="in/a")]
+    with pytest.raises(PredictionError, match=match):
+        refs.process(records, predict)
+    assert keys(s3, bucket) == ["in/a"]
+
+
+def test_process_accepts_bytes_like_and_generators(refs: S3Refs, s3: Any, bucket: str) -> None:
+    put(s3, bucket, "in/a", b"a")
+    records = [rec(bucket, "out/1", x="in/a"), rec(bucket, "out/2", x="in/a")]
+    def predict(batch: list[dict[str, bytes]]) -> Any:
+        return (bytearray(b"xy") for _ in batch)
+
+    results = refs.process(records, predict)
+    assert [r.bytes for r in results] == [2, 2]
+    assert get(s3, bucket, "out/2") == b"xy"
+
+
+def test_fetches_run_concurrently(refs: S3Refs, s3: Any, bucket: str) -> None:
+    names = [f"in/{i}" for i in range(4)]
+    for name in names:
+        put(s3, bucket, name, name.encode())
+    barrier = threading.Barrier(4, timeout=10)
+
+    def meet(**_: Any) -> None:  # every GetObject waits until all four are in flight
+        barrier.wait()
+
+    s3.meta.events.register("before-call.s3.GetObject", meet)
+    try:
+        got = refs.fetch(RequestRecord(bucket, {f"i{i}": n for i, n in enumerate(names)}, "o"))
+    finally:
+        s3.meta.events.unregister("before-call.s3.GetObject", meet)
+    assert got == {f"i{i}": n.encode() for i, n in enumerate(names)}
+
+
+def test_fetch_concurrency_is_bounded(s3: Any, settings: Settings, bucket: str) -> None:
+    for i in range(8):
+        put(s3, bucket, f"in/{i}", b"x")
+    lock = threading.Lock()
+    now = peak = 0
+
+    def enter(**_: Any) -> None:
+        nonlocal now, peak
+        with lock:
+            now += 1
+            peak = max(peak, now)
+        time.sleep(0.05)
+
+    def leave(**_: Any) -> None:
+        nonlocal now
+        with lock:
+            now -= 1
+
+    s3.meta.events.register("before-call.s3.GetObject", enter)
+    s3.meta.events.register("after-call.s3.GetObject", leave)
+    refs = S3Refs(s3, settings.with_changes(fetch_concurrency=3))
+    try:
+        records = [rec(bucket, f"out/{i}", x=f"in/{i}") for i in range(8)]
+        refs.process(records, upper)
+    finally:
+        refs.close()
+        s3.meta.events.unregister("before-call.s3.GetObject", enter)
+        s3.meta.events.unregister("after-call.s3.GetObject", leave)
+    assert peak == 3
+    assert [get(s3, bucket, f"out/{i}") for i in range(8)] == [b"X"] * 8
+
+
+def test_given_executor_is_used(s3: Any, settings: Settings, bucket: str) -> None:
+    put(s3, bucket, "in/a", b"a")
+    put(s3, bucket, "in/b", b"b")
+    threads: set[str] = set()
+
+    def note(**_: Any) -> None:
+        threads.add(threading.current_thread().name)
+
+    s3.meta.events.register("before-call.s3.GetObject", note)
+    with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="given") as pool:
+        got = S3Refs(s3, settings, pool).fetch(rec(bucket, a="in/a", b="in/b"))
+    s3.meta.events.unregister("before-call.s3.GetObject", note)
+    assert got == {"a": b"a", "b": b"b"}
+    assert threads and all(t.startswith("given") for t in threads)
+
+
+# --- response ------------------------------------------------------------------
+
+
+def test_response_one_and_many() -> None:
+    one = RecordResult("written", "b", "out/1", 3)
+    body, ctype = s3refs.response([one])
+    assert ctype == "application/json"
+    assert json.loads(body) == {"status": "written", "bucket": "b", "key": "out/1", "bytes": 3}
+    assert not body.endswith(b"\n")
+    two = [one, RecordResult("skipped", "b", "out/2", 9)]
+    body, ctype = s3refs.response(two)
+    assert ctype == "application/jsonlines"
+    assert [json.loads(line) for line in body.split(b"\n")] == [r.to_dict() for r in two]
+
+
+# --- runtime -------------------------------------------------------------------
+
+
+def test_runtime_uses_the_environment(aws_env: dict[str, str], s3: Any, bucket: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMSERVE_ALLOWED_BUCKETS", bucket)
+    monkeypatch.delenv("SMSERVE_OUTPUT_PREFIXES", raising=False)
+    s3refs.reset_runtime()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            found = set(map(id, pool.map(lambda _: s3refs.runtime(), range(16))))
+        assert len(found) == 1
+        rt = s3refs.runtime()
+        assert rt.settings.endpoint_url == aws_env["AWS_ENDPOINT_URL"]
+        put(s3, bucket, "in/a", b"abc")
+        [result] = rt.process([rec(bucket, "out/a", x="in/a")], upper)
+        assert result == RecordResult("written", bucket, "out/a", 3)
+        assert get(s3, bucket, "out/a") == b"ABC"
+        with pytest.raises(Forbidden, match="allow-list"):
+            rt.validate(rec("not-" + bucket))
+
+        monkeypatch.delenv("SMSERVE_ALLOWED_BUCKETS")
+        assert s3refs.runtime() is rt  # read once...
+        s3refs.reset_runtime()
+        with pytest.raises(Forbidden):  # ...until reset; no allow-list means no bucket
+            s3refs.runtime().validate(rec(bucket))
+    finally:
+        s3refs.reset_runtime()
