@@ -48,7 +48,13 @@ class ClientFactory:
         import boto3
         from botocore.config import Config
 
-        session: Any = self._session or boto3.session.Session()
+        env = self._settings.environ
+        session: Any = self._session or boto3.session.Session(
+            aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+            aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            aws_session_token=env.get("AWS_SESSION_TOKEN") or None,
+            profile_name=env.get("AWS_PROFILE") or None,
+        )
         config = Config(
             max_pool_connections=self._pool,
             retries={"max_attempts": 4, "mode": "standard"},

@@ -16,7 +16,8 @@ It waits until ``GET /ping`` answers 200 and is not "Unhealthy" (each ping
 times out after ``ping_timeout``), fails fast with the log's last lines when
 the process exits, and gives up after ``startup_timeout``. Each process is
 the leader of its own process group; :meth:`Container.stop` ends the whole
-group (SIGTERM, then SIGKILL after a grace period). No error path leaves a
+group and every descendant, even one in a group of its own (SIGTERM, then
+SIGKILL after a grace period). No error path leaves a
 process behind, and a container never stopped is killed at interpreter exit.
 """
 
@@ -41,6 +42,7 @@ from serving.errors import ServerStartError
 from serving.ports import free_port
 from serving.transform._health import ping
 from serving.transform._logs import LogFollower, tail
+from serving.transform._procs import terminate
 
 TAIL_LINES = 40
 _PORT_CLASH = ("Address already in use", "BindException", "port is in use")
@@ -54,25 +56,6 @@ def default_command() -> list[str]:
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while a process of group ``pgid`` runs (zombies do not count)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # it ended while we looked
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
 
 
 class Container:
@@ -125,29 +108,13 @@ class Container:
                 return
             self._stopped = True
         try:
-            self._terminate(self.grace if grace is None else grace)
+            terminate(self.process, self.grace if grace is None else grace)
         finally:
             self._finalizer.detach()
             if self._follower is not None:
                 self._follower.stop()
             if not self.keep_files:
                 shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def _terminate(self, grace: float) -> None:
-        pid = self.process.pid
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=max(0.0, grace))
-        while _group_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _group_alive(pid):
-            _kill_group(pid)
-        self.process.wait()
-        end = time.monotonic() + 5.0  # members other than the leader are reaped by init
-        while _group_alive(pid) and time.monotonic() < end:
-            time.sleep(0.05)
 
     def __enter__(self) -> Container:
         return self

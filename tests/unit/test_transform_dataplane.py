@@ -20,7 +20,7 @@ from serving.transform.dataplane import DataPlane, Progress
 from serving.transform.result import JobResult, ObjectResult
 from serving.transform.spec import TransformJobSpec
 
-# --- the peer: a small container that records what it gets -------------------------------------
+# --- the peer: a small container that records what it gets -----------------------------------
 
 
 class Peer:
@@ -124,7 +124,7 @@ def peer() -> Iterator[Peer]:
     p.close()
 
 
-# --- helpers ---------------------------------------------------------------------------------------
+# --- helpers ---------------------------------------------------------------------------------
 
 
 def put(clients: ClientFactory, bucket: str, objects: dict[str, bytes]) -> None:
@@ -155,7 +155,7 @@ def run(clients: ClientFactory, urls: list[str], spec: TransformJobSpec,
                      **kw).run()
 
 
-# --- listing and output keys --------------------------------------------------------------------
+# --- listing and output keys -----------------------------------------------------------------
 
 
 def test_prefix_is_a_recursive_string_prefix_and_keys_map_to_out(
@@ -199,7 +199,7 @@ def test_bad_manifest_says_the_expected_shape(clients: ClientFactory, bucket: st
         run(clients, [peer.url], job(bucket, "manifest.json", data_type="ManifestFile"))
 
 
-# --- requests: headers, batching, order, assembly ---------------------------------------------
+# --- requests: headers, batching, order, assembly --------------------------------------------
 
 
 def test_multi_record_batches_keep_order_and_line_assembly(
@@ -300,7 +300,7 @@ def test_unlimited_payload_is_sent_chunked(clients: ClientFactory, bucket: str,
     assert outputs(clients, bucket)["out/a.txt.out"] == b"A\nB\n"
 
 
-# --- compression and binary splits --------------------------------------------------------------
+# --- compression and binary splits -----------------------------------------------------------
 
 
 def test_gzip_input(clients: ClientFactory, bucket: str, peer: Peer) -> None:
@@ -332,7 +332,7 @@ def test_object_that_does_not_fit_its_split_type_fails_alone(
     assert "not valid RecordIO data" in (result.failed[0].error or "")
 
 
-# --- failures: retries, timeouts, payload limit, atomicity, FailureReason ---------------------
+# --- failures: retries, timeouts, payload limit, atomicity, FailureReason --------------------
 
 
 def test_server_error_is_retried_then_fails_only_its_object(

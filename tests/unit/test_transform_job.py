@@ -150,7 +150,7 @@ def test_a_model_that_does_not_start_leaves_nothing_behind(
     no_code = tmp_path / "extracted"
     (no_code / "code").mkdir(parents=True)  # an extracted model without serving.py
     spec = TransformJobSpec.simple("job-d", "echo", f"s3://{bucket}/in/", f"s3://{bucket}/out/")
-    with pytest.raises(ServerStartError, match="no model/code/serving.py"):
+    with pytest.raises(ServerStartError, match=r"no model/code/serving\.py"):
         run_transform(spec, no_code, clients, runner)
     assert all_gone(pids)
     with pytest.raises(ConfigError, match="does not exist"):

@@ -41,7 +41,9 @@ SERVER = textwrap.dedent('''
     if mode == "hang":
         time.sleep(600)
     if mode == "child":
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        # In a session (and group) of its own: only the tree snapshot can find it.
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                                 start_new_session=True)
         with open(pids, "a") as fh:
             fh.write(f"{child.pid}\\n")
     started = time.monotonic()
@@ -178,7 +180,7 @@ def test_unhealthy_200_is_not_ready(script: list[str], model_dir: Path) -> None:
     assert gone(container.pid)
 
 
-def test_stop_ends_the_whole_process_group(script: list[str], model_dir: Path,
+def test_stop_ends_every_descendant_even_in_another_group(script: list[str], model_dir: Path,
                                            tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     runner = ProcessRunner(script, env={"FAKE_MODE": "child", "FAKE_PIDS": str(pids)},

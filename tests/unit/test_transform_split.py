@@ -32,7 +32,7 @@ def tfrecord(data: bytes) -> bytes:
             + struct.pack("<I", masked_crc32c(data)))
 
 
-# --- None and Line ------------------------------------------------------------------------------
+# --- None and Line ---------------------------------------------------------------------------
 
 
 def test_none_is_the_whole_object() -> None:
@@ -65,7 +65,7 @@ def test_joiner() -> None:
     assert joiner("RecordIO") == joiner("TFRecord") == b""
 
 
-# --- RecordIO ------------------------------------------------------------------------------------
+# --- RecordIO --------------------------------------------------------------------------------
 
 
 def test_recordio_frames_keep_framing_and_know_their_padding() -> None:
@@ -104,7 +104,7 @@ def test_recordio_corrupt_data_names_object_offset_and_record(data: bytes, fragm
     assert "(record " in message and "SplitType" in message
 
 
-# --- TFRecord ------------------------------------------------------------------------------------
+# --- TFRecord --------------------------------------------------------------------------------
 
 
 def test_crc32c_check_value() -> None:
@@ -140,7 +140,7 @@ def test_tfrecord_corrupt_length_and_truncation_fail() -> None:
         split_records(b"\x01\x02", "TFRecord")
 
 
-# --- gzip ------------------------------------------------------------------------------------------
+# --- gzip ------------------------------------------------------------------------------------
 
 
 def test_gzip_is_decompressed_including_several_members() -> None:
@@ -157,7 +157,7 @@ def test_gzip_over_the_cap_is_refused() -> None:
 
 
 def test_not_gzip_and_truncated_gzip_are_refused() -> None:
-    with pytest.raises(TransformError, match="not gzip data.*CompressionType=None"):
+    with pytest.raises(TransformError, match=r"not gzip data.*CompressionType=None"):
         decompress(b"plain text", "Gzip", limit=100)
     with pytest.raises(TransformError, match="truncated"):
         decompress(gzip.compress(b"hello world" * 10)[:-6], "Gzip", limit=1000)

@@ -1,0 +1,240 @@
+"""The ``smserve`` command.
+
+Every subcommand maps our errors to exit codes here, in one place: a
+:class:`~serving.errors.SmserveError` prints ``smserve: error: <message>``
+and exits with the error's ``exit_code``; Ctrl-C exits 130. Heavy modules
+are imported inside the command that needs them, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from serving import __version__
+from serving.errors import ConfigError, SmserveError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (1..65535)")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def _settings(**overrides: str):  # type: ignore[no-untyped-def]
+    import os
+
+    from serving.settings import Settings
+
+    return Settings.from_environ({**os.environ, **overrides})
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start multi-model-server for a model; with no folder, the image's /opt/ml/model."""
+    from serving.server.serve import serve_forever
+
+    settings = _settings()
+    model = Path(args.model_dir) if args.model_dir else None
+    return serve_forever(settings, model, args.port)
+
+
+# --- package -------------------------------------------------------------------------------
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    """Write the model.tar.gz SageMaker expects."""
+    from serving.package import build_archive
+
+    out = build_archive(Path(args.model_folder), Path(args.output))
+    print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    return 0
+
+
+# --- transform -----------------------------------------------------------------------------
+
+
+def cmd_transform(args: argparse.Namespace) -> int:
+    """Run a batch transform locally against S3 (the embedded stack or AWS)."""
+    from serving.aws import ClientFactory
+    from serving.transform import TransformJobSpec, run_transform
+    from serving.transform.dataplane import Progress
+
+    settings = _settings()
+    name = args.job_name or "local-" + Path(args.model).name.removesuffix(".tar.gz").replace(
+        "_", "-")
+    spec = TransformJobSpec.simple(
+        name, Path(args.model).name.removesuffix(".tar.gz").replace("_", "-"),
+        args.input, args.output,
+        content_type=args.content_type or None, accept=args.accept or None,
+        split_type=args.split_type, batch_strategy=args.batch_strategy,
+        max_payload_mb=args.max_payload_mb, max_concurrent=args.max_concurrent,
+        assemble_with=args.assemble_with, instance_count=args.instance_count,
+        compression=args.compression,
+    )
+
+    def progress(p: Progress) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\r{p.records_done}/{p.records_total} records, "
+                             f"{p.objects_done}/{p.objects_total} objects")
+            sys.stderr.flush()
+
+    log = print if args.verbose else None
+    result = run_transform(spec, args.model, ClientFactory(settings), log=log,
+                           progress=progress)
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    print(result.summary())
+    for obj in result.objects:
+        print(f"  {obj.output}")
+    return 0
+
+
+# --- local stack ---------------------------------------------------------------------------
+
+
+def cmd_local_up(args: argparse.Namespace) -> int:
+    """Run the embedded AWS stack in the foreground."""
+    import signal
+    import threading
+
+    from serving.local.stack import LocalStack
+
+    stack = LocalStack(port=args.port).start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    print(f"# embedded AWS stack (S3, SQS, ECR, IAM, STS, CloudWatch Logs) on {stack.endpoint_url}")
+    print("# paste these into another shell; Ctrl-C stops the stack")
+    print(stack.exports(), flush=True)
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Two Chainer models as local batch transforms on the embedded stack."""
+    from serving.demo import run_demo
+
+    return run_demo(Path(args.models), clips=args.clips, verbose=args.verbose)
+
+
+# --- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``smserve`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="smserve",
+        description="Serve, package and batch-transform SageMaker models, locally or on AWS.",
+    )
+    parser.add_argument("--version", action="version", version=f"smserve {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("serve", help="start the model server (the image's entry point)",
+                       description=cmd_serve.__doc__)
+    p.add_argument("model_dir", nargs="?", help="model folder (default: /opt/ml/model, "
+                   "or $SAGEMAKER_BASE_DIR/model)")
+    p.add_argument("--port", type=_port, default=None,
+                   help="port to listen on (default: $SAGEMAKER_BIND_TO_PORT or 8080)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("package", help="write model.tar.gz for a model folder",
+                       description=cmd_package.__doc__)
+    p.add_argument("model_folder", help="models/NAME")
+    p.add_argument("-o", "--output", default="model.tar.gz", help="archive path or folder")
+    p.set_defaults(func=cmd_package)
+
+    p = sub.add_parser("transform", help="run a batch transform locally",
+                       description=cmd_transform.__doc__)
+    p.add_argument("--model", required=True, help="models/NAME, an extracted model or a "
+                   "model.tar.gz")
+    p.add_argument("--input", required=True, help="s3://bucket/prefix of the input objects")
+    p.add_argument("--output", required=True, help="s3://bucket/prefix for the .out objects")
+    p.add_argument("--job-name", default=None)
+    p.add_argument("--content-type", default="application/jsonlines")
+    p.add_argument("--accept", default="application/jsonlines")
+    p.add_argument("--split-type", default="Line", choices=["None", "Line", "RecordIO",
+                                                            "TFRecord"])
+    p.add_argument("--batch-strategy", default="MultiRecord",
+                   choices=["MultiRecord", "SingleRecord"])
+    p.add_argument("--max-payload-mb", type=_positive, default=6)
+    p.add_argument("--max-concurrent", type=_positive, default=None)
+    p.add_argument("--assemble-with", default="Line", choices=["None", "Line"])
+    p.add_argument("--compression", default="None", choices=["None", "Gzip"])
+    p.add_argument("--instance-count", type=_positive, default=1)
+    p.add_argument("-v", "--verbose", action="store_true", help="print container logs")
+    p.set_defaults(func=cmd_transform)
+
+    p = sub.add_parser("local", help="the embedded AWS stack")
+    local = p.add_subparsers(dest="local_command", metavar="ACTION", required=True)
+    up = local.add_parser("up", help="run S3/SQS/ECR/IAM/STS/Logs on 127.0.0.1",
+                          description=cmd_local_up.__doc__)
+    up.add_argument("--port", type=_port, default=None, help="port (default: a free one)")
+    up.set_defaults(func=cmd_local_up)
+
+    p = sub.add_parser("demo", help="run the example models on the embedded stack",
+                       description=cmd_demo.__doc__)
+    p.add_argument("--models", default="models", help="folder of model folders")
+    p.add_argument("--clips", type=_positive, default=6, help="sample clips to make")
+    p.add_argument("-v", "--verbose", action="store_true", help="print container logs")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except SmserveError as err:
+        print(f"smserve: error: {err.message}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("smserve: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if type(err).__module__.startswith("botocore"):
+            # Credentials, endpoints, throttling: say what AWS said, not a traceback.
+            print(f"smserve: error: AWS: {err}; check your credentials and AWS_ENDPOINT_URL "
+                  "(smserve local up prints the variables for the embedded stack)",
+                  file=sys.stderr)
+            return 1
+        if not isinstance(err, OSError):
+            raise
+        print(f"smserve: error: {err}", file=sys.stderr)
+        return ConfigError.exit_code
+        print(f"smserve: error: {err}", file=sys.stderr)
+        return ConfigError.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
