@@ -97,6 +97,7 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
         plane = DataPlane(clients.client("s3"), [c.url for c in containers], spec, log=say,
                           progress=progress, **dict(plane_options or {}))
         result = plane.run()
+        died = _died(containers) if not result.ok else ""
     finally:
         for container in containers:
             container.stop()
@@ -105,6 +106,17 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
     if not result.ok:
         reason = result.failure_reason()
         say(reason)
-        raise TransformError(f"transform job {spec.name} failed: {reason}", job=spec.name,
+        raise TransformError(f"transform job {spec.name} failed: {reason}{died}", job=spec.name,
                              result=result)
     return result
+
+
+def _died(containers: list[Container]) -> str:
+    """What containers that exited during the job printed last (their objects failed)."""
+    parts = []
+    for container in containers:
+        code = container.process.poll()
+        if code is not None:
+            parts.append(f"\ncontainer {container.index} exited with code {code} during the job;"
+                         f" last log lines:\n{container.log_tail()}")
+    return "".join(parts)

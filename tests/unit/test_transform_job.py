@@ -48,6 +48,9 @@ SERVER = textwrap.dedent('''
             out = []
             for line in body.split(b"\\n"):
                 record = json.loads(line)
+                if record.get("die"):
+                    print("dying on purpose", flush=True)
+                    os._exit(7)
                 if record.get("fail"):
                     self._answer(400, b'{"error": "InvalidInput", "message": "fail=true"}')
                     return
@@ -130,6 +133,21 @@ def test_failed_objects_raise_after_the_good_ones_are_written(
     result = info.value.context["result"]
     assert [o.key for o in result.succeeded] == ["in/good.jsonl"]
     assert list(DataTransfer(s3, bucket).outputs(f"s3://{bucket}/out/")) == ["good.jsonl.out"]
+    assert all_gone(pids)
+
+
+def test_a_container_that_dies_mid_job_is_named_with_its_log(
+        clients: ClientFactory, bucket: str, runner: ProcessRunner, pids: Path,
+        source_model: Path) -> None:
+    clients.client("s3").put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"die": true}\n')
+    spec = TransformJobSpec.simple("job-e", "echo", f"s3://{bucket}/in/", f"s3://{bucket}/out/",
+                                   invocations_max_retries=1)
+    with pytest.raises(TransformError) as info:
+        run_transform(spec, source_model, clients, runner)
+    message = str(info.value)
+    assert f"{bucket}/in/a.jsonl: ConnectionError (record 0, 2 tries)" in message
+    assert "container 0 exited with code 7 during the job" in message
+    assert "dying on purpose" in message
     assert all_gone(pids)
 
 
