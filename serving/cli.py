@@ -148,6 +148,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------
 
 
+#: Modules under serving/commands/ that add subcommands: each has
+#: ``register(subparsers) -> None`` and sets ``func`` on its parsers.
+COMMAND_MODULES: tuple[str, ...] = ("pipeline", "check", "new", "image")
+
+
+def _register_plugins(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"serving.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"serving.commands.{name}":
+                raise
+            continue
+        module.register(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``smserve`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -205,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=_positive, default=6, help="sample clips to make")
     p.add_argument("-v", "--verbose", action="store_true", help="print container logs")
     p.set_defaults(func=cmd_demo)
+    _register_plugins(sub)
     return parser
 
 

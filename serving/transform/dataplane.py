@@ -172,16 +172,21 @@ class DataPlane:
                  for i in range(n)]
         readers = [ThreadPoolExecutor(params.max_concurrent, thread_name_prefix=f"object-{i}")
                    for i in range(n)]
+        finished = False
         try:
             futures = [
                 readers[i % n].submit(self._object, obj, i % n, invokers[i % n], calls[i % n],
                                       params)
                 for i, obj in enumerate(objects)
             ]
-            return [f.result() for f in futures]
+            results = [f.result() for f in futures]
+            finished = True
+            return results
         finally:
+            if not finished:  # interrupted: return now, so the caller can stop the containers
+                self._stop.set()
             for pool in (*readers, *calls):
-                pool.shutdown(wait=True, cancel_futures=True)
+                pool.shutdown(wait=finished, cancel_futures=True)
 
     def _object(self, obj: InputObject, index: int, invoker: Invoker, pool: ThreadPoolExecutor,
                 params: BatchParams) -> ObjectResult:

@@ -1,0 +1,176 @@
+"""Shared pieces of the benchmarks: the embedded stack, the environment, statistics.
+
+Not a benchmark itself. The scripts import it as ``_common`` (``bench/`` is
+``sys.path[0]`` when a script runs as ``python bench/NAME.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+BUCKET = "smserve-bench"
+OUTPUT_PREFIX = "results/"
+
+
+def prepare_process() -> None:
+    """What must be set before chainer (through numpy.distutils) is imported."""
+    os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
+    if str(ROOT) not in sys.path:  # local_test, when run from elsewhere
+        sys.path.insert(1, str(ROOT))
+
+
+def say(line: str = "") -> None:
+    """Print a line now (the scripts' figures, not their JSON line)."""
+    print(line, flush=True)
+
+
+def machine() -> str:
+    """One line about where the figures come from."""
+    try:
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        load = "?"
+    return (f"{os.cpu_count()} CPUs, {platform.python_implementation()} "
+            f"{platform.python_version()}, {platform.system()} {platform.release()}, "
+            f"load average {load}")
+
+
+# --- the embedded stack ---------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """The embedded AWS stack, and the environment that points clients at it."""
+
+    endpoint_url: str
+    environ: dict[str, str]
+    mode: str
+
+
+def _wait_answers(url: str, timeout: float, process: subprocess.Popen[bytes] | None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the stack process exited with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def stop_process_group(process: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """SIGTERM the process's group, then SIGKILL it; waits for the process."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(5)
+
+
+@contextlib.contextmanager
+def embedded_stack(mode: str = "process") -> Iterator[Stack]:
+    """The embedded stack (moto on loopback), stopped on exit.
+
+    ``process`` runs ``smserve local up`` in its own process, so S3 work never
+    competes for this process's GIL with the code being measured (both paths
+    of a comparison then talk to the same outside S3). ``thread`` runs
+    :class:`~serving.local.stack.LocalStack` in a thread here, as the demo does.
+    """
+    from serving.local.stack import LocalStack
+    from serving.ports import free_port
+
+    if mode == "thread":
+        stack = LocalStack().start()
+        try:
+            yield Stack(stack.endpoint_url, stack.environ(), mode)
+        finally:
+            stack.stop()
+        return
+    if mode != "process":
+        raise ValueError(f"stack mode {mode!r}; use process or thread")
+    port = free_port()
+    helper = LocalStack(port=port)  # only for its environ(); not started
+    process = subprocess.Popen([sys.executable, "-m", "serving.cli", "local", "up",
+                                "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_answers(helper.endpoint_url + "/moto-api/", 60, process)
+        yield Stack(helper.endpoint_url, helper.environ(), mode)
+    finally:
+        stop_process_group(process)
+
+
+def bench_environ(stack: Stack, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with the stack and the bench bucket's allow-lists on top."""
+    return {
+        **os.environ,
+        **stack.environ,
+        "SMSERVE_ALLOWED_BUCKETS": BUCKET,
+        "SMSERVE_OUTPUT_PREFIXES": OUTPUT_PREFIX,
+        "SETUPTOOLS_USE_DISTUTILS": os.environ.get("SETUPTOOLS_USE_DISTUTILS", "stdlib"),
+        **(extra or {}),
+    }
+
+
+def use_environ(env: Mapping[str, str]) -> None:
+    """Make ``env`` this process's environment (the in-process handlers read it once)."""
+    os.environ.update(env)
+    from serving import s3refs
+
+    s3refs.reset_runtime()
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), linear between closest ranks."""
+    data = sorted(values)
+    if not data:
+        return float("nan")
+    pos = (len(data) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(data) - 1)
+    return data[low] + (data[high] - data[low]) * (pos - low)
+
+
+def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """Median, p90, mean, min of ``seconds``, in milliseconds."""
+    ms = [s * 1000.0 for s in seconds]
+    return {"median": statistics.median(ms), "p90": percentile(ms, 90),
+            "mean": statistics.fmean(ms), "min": min(ms)}
+
+
+def r3(value: float) -> float:
+    """Rounded for the JSON line."""
+    return round(value, 3)
+
+
+def json_line(doc: Mapping[str, Any]) -> str:
+    """The last line a benchmark prints."""
+    return json.dumps(doc, sort_keys=False)
