@@ -13,7 +13,7 @@ Variables (SageMaker's own, then ours):
 ``SAGEMAKER_BIND_TO_PORT``             port the server listens on (8080)
 ``SAGEMAKER_MODEL_SERVER_TIMEOUT``     model server response timeout, s (60)
 ``SAGEMAKER_MODEL_SERVER_WORKERS``     worker processes (model server default)
-``SAGEMAKER_MAX_PAYLOAD_IN_MB``        largest request body, MB (MMS: 6,553,500 bytes)
+``SAGEMAKER_MAX_PAYLOAD_IN_MB``        largest request body, MB; 0 = no limit (MMS: 6,553,500 bytes)
 ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``  accept used when a request has none
 ``SAGEMAKER_BATCH``                    ``true`` inside a batch transform
 ``SMSERVE_BIND_HOST``                  interface to bind (127.0.0.1; images: 0.0.0.0)
@@ -39,6 +39,9 @@ from typing import Any
 from serving.errors import ConfigError
 
 MB = 1024 * 1024
+#: What "no limit" (``SAGEMAKER_MAX_PAYLOAD_IN_MB=0``) means to the model server:
+#: the largest body Netty's aggregator takes.
+UNLIMITED_PAYLOAD = 2**31 - 1
 
 
 def _int(env: Mapping[str, str], key: str, default: int | None, *, low: int = 0,
@@ -121,7 +124,7 @@ class Settings:
             bind_host=env.get("SMSERVE_BIND_HOST") or "127.0.0.1",
             model_server_timeout=_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60, low=1) or 60,
             model_server_workers=_int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", None, low=1),
-            max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", None, low=1),
+            max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", None, low=0, high=100),
             default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or "application/json",
             batch=_bool(env, "SAGEMAKER_BATCH", False),
             allowed_buckets=_list(env, "SMSERVE_ALLOWED_BUCKETS", ()),
@@ -148,8 +151,10 @@ class Settings:
 
     @property
     def max_payload_bytes(self) -> int:
-        """Largest request body the server accepts (MMS's default when unset)."""
-        return self.max_payload_mb * MB if self.max_payload_mb else 6_553_500
+        """Largest request body the server accepts (MMS's default when unset, 2 GiB for 0)."""
+        if self.max_payload_mb is None:
+            return 6_553_500
+        return self.max_payload_mb * MB if self.max_payload_mb else UNLIMITED_PAYLOAD
 
     def endpoint_for(self, service: str) -> str | None:
         """The endpoint URL for ``service`` (``s3``, ``sqs``...), or None for AWS's own."""

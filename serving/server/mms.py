@@ -73,7 +73,8 @@ def properties(settings: Settings, port: int) -> str:
         inference_http_port=port,
         management_http_port=port,
         vmargs="-XX:-UseContainerSupport -Xss512k",
-        max_request_size=settings.max_payload_mb * 1024 * 1024 if settings.max_payload_mb else None,
+        max_request_size=(settings.max_payload_bytes if settings.max_payload_mb is not None
+                          else None),
     )
     text: str = model_server._generate_mms_config_properties(env, HANDLER_SERVICE)
     address = f"http://{settings.bind_host}:{port}"
@@ -83,8 +84,8 @@ def properties(settings: Settings, port: int) -> str:
         if key in {"inference_address", "management_address"}:
             line = f"{key}={address}"
         lines.append(line)
-    if settings.max_payload_mb:
-        lines.append(f"max_response_size={settings.max_payload_mb * 1024 * 1024}")
+    if settings.max_payload_mb is not None:
+        lines.append(f"max_response_size={settings.max_payload_bytes}")
     return "\n".join(lines) + "\n"
 
 

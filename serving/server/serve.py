@@ -142,8 +142,9 @@ def start(settings: Settings, model: Path | None = None, port: int | None = None
         settings: the server's settings (port, timeouts, workers, payload).
         model: a model folder; None serves ``<base>/model`` (the image's way).
         port: overrides ``settings.port``.
-        run_dir: where config, logs and the staged model go (default: a new
-            temporary directory).
+        run_dir: where config, logs and the staged model go (default:
+            ``SMSERVE_RUN_DIR``, else a new temporary directory). The worker
+            writes ``model_ready.txt`` or ``model_error.txt`` there.
         on_wait: called on each poll while waiting (tests, progress).
         echo: where MMS's log lines go (default: this process's stdout).
 
@@ -158,7 +159,7 @@ def start(settings: Settings, model: Path | None = None, port: int | None = None
             f"port {port} on {settings.bind_host} is in use; stop what listens there or pass "
             "--port N (SAGEMAKER_BIND_TO_PORT)"
         )
-    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="smserve-serve-"))
+    run_dir = run_dir or settings.run_dir or Path(tempfile.mkdtemp(prefix="smserve-serve-"))
     (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
     model_dir = resolve_model_dir(settings, model, run_dir)
@@ -237,34 +238,52 @@ def running(settings: Settings, model: Path | None = None,
         shutil.rmtree(server.run_dir, ignore_errors=True)
 
 
+class _StopRequested(Exception):
+    """SIGTERM or SIGINT arrived while the model was still loading."""
+
+
 def serve_forever(settings: Settings, model: Path | None = None, port: int | None = None,
                   echo: Callable[[str], None] = print) -> int:
-    """Run the server in the foreground until SIGTERM/SIGINT; returns the exit status."""
+    """Run the server in the foreground until SIGTERM/SIGINT; returns the exit status.
+
+    A stop request while the model is still loading stops MMS at once (exit 0)
+    rather than after ``model_fn`` returns.
+    """
     stopping = False
 
     def _stop(signo: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
 
+    def _check_stop() -> None:
+        if stopping:
+            raise _StopRequested
+
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    server = start(settings, model, port)
     try:
-        echo(f"smserve: model ready on {server.url} (POST /invocations, GET /ping); "
-             "Ctrl-C stops it")
-        error_file = server.run_dir / MODEL_ERROR_FILE
-        while not stopping:
-            code = server.process.poll()
-            if code is not None:
-                echo(f"smserve: multi-model-server exited with status {code}")
-                return code or 1
-            if error_file.exists():
-                echo("smserve: a model worker failed to reload the model; stopping: "
-                     + error_file.read_text().splitlines()[0])
-                return 3
-            time.sleep(0.2)
-        return 0
+        try:
+            server = start(settings, model, port, on_wait=_check_stop)
+        except _StopRequested:  # start() has stopped MMS already
+            echo("smserve: stopped while the model was loading")
+            return 0
+        try:
+            echo(f"smserve: model ready on {server.url} (POST /invocations, GET /ping); "
+                 "Ctrl-C stops it")
+            error_file = server.run_dir / MODEL_ERROR_FILE
+            while not stopping:
+                code = server.process.poll()
+                if code is not None:
+                    echo(f"smserve: multi-model-server exited with status {code}")
+                    return code or 1
+                if error_file.exists():
+                    echo("smserve: a model worker failed to reload the model; stopping: "
+                         + error_file.read_text().splitlines()[0])
+                    return 3
+                time.sleep(0.2)
+            return 0
+        finally:
+            server.stop()
+            shutil.rmtree(server.run_dir, ignore_errors=True)
     finally:
-        server.stop()
-        shutil.rmtree(server.run_dir, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -42,6 +42,7 @@ from serving.errors import ServerStartError
 from serving.ports import free_port
 from serving.transform._health import ping
 from serving.transform._logs import LogFollower, tail
+from serving.server.handler_service import MODEL_READY_FILE
 from serving.transform._procs import terminate
 
 TAIL_LINES = 40
@@ -151,6 +152,10 @@ class ProcessRunner:
 
             env = Settings.from_environ().environ
         self.command = list(command) if command is not None else default_command()
+        # `smserve serve` says when model_fn has finished (MMS's /ping says
+        # "Healthy" before its model is even registered); other commands are
+        # judged by /ping alone.
+        self.ready_marker = command is None
         self.env = dict(env)
         self.startup_timeout = startup_timeout
         self.ping_timeout = ping_timeout
@@ -236,7 +241,8 @@ class ProcessRunner:
             shutil.copytree(model_dir, base / "model", symlinks=True, copy_function=_link_or_copy)
             port = free_port()
             env = {**self.env, **environment, "SAGEMAKER_BASE_DIR": str(base),
-                   "SAGEMAKER_BIND_TO_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+                   "SAGEMAKER_BIND_TO_PORT": str(port), "PYTHONUNBUFFERED": "1",
+                   "SMSERVE_RUN_DIR": str(base / "run")}
             log_path = base / "container.log"
             with open(log_path, "wb") as out:
                 process = subprocess.Popen(self.command, env=env, cwd=base, stdout=out,
@@ -270,6 +276,9 @@ class ProcessRunner:
                 raise ServerStartError(f"{where}: start abandoned because another container "
                                        "failed to start")
             ready, state = ping(container.port, self.ping_timeout)
+            if ready and self.ready_marker:
+                ready = (container.base_dir / "run" / MODEL_READY_FILE).exists()
+                state = state if ready else "waiting for the model to load"
             if ready:
                 return
             if time.monotonic() >= deadline:

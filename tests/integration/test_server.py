@@ -77,7 +77,11 @@ def _npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
 @pytest.fixture(scope="module")
 def s3(stack: LocalStack) -> Any:
     """An S3 client for the stack (credentials passed in, not set in os.environ)."""
-    session = boto3.session.Session(**{k.lower(): v for k, v in LOCAL_CREDENTIALS.items()})
+    session = boto3.session.Session(
+        aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=LOCAL_CREDENTIALS["AWS_SESSION_TOKEN"],
+    )
     return ClientFactory(Settings.from_environ(stack.environ()), session=session).client("s3")
 
 
@@ -273,7 +277,7 @@ def test_request_writes_features_then_skips_then_overwrites(server: Running, dat
 
 def test_json_lines_body_gets_one_result_per_record(server: Running, data: Data,
                                                     s3: Any) -> None:
-    records = [{"bucket": data.bucket, "inputs": {"video": clip},
+    records: list[dict[str, Any]] = [{"bucket": data.bucket, "inputs": {"video": clip},
                 "output_path": f"results/jsonlines/{i}.npy"} for i, clip in enumerate(data.clips)]
     body = "".join(json.dumps(r) + "\n" for r in records).encode()
 
@@ -537,6 +541,46 @@ def test_sigterm_stops_serve_forever_cleanly(server_environ: dict[str, str]) -> 
         _, alive = psutil.wait_procs(children, timeout=10)
         assert alive == []
         assert is_free(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for child in children:
+            if child.is_running():
+                child.kill()
+
+
+def test_sigterm_while_the_model_loads_stops_promptly(server_environ: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    """A stop request during a slow model_fn must not wait for the load to finish."""
+    marker = tmp_path / "loading"
+    folder = _model_folder(tmp_path, f"""
+        import pathlib, time
+
+        def model_fn(model_dir):
+            pathlib.Path({str(marker)!r}).write_text("loading")
+            time.sleep(120)
+
+        def predict_fn(data, model):
+            return data
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_FOREVER, str(folder), str(free_port())],
+                            cwd=ROOT, env=server_environ, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, f"serve_forever exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "model_fn never started"
+            time.sleep(0.1)
+        children = psutil.Process(proc.pid).children(recursive=True)
+
+        proc.send_signal(signal.SIGTERM)
+
+        assert proc.wait(timeout=FAIL_FAST_S) == 0
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == []
     finally:
         if proc.poll() is None:
             proc.kill()

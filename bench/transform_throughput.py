@@ -1,0 +1,329 @@
+"""Records/s of a local MultiRecord batch transform vs the same batches in-process; cold start.
+
+``frame_features`` over ``--records`` S3-reference request records (default
+500, ``overwrite`` true, unique output keys, each naming one of a few
+uploaded clips), written as JSON-lines input objects (default 5) on the
+embedded stack. Measured in one run, alternating:
+
+- **transform**: :func:`serving.transform.run_transform` with the model's
+  own batch settings (``MultiRecord``, ``MaxPayloadInMB`` and
+  ``MaxConcurrentTransforms`` from ``model.toml``): containers started by
+  :class:`~serving.transform.ProcessRunner` (``smserve serve``, the real
+  model server), the data plane lists, splits, batches, invokes, assembles
+  and writes the ``.out`` objects. Its records/s counts the data plane's
+  time (containers already healthy); the end-to-end figure (start-up
+  included) is printed too.
+- **in-process**: the same JSON lines split into the same ``MultiRecord``
+  batches (``split_records`` + ``make_batcher``, as the data plane does),
+  each body passed to :meth:`serving.handler.Handlers.invoke` here (after
+  one warm-up record).
+
+``efficiency`` = transform records/s / in-process records/s (goal >= 0.7).
+
+Cold start: ``smserve serve models/frame_features`` in a subprocess, from the
+command's start to the first ``POST /invocations`` answered with 200 (goal
+<= 5 s); also, inside each transform, start -> containers healthy and
+start -> first batch answered.
+
+    .venv/bin/python bench/transform_throughput.py [--records 500] [--objects 5]
+
+The last line of stdout is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    BUCKET,
+    MODELS,
+    OUTPUT_PREFIX,
+    bench_environ,
+    embedded_stack,
+    json_line,
+    machine,
+    prepare_process,
+    r3,
+    say,
+    stop_process_group,
+    use_environ,
+)
+
+from serving.transform import ProcessRunner
+
+GOAL_EFFICIENCY = 0.7
+GOAL_COLD_START_S = 5.0
+JSONLINES = "application/jsonlines"
+MODEL = "frame_features"
+CLIP_PREFIX = "bench/clips/"
+WORK = "bench/transform/"
+
+
+class TimingRunner(ProcessRunner):
+    """A :class:`ProcessRunner` that notes when its containers became healthy."""
+
+    healthy_at: float | None = None
+
+    def start(self, model_dir: Path, environment: Mapping[str, str] | None = None,
+              count: int = 1) -> Any:
+        containers = super().start(model_dir, environment, count)
+        self.healthy_at = time.perf_counter()
+        return containers
+
+
+@dataclass
+class TransformRun:
+    """One transform job's timings."""
+
+    plane_s: float
+    total_s: float
+    healthy_s: float
+    first_batch_s: float
+    requests: int
+    records: int
+
+
+@dataclass
+class Figures:
+    """Everything measured, per path."""
+
+    inproc_s: list[float] = field(default_factory=list)
+    transforms: list[TransformRun] = field(default_factory=list)
+
+
+def request_objects(keys: Sequence[str], records: int, objects: int) -> list[bytes]:
+    """``records`` request records as ``objects`` JSON-lines bodies, one record per line."""
+    bodies: list[list[bytes]] = [[] for _ in range(objects)]
+    for i in range(records):
+        line = json.dumps({"bucket": BUCKET, "inputs": {"video": keys[i % len(keys)]},
+                           "output_path": f"{OUTPUT_PREFIX}bench/throughput/rec-{i:05d}.npy",
+                           "overwrite": True}).encode()
+        bodies[i * objects // records].append(line)
+    return [b"\n".join(lines) + b"\n" for lines in bodies]
+
+
+def same_batches(objects: Sequence[bytes], strategy: str, max_payload_mb: int) -> list[bytes]:
+    """The request bodies the data plane sends for ``objects`` (split by line, then batched)."""
+    from serving.transform import make_batcher, split_records
+
+    bodies: list[bytes] = []
+    for number, data in enumerate(objects):
+        records = split_records(data, "Line")
+        batcher = make_batcher(strategy, max_payload_mb, "Line")
+        bodies.extend(b.body for b in batcher.batches(records, f"object {number}"))
+    return bodies
+
+
+def run_inproc(handlers: Any, model: Any, batches: Sequence[bytes], expected: int) -> float:
+    """Seconds to invoke every batch in-process; checks every record was written."""
+    written = 0
+    start = time.perf_counter()
+    for body in batches:
+        answer = handlers.invoke(model, body, JSONLINES, JSONLINES).body
+        written += answer.count(b'"written"')
+    seconds = time.perf_counter() - start
+    if written != expected:
+        raise RuntimeError(f"in-process: {written} of {expected} records written")
+    return seconds
+
+
+def run_job(number: int, clients: Any, env: Mapping[str, str], spec_kwargs: Mapping[str, Any],
+            model_environment: Mapping[str, str], log: list[str]) -> TransformRun:
+    """One local batch transform over the input prefix; checks every record was written."""
+    from serving.transform import Progress, TransformJobSpec, run_transform
+
+    spec = TransformJobSpec.simple(
+        f"bench-throughput-{number}", "frame-features", f"s3://{BUCKET}/{WORK}input/",
+        f"s3://{BUCKET}/{WORK}output/{number}/", **spec_kwargs)
+    runner = TimingRunner(env=env, log=log.append)
+    first: list[float] = []
+
+    def progress(p: Progress) -> None:
+        if p.records_done and not first:
+            first.append(time.perf_counter())
+
+    start = time.perf_counter()
+    result = run_transform(spec, MODELS / MODEL, clients, runner, log=log.append,
+                           progress=progress, model_environment=model_environment)
+    total = time.perf_counter() - start
+    s3 = clients.client("s3")
+    written = 0
+    for obj in result.objects:
+        bucket, key = obj.output.removeprefix("s3://").split("/", 1)
+        written += s3.get_object(Bucket=bucket, Key=key)["Body"].read().count(b'"written"')
+    records = sum(o.records for o in result.objects)
+    if written != records:
+        raise RuntimeError(f"transform {number}: {written} of {records} records written")
+    assert runner.healthy_at is not None and first
+    return TransformRun(plane_s=result.seconds, total_s=total,
+                        healthy_s=runner.healthy_at - start, first_batch_s=first[0] - start,
+                        requests=sum(o.requests for o in result.objects), records=records)
+
+
+def cold_start(env: Mapping[str, str], body: bytes, timeout: float = 120.0) -> float:
+    """Seconds from starting ``smserve serve models/frame_features`` to a 200 on /invocations."""
+    from serving.ports import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "serving.cli", "serve", str(MODELS / MODEL),
+               "--port", str(port)]
+    headers = {"Content-Type": JSONLINES, "Accept": JSONLINES}
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=dict(env), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        while time.perf_counter() - start < timeout:
+            if process.poll() is not None:
+                raise RuntimeError(f"smserve serve exited with {process.returncode}")
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                conn.request("POST", "/invocations", body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    return time.perf_counter() - start
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            time.sleep(0.02)
+        raise RuntimeError(f"smserve serve did not answer /invocations within {timeout:.0f} s")
+    finally:
+        # SIGTERM lets the supervisor stop multi-model-server (its own process group).
+        stop_process_group(process, grace=20)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    prepare_process()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=500, help="request records (>= 500)")
+    parser.add_argument("--objects", type=int, default=5, help="JSON-lines input objects")
+    parser.add_argument("--clips", type=int, default=8, help="distinct clips the records name")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="transform jobs (in-process runs: one more, around them)")
+    parser.add_argument("--stack", choices=("process", "thread"), default="process",
+                        help="embedded stack in its own process (default) or a thread here")
+    args = parser.parse_args(argv)
+    if args.objects < 1 or args.records < args.objects:
+        parser.error("need --objects >= 1 and --records >= --objects")
+
+    from local_test.clips import upload_clips
+    from serving.aws import ClientFactory
+    from serving.handler import load_handlers
+    from serving.modelspec import discover
+    from serving.settings import Settings
+
+    say(f"transform_throughput: machine: {machine()}")
+    wall = time.perf_counter()
+    spec = discover(MODELS)[MODEL]
+    spec_kwargs = {"batch_strategy": spec.batch_strategy, "max_payload_mb": spec.max_payload_mb,
+                   "max_concurrent": spec.max_concurrent_transforms,
+                   "split_type": spec.split_type, "assemble_with": spec.assemble_with,
+                   "content_type": spec.content_type, "accept": spec.accept}
+    figures = Figures()
+    log: list[str] = []
+    with embedded_stack(args.stack) as stack:
+        env = bench_environ(stack)
+        use_environ(env)
+        settings = Settings.from_environ(env)
+        clients = ClientFactory(settings)
+        s3 = clients.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        keys = upload_clips(s3, BUCKET, CLIP_PREFIX, args.clips)
+        objects = request_objects(keys, args.records, args.objects)
+        for number, body in enumerate(objects):
+            s3.put_object(Bucket=BUCKET, Key=f"{WORK}input/part-{number:02d}.jsonl", Body=body)
+        batches = same_batches(objects, spec.batch_strategy, spec.max_payload_mb)
+        say(f"embedded stack ({stack.mode}) on {stack.endpoint_url}; {args.records} records "
+            f"in {args.objects} JSON-lines objects naming {args.clips} clips (8x32x32x3); "
+            f"{spec.batch_strategy}, MaxPayloadInMB={spec.max_payload_mb}, "
+            f"MaxConcurrentTransforms={spec.max_concurrent_transforms} -> {len(batches)} "
+            f"requests")
+
+        handlers = load_handlers(MODELS / MODEL, settings.program)
+        model = handlers.load_model(MODELS / MODEL)
+        warm = json.dumps({"bucket": BUCKET, "inputs": {"video": keys[0]},
+                           "output_path": f"{OUTPUT_PREFIX}bench/throughput/warm.npy",
+                           "overwrite": True}).encode()
+        handlers.invoke(model, warm, JSONLINES, JSONLINES)
+
+        for number in range(args.rounds + 1):
+            seconds = run_inproc(handlers, model, batches, args.records)
+            figures.inproc_s.append(seconds)
+            say(f"  in-process {number + 1}: {seconds:.2f} s, "
+                f"{args.records / seconds:.1f} records/s")
+            if number == args.rounds:
+                break
+            try:
+                run = run_job(number + 1, clients, env, spec_kwargs, spec.environment, log)
+            except BaseException:
+                say("transform log tail:\n" + "\n".join(log[-40:]))
+                raise
+            if run.requests != len(batches):
+                raise RuntimeError(f"transform sent {run.requests} requests, the in-process "
+                                   f"path {len(batches)}: not the same batches")
+            figures.transforms.append(run)
+            say(f"  transform {number + 1}: data plane {run.plane_s:.2f} s, "
+                f"{run.records / run.plane_s:.1f} records/s; end to end {run.total_s:.2f} s "
+                f"(containers healthy after {run.healthy_s:.2f} s, first batch answered "
+                f"after {run.first_batch_s:.2f} s)")
+        cold = cold_start(env, warm)
+        say(f"  cold start: smserve serve -> first /invocations answered: {cold:.2f} s")
+
+    inproc_rate = args.records / statistics.median(figures.inproc_s)
+    plane_rate = args.records / statistics.median(t.plane_s for t in figures.transforms)
+    e2e_rate = args.records / statistics.median(t.total_s for t in figures.transforms)
+    efficiency = plane_rate / inproc_rate
+    per_request_ms = 1000 * (statistics.median(t.plane_s for t in figures.transforms)
+                             - statistics.median(figures.inproc_s)) / len(batches)
+    healthy = statistics.median(t.healthy_s for t in figures.transforms)
+    first_batch = statistics.median(t.first_batch_s for t in figures.transforms)
+    eff_ok = efficiency >= GOAL_EFFICIENCY
+    cold_ok = cold <= GOAL_COLD_START_S
+    say("")
+    say(f"in-process:        {inproc_rate:8.1f} records/s (median of {len(figures.inproc_s)})")
+    say(f"transform:         {plane_rate:8.1f} records/s (data plane, median of "
+        f"{len(figures.transforms)}); {e2e_rate:.1f} records/s end to end")
+    say(f"efficiency:        {efficiency:8.3f}  (goal >= {GOAL_EFFICIENCY}: "
+        f"{'met' if eff_ok else 'MISSED'}); end to end {e2e_rate / inproc_rate:.3f}; "
+        f"transform - in-process = {per_request_ms:.1f} ms per request")
+    say(f"cold start:        {cold:8.2f} s  (goal <= {GOAL_COLD_START_S:g} s: "
+        f"{'met' if cold_ok else 'MISSED'}); in the transform: healthy after {healthy:.2f} s, "
+        f"first batch answered after {first_batch:.2f} s ({time.perf_counter() - wall:.0f} s)")
+    say(json_line({
+        "bench": "transform_throughput",
+        "records": args.records,
+        "objects": args.objects,
+        "requests": len(batches),
+        "rounds": len(figures.transforms),
+        "stack": args.stack,
+        "inproc_records_per_s": r3(inproc_rate),
+        "transform_records_per_s": r3(plane_rate),
+        "transform_end_to_end_records_per_s": r3(e2e_rate),
+        "efficiency": r3(efficiency),
+        "efficiency_end_to_end": r3(e2e_rate / inproc_rate),
+        "cold_start_s": r3(cold),
+        "transform_healthy_s": r3(healthy),
+        "transform_first_batch_s": r3(first_batch),
+        "goal_efficiency": GOAL_EFFICIENCY,
+        "goal_cold_start_s": GOAL_COLD_START_S,
+        "goals_met": {"efficiency": eff_ok, "cold_start": cold_ok},
+        "cpus": os.cpu_count(),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
