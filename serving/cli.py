@@ -12,9 +12,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from serving import __version__
 from serving.errors import ConfigError, SmserveError
+
+if TYPE_CHECKING:
+    from serving.settings import Settings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -39,7 +43,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _settings(**overrides: str):  # type: ignore[no-untyped-def]
+def _settings(**overrides: str) -> Settings:
     import os
 
     from serving.settings import Settings
@@ -153,7 +157,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMAND_MODULES: tuple[str, ...] = ("pipeline", "check", "new", "image")
 
 
-def _register_plugins(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _register_plugins(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     import importlib
 
     for name in COMMAND_MODULES:

@@ -102,7 +102,8 @@ def run_demo(models_root: Path, clips: int = 6, verbose: bool = False,
         echo("")
         echo("run 2: the same input again; every output exists, so every record is skipped")
         again = run_graph(graph, models_root, clients, BUCKET, keys, echo, verbose)
-        redone = [a for answers_ in again.values() for a in answers_ if a.get("status") != "skipped"]
+        redone = [a for answers_ in again.values() for a in answers_
+                  if a.get("status") != "skipped"]
         echo("")
         echo(f"outputs: s3://{BUCKET}/{RESULTS}<model>/{INPUT_PREFIX}clip-NNN.<npy|json>; "
              "`smserve local up` keeps a stack running to look at them with the AWS CLI")

@@ -108,8 +108,12 @@ class Handlers:
         except SmserveError:
             raise
         except Exception as err:
+            # The client sees the handler and the exception's type, not its text
+            # (which may hold paths or data); the log has the traceback.
             raise PredictionError(
-                f"{name} in {self.source} raised {_describe(err)}", handler=name
+                f"{name} in {Path(self.source).name} raised {type(err).__name__}; "
+                "see the model server's log for the traceback",
+                handler=name, detail=_describe(err),
             ) from err
 
     def _response(self, result: Any, accept: str, name: str) -> Response:

@@ -21,14 +21,13 @@ from typing import Any
 
 from sagemaker_inference.default_handler_service import DefaultHandlerService
 
-from serving.errors import BadRequest, error_body, status_of
+from serving.errors import BadRequest, PayloadTooLarge, error_body, status_of
 from serving.handler import Handlers, load_handlers
+from serving.server.markers import MODEL_ERROR_FILE, MODEL_READY_FILE
 from serving.settings import Settings
 
 log = logging.getLogger("smserve.worker")
 
-MODEL_ERROR_FILE = "model_error.txt"
-MODEL_READY_FILE = "model_ready.txt"
 
 
 def _header(headers: dict[str, Any], name: str) -> str | None:
@@ -90,6 +89,11 @@ class HandlerService(DefaultHandlerService):
             if not accept or accept.strip() == "*/*":
                 accept = self._settings.default_accept
             try:
+                if len(body) > self._settings.max_payload_bytes:
+                    raise PayloadTooLarge(
+                        f"the body is {len(body):,} bytes, over the model server's limit of "
+                        f"{self._settings.max_payload_bytes:,}; send fewer records per request "
+                        "(MaxPayloadInMB) or raise SAGEMAKER_MAX_PAYLOAD_IN_MB")
                 if not content_type:
                     raise BadRequest("the request has no Content-Type; set it to the type of "
                                      "the body, e.g. application/json")

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.settings import Settings
+from serving.settings import UNLIMITED_PAYLOAD, Settings
 
 HANDLER_SERVICE = "serving.server.handler_service:handle"
 MODEL_NAME = "model"
@@ -73,8 +73,10 @@ def properties(settings: Settings, port: int) -> str:
         inference_http_port=port,
         management_http_port=port,
         vmargs="-XX:-UseContainerSupport -Xss512k",
-        max_request_size=(settings.max_payload_bytes if settings.max_payload_mb is not None
-                          else None),
+        # MMS answers an oversize body with a bare 413; give it room so that
+        # our handler answers bodies up to twice the limit with a JSON 413
+        # that names the limit (beyond that, MMS's own 413 remains).
+        max_request_size=min(2 * settings.max_payload_bytes, UNLIMITED_PAYLOAD),
     )
     text: str = model_server._generate_mms_config_properties(env, HANDLER_SERVICE)
     address = f"http://{settings.bind_host}:{port}"
@@ -84,8 +86,8 @@ def properties(settings: Settings, port: int) -> str:
         if key in {"inference_address", "management_address"}:
             line = f"{key}={address}"
         lines.append(line)
-    if settings.max_payload_mb is not None:
-        lines.append(f"max_response_size={settings.max_payload_bytes}")
+    # Responses (batch outputs) may be larger than requests.
+    lines.append(f"max_response_size={UNLIMITED_PAYLOAD}")
     return "\n".join(lines) + "\n"
 
 

@@ -29,9 +29,8 @@ from pathlib import Path
 from serving.errors import ServerStartError
 from serving.ports import is_free
 from serving.server import mms
-from serving.server.handler_service import MODEL_ERROR_FILE, MODEL_READY_FILE
+from serving.server.markers import MODEL_ERROR_FILE, MODEL_READY_FILE
 from serving.settings import Settings
-
 
 #: Lines of MMS's log that mean a worker could not load the model.
 _WORKER_DIED = ("Backend worker process died", "Load model failed", "Failed to load model")
@@ -44,6 +43,7 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     url: str
     run_dir: Path
+    owns_run_dir: bool = True
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=60))
     worker_died: threading.Event = field(default_factory=threading.Event)
 
@@ -57,6 +57,11 @@ class ServerProcess:
                 self.worker_died.set()
             echo(line)
 
+    def cleanup(self) -> None:
+        """Remove the run directory, if this server made it."""
+        if self.owns_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
     def log_tail(self, lines: int = 25) -> str:
         """The last ``lines`` lines MMS printed."""
         return "\n".join(list(self.tail)[-lines:])
@@ -65,10 +70,8 @@ class ServerProcess:
         """Stop MMS and its workers (the whole process group); returns the exit status."""
         if self.process.poll() is None:
             _signal_group(self.process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
         # MMS's Java frontend and Python workers are in the group too.
         _signal_group(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -159,7 +162,8 @@ def start(settings: Settings, model: Path | None = None, port: int | None = None
             f"port {port} on {settings.bind_host} is in use; stop what listens there or pass "
             "--port N (SAGEMAKER_BIND_TO_PORT)"
         )
-    run_dir = run_dir or settings.run_dir or Path(tempfile.mkdtemp(prefix="smserve-serve-"))
+    given = run_dir or settings.run_dir
+    run_dir = given or Path(tempfile.mkdtemp(prefix="smserve-serve-"))
     (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
     model_dir = resolve_model_dir(settings, model, run_dir)
@@ -180,7 +184,8 @@ def start(settings: Settings, model: Path | None = None, port: int | None = None
     process = subprocess.Popen(mms.command(run_dir, model_dir), cwd=run_dir, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", run_dir)
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", run_dir,
+                           owns_run_dir=given is None)
     threading.Thread(target=server.pump, args=(echo,), name="mms-log", daemon=True).start()
     try:
         _wait_loaded(server, settings.startup_timeout, on_wait)
@@ -235,7 +240,7 @@ def running(settings: Settings, model: Path | None = None,
         yield server
     finally:
         server.stop()
-        shutil.rmtree(server.run_dir, ignore_errors=True)
+        server.cleanup()
 
 
 class _StopRequested(Exception):
@@ -283,7 +288,7 @@ def serve_forever(settings: Settings, model: Path | None = None, port: int | Non
             return 0
         finally:
             server.stop()
-            shutil.rmtree(server.run_dir, ignore_errors=True)
+            server.cleanup()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -40,9 +40,9 @@ from types import TracebackType
 
 from serving.errors import ServerStartError
 from serving.ports import free_port
+from serving.server.markers import MODEL_READY_FILE
 from serving.transform._health import ping
 from serving.transform._logs import LogFollower, tail
-from serving.server.handler_service import MODEL_READY_FILE
 from serving.transform._procs import terminate
 
 TAIL_LINES = 40

@@ -221,13 +221,14 @@ def test_config_properties_honour_sagemaker_variables(server: Running) -> None:
                  if "=" in line and not line.startswith("#"))
     assert props["default_response_timeout"] == RESPONSE_TIMEOUT
     assert props["default_workers_per_model"] == "1"
-    assert props["max_request_size"] == str(MB)
+    # Our handler enforces the limit (a JSON 413); MMS's own cap is twice it.
+    assert props["max_request_size"] == str(2 * MB)
     assert props["inference_address"] == f"http://127.0.0.1:{server.port}"
     assert props["default_service_handler"] == mms.HANDLER_SERVICE
     # ...and MMS read them.
     log = "\n".join(server.log)
     assert "Default workers per model: 1" in log
-    assert f"Maximum Request Size: {MB}" in log
+    assert f"Maximum Request Size: {2 * MB}" in log
 
 
 def test_properties_follow_settings_without_a_server() -> None:
@@ -239,13 +240,15 @@ def test_properties_follow_settings_without_a_server() -> None:
     lines = mms.properties(settings, 23456).splitlines()
     assert "default_response_timeout=5" in lines
     assert "default_workers_per_model=3" in lines
-    assert f"max_request_size={7 * MB}" in lines
+    assert f"max_request_size={2 * 7 * MB}" in lines  # the handler enforces 7 MB itself
     assert "inference_address=http://127.0.0.1:23456" in lines
 
     defaults = mms.properties(Settings.from_environ({}), 23456)
     assert "default_response_timeout=60" in defaults.splitlines()
     assert "default_workers_per_model" not in defaults  # MMS's own default
-    assert "max_request_size" not in defaults  # MMS's own default, 6,553,500 bytes
+    # MMS's default limit, 6,553,500 bytes, is enforced by our handler (the
+    # reference page's trap, reproduced with a clear 413); MMS's cap is twice it.
+    assert "max_request_size=13107000" in defaults.splitlines()
 
 
 def test_request_writes_features_then_skips_then_overwrites(server: Running, data: Data,
@@ -368,9 +371,9 @@ def test_bad_input_is_refused_with_a_json_error(server: Running, data: Data, s3:
     assert {b: _keys(s3, b) for b in before} == before
 
 
-def test_body_over_the_payload_limit_gets_413_from_mms(server: Running, data: Data,
-                                                       s3: Any) -> None:
-    """MMS refuses it before our handler sees it: 413 with an empty body."""
+def test_body_over_the_payload_limit_gets_a_json_413(server: Running, data: Data,
+                                                     s3: Any) -> None:
+    """Over SAGEMAKER_MAX_PAYLOAD_IN_MB: 413 with a message naming the limit."""
     before = _keys(s3, data.bucket)
     record = _record(output_path="results/bad/too-big.npy")(data)
     body = record + b" " * (3 * MB // 2 - len(record))  # valid JSON, 1.5 MB
@@ -378,6 +381,9 @@ def test_body_over_the_payload_limit_gets_413_from_mms(server: Running, data: Da
     resp = _post(server.url, body, "application/json")
 
     assert resp.status_code == 413, resp.text[:300]
+    assert resp.json()["error"] == "PayloadTooLarge"
+    assert "SAGEMAKER_MAX_PAYLOAD_IN_MB" in resp.json()["message"]
+    assert f"{MB:,}" in resp.json()["message"]
     assert "Traceback" not in resp.text
     assert _ping(server.url) == 200
     assert _keys(s3, data.bucket) == before
@@ -496,22 +502,16 @@ def test_no_model_argument_serves_the_base_dir_model(server_environ: dict[str, s
 
 # --- SIGTERM ---------------------------------------------------------------------------
 
-SERVE_FOREVER = textwrap.dedent("""
-    import sys
-    from pathlib import Path
 
-    from serving.server.serve import serve_forever
-    from serving.settings import Settings
-
-    sys.exit(serve_forever(Settings.from_environ(), Path(sys.argv[1]), int(sys.argv[2])))
-""")
+def _smserve_serve(folder: Path, port: int) -> list[str]:
+    """``smserve serve FOLDER --port N``: serve_forever behind the CLI, as the runner starts it."""
+    return [sys.executable, "-m", "serving.cli", "serve", str(folder), "--port", str(port)]
 
 
-def test_sigterm_stops_serve_forever_cleanly(server_environ: dict[str, str]) -> None:
+def test_sigterm_stops_smserve_serve_cleanly(server_environ: dict[str, str]) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVE_FOREVER, str(FRAME_FEATURES), str(port)],
-                            cwd=ROOT, env=server_environ, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(_smserve_serve(FRAME_FEATURES, port), cwd=ROOT, env=server_environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str | None] = queue.Queue()
     output: list[str] = []
 
@@ -527,7 +527,7 @@ def test_sigterm_stops_serve_forever_cleanly(server_environ: dict[str, str]) -> 
         deadline = time.monotonic() + 120
         while True:
             line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert line is not None, "serve_forever exited early:\n" + "\n".join(output[-30:])
+            assert line is not None, "smserve serve exited early:\n" + "\n".join(output[-30:])
             output.append(line)
             if "model ready" in line:
                 break
@@ -564,14 +564,13 @@ def test_sigterm_while_the_model_loads_stops_promptly(server_environ: dict[str, 
         def predict_fn(data, model):
             return data
     """)
-    proc = subprocess.Popen([sys.executable, "-c", SERVE_FOREVER, str(folder), str(free_port())],
-                            cwd=ROOT, env=server_environ, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(_smserve_serve(folder, free_port()), cwd=ROOT, env=server_environ,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     children: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 60
         while not marker.exists():
-            assert proc.poll() is None, f"serve_forever exited with {proc.returncode}"
+            assert proc.poll() is None, f"smserve serve exited with {proc.returncode}"
             assert time.monotonic() < deadline, "model_fn never started"
             time.sleep(0.1)
         children = psutil.Process(proc.pid).children(recursive=True)

@@ -1,0 +1,496 @@
+"""``smserve check``: run a model's handlers on its sample request, and say what broke.
+
+The check drives ``model_fn``, ``input_fn``, ``predict_fn`` and ``output_fn``
+(or ``transform_fn``) in this process, on the model's sample request, with S3
+served by the embedded stack, and measures each handler: time, peak Python
+memory (tracemalloc), the change in resident memory and, when the model has
+put cupy on a GPU, the GPU memory cupy's pool holds. ``mode="serve"`` sends
+the same request through the real model server instead, and
+``mode="transform"`` runs it as a local batch transform.
+
+Sample data convention (what ``smserve new`` writes)::
+
+    models/NAME/sample_request.json      the request body: S3-reference records,
+                                         one JSON object per line (or one object,
+                                         or a JSON array of objects)
+    models/NAME/sample_data/<key>        uploaded to s3://<bucket>/<key> for each
+                                         bucket the request names
+
+So ``sample_data/samples/clips/clip-000.npy`` becomes
+``s3://smserve-samples/samples/clips/clip-000.npy`` when the request names the
+bucket ``smserve-samples``. A request that is not S3 references (an ``.npy``
+body, say) is sent as it is, and no stack is started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mimetypes
+import os
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from serving import codecs
+from serving._checkreport import Failure, Report, Stage, describe, failure_of
+from serving.errors import BadRequest, ConfigError, InputNotFound, PredictionError, SmserveError
+from serving.handler import Handlers, load_handlers
+from serving.modelspec import ModelSpec, load_spec
+from serving.s3refs import RequestRecord, dumps_records
+from serving.settings import Settings
+
+__all__ = [
+    "MODES",
+    "SAMPLE_DATA",
+    "SAMPLE_REQUEST",
+    "Report",
+    "Sample",
+    "check",
+    "load_sample",
+    "sample_objects",
+    "stage_sample",
+]
+
+SAMPLE_REQUEST = "sample_request.json"
+SAMPLE_DATA = "sample_data"
+MODES = ("handlers", "serve", "transform")
+_JSON_TYPES = (codecs.JSON, codecs.JSONLINES)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A sample request, ready to send.
+
+    Attributes:
+        path: the file it was read from.
+        body: the body to send (S3 references re-encoded for ``content_type``).
+        content_type: the request's content type (``model.toml`` ``content_type``).
+        accept: the accept type (``model.toml`` ``accept``).
+        records: the S3-reference records, or None for any other body.
+    """
+
+    path: Path
+    body: bytes
+    content_type: str
+    accept: str
+    records: list[RequestRecord] | None = None
+
+    @property
+    def buckets(self) -> list[str]:
+        """The buckets the records name, sorted."""
+        return sorted({r.bucket for r in self.records or []})
+
+
+def _json_values(raw: bytes) -> list[Any] | None:
+    """The JSON values in ``raw``: one document, or one per non-blank line; None if not JSON."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        pass
+    else:
+        return whole if isinstance(whole, list) else [whole]
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError:
+        return None
+
+
+def load_sample(folder: Path, spec: ModelSpec, request: str | Path | None = None) -> Sample:
+    """Read the sample request (``folder/sample_request.json`` unless ``request``).
+
+    Raises:
+        ConfigError: the file is missing, or holds S3-reference records that
+            do not parse (the message names the file and the record).
+    """
+    path = Path(request) if request is not None else folder / SAMPLE_REQUEST
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} does not exist; write a sample request there (one S3-reference record "
+            "per line, as smserve new does) or pass --request FILE", path=str(path))
+    raw = path.read_bytes()
+    kind = codecs.normalize(spec.content_type)
+    values = _json_values(raw) if kind in _JSON_TYPES else None
+    if kind in _JSON_TYPES and values is None:
+        raise ConfigError(f"{path} is not JSON, but {spec.path} says content_type = "
+                          f'"{spec.content_type}"; write one JSON object per line',
+                          path=str(path))
+    if not values or not all(isinstance(v, dict) and "inputs" in v for v in values):
+        return Sample(path, raw, spec.content_type, spec.accept)
+    try:
+        records = [RequestRecord.from_dict(v, i) for i, v in enumerate(values)]
+    except BadRequest as err:
+        raise ConfigError(f"{path}: {err.message}; fix the sample request",
+                          path=str(path)) from err
+    if kind == codecs.JSONLINES:
+        body = dumps_records(records)
+    else:
+        dicts = [r.to_dict() for r in records]
+        body = json.dumps(dicts[0] if len(dicts) == 1 else dicts).encode()
+    return Sample(path, body, spec.content_type, spec.accept, records)
+
+
+def sample_objects(data_dir: Path) -> dict[str, Path]:
+    """Key -> file for every file under ``data_dir`` (hidden files and caches left out)."""
+    if not data_dir.is_dir():
+        return {}
+    found: dict[str, Path] = {}
+    for path in sorted(data_dir.rglob("*")):
+        rel = path.relative_to(data_dir)
+        if path.is_file() and not any(p.startswith(".") or p == "__pycache__"
+                                      for p in rel.parts):
+            found[rel.as_posix()] = path
+    return found
+
+
+def _content_type(path: Path) -> str:
+    by_suffix = {".npy": codecs.NPY, ".npz": codecs.NPZ, ".json": codecs.JSON,
+                 ".jsonl": codecs.JSONLINES, ".csv": codecs.CSV}
+    return by_suffix.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or \
+        codecs.OCTET_STREAM
+
+
+def stage_sample(s3: Any, sample: Sample, data_dir: Path) -> list[str]:
+    """Create the request's buckets and upload ``data_dir`` into each.
+
+    Returns:
+        One line per input the records name, describing the object.
+
+    Raises:
+        InputNotFound: a record names an input that is not under ``data_dir``;
+            the message names the sample request, the record and the file to add.
+    """
+    records = sample.records or []
+    objects = sample_objects(data_dir)
+    for i, record in enumerate(records):
+        for name, key in record.inputs.items():
+            if key not in objects:
+                raise InputNotFound(
+                    f"{sample.path}: record {i} input {name!r} names s3://{record.bucket}/{key}, "
+                    f"which is not in {data_dir}; predict_fn would fail to fetch it (404 "
+                    f"InputNotFound). Put the file at {data_dir / key}, or fix the key in "
+                    f"{sample.path}", bucket=record.bucket, key=key)
+    for bucket in sample.buckets:
+        with contextlib.suppress(Exception):  # already there (a shared stack)
+            s3.create_bucket(Bucket=bucket)
+        for key, path in objects.items():
+            s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(),
+                          ContentType=_content_type(path))
+    lines = []
+    for i, record in enumerate(records):
+        for name, key in record.inputs.items():
+            lines.append(f"record {i} input {name!r}: s3://{record.bucket}/{key} "
+                         f"({_object(objects[key].read_bytes(), _content_type(objects[key]))})")
+    return lines
+
+
+def _object(body: bytes, content_type: str) -> str:
+    """``body`` decoded by its content type, described; or its size."""
+    try:
+        return describe(codecs.decode(body, content_type))
+    except SmserveError:
+        return f"bytes ({len(body):,})"
+
+
+def _outputs(s3: Any, answers: list[Any]) -> list[str]:
+    """One line per answer that names an S3 object: status, size, what it decodes to."""
+    lines = []
+    for answer in answers:
+        if not (isinstance(answer, dict) and "key" in answer and "bucket" in answer):
+            continue
+        where = f"s3://{answer['bucket']}/{answer['key']}"
+        try:
+            got = s3.get_object(Bucket=answer["bucket"], Key=answer["key"])
+            body = got["Body"].read()
+        except Exception as err:
+            lines.append(f"{answer.get('status', '?')} {where}: cannot read it back ({err})")
+            continue
+        kind = got.get("ContentType") or codecs.OCTET_STREAM
+        lines.append(f"{answer.get('status', '?')} {where} ({len(body):,} bytes, {kind}: "
+                     f"{_object(body, kind)})")
+    return lines
+
+
+# --- environment ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _environment(changes: Mapping[str, str | None], base: Mapping[str, str]) -> Iterator[None]:
+    """Set (or, for None, unset) variables in the process environment, then restore ``base``.
+
+    The model's handlers build their S3 client from the process environment
+    (:func:`serving.s3refs.runtime`), so the in-process check points it at
+    the stack this way, for the duration of the check only.
+    """
+    from serving import s3refs
+
+    for key, value in changes.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    s3refs.reset_runtime()
+    try:
+        yield
+    finally:
+        s3refs.reset_runtime()
+        for key in changes:
+            if key in base:
+                os.environ[key] = base[key]
+            else:
+                os.environ.pop(key, None)
+
+
+def _model_environ(settings: Settings, spec: ModelSpec, stack_env: Mapping[str, str],
+                   buckets: list[str]) -> dict[str, str | None]:
+    """What changes in the environment while the model runs: the stack, the allow-list."""
+    changes: dict[str, str | None] = {
+        key: None for key in settings.environ
+        if key.startswith("AWS_ENDPOINT_URL_") or key == "AWS_PROFILE"
+    }
+    changes.update(spec.environment)
+    changes.update(stack_env)
+    changes["SMSERVE_ALLOWED_BUCKETS"] = ",".join(buckets) or "*"
+    changes["SETUPTOOLS_USE_DISTUTILS"] = settings.environ.get("SETUPTOOLS_USE_DISTUTILS",
+                                                               "stdlib")
+    return changes
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+class _Meter:
+    """Measures one call: wall time, Python peak, resident-memory change, GPU pool."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+
+    def gpu_bytes(self) -> int | None:
+        """Bytes cupy's default pool holds, when the model has cupy on a GPU."""
+        import sys
+
+        cupy = sys.modules.get("cupy")
+        if cupy is None:
+            return None
+        try:
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                return None
+            return int(cupy.get_default_memory_pool().total_bytes())
+        except Exception:
+            return None
+
+    def call(self, stage: Stage, fn: Callable[..., Any], *args: Any) -> Any:
+        tracemalloc.reset_peak()
+        traced = tracemalloc.get_traced_memory()[0]
+        rss = self._process.memory_info().rss
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        except BaseException:
+            stage.ok = False
+            raise
+        finally:
+            stage.seconds = time.perf_counter() - started
+            stage.peak_bytes = max(0, tracemalloc.get_traced_memory()[1] - traced)
+            stage.rss_delta = self._process.memory_info().rss - rss
+            stage.gpu_bytes = self.gpu_bytes()
+
+
+def _measured(meter: _Meter, stage: Stage, fn: Callable[..., Any],
+              shown: Callable[[tuple[Any, ...]], str]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        stage.inputs = shown(args)
+        result = meter.call(stage, fn, *args)
+        stage.output = describe(result)
+        return result
+
+    return call
+
+
+def _args(*names: str) -> Callable[[tuple[Any, ...]], str]:
+    """Describe the arguments whose names are not ``model`` (the model is shown once)."""
+    def shown(args: tuple[Any, ...]) -> str:
+        return ", ".join(describe(a) for n, a in zip(names, args, strict=False) if n != "model")
+
+    return shown
+
+
+# --- the check -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    folder: Path
+    spec: ModelSpec
+    sample: Sample
+    settings: Settings
+    report: Report
+    env: dict[str, str | None] = field(default_factory=dict)
+    clients: Any = None
+
+
+def check(folder: str | Path, *, request: str | Path | None = None,
+          data_dir: str | Path | None = None, mode: str = "handlers",
+          settings: Settings | None = None, stack: Any = None,
+          log: Callable[[str], None] | None = None) -> Report:
+    """Check a model folder on its sample request; never raises for the model's faults.
+
+    Args:
+        folder: ``models/NAME``.
+        request: the request file (default ``folder/sample_request.json``).
+        data_dir: the sample data (default ``folder/sample_data``).
+        mode: ``"handlers"`` (in this process), ``"serve"`` (through the real
+            model server) or ``"transform"`` (a local batch transform).
+        settings: the base environment (default: the process's).
+        stack: a started :class:`~serving.local.stack.LocalStack` to use
+            (default: a private one, stopped at the end).
+        log: receives the model server's log lines (``serve``, ``transform``).
+
+    Returns:
+        the report: per-handler measurements, objects read and written, and
+        the failure, if any (naming the handler, the file and the fix).
+
+    Raises:
+        ConfigError: ``mode`` is not one of :data:`MODES`.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"unknown check mode {mode!r}; use one of {', '.join(MODES)}")
+    folder = Path(folder)
+    settings = settings or Settings.from_environ()
+    report = Report(model=folder, mode=mode)
+    try:
+        handlers = load_handlers(folder, settings.program)
+        spec = load_spec(folder)
+        sample = load_sample(folder, spec, request)
+    except SmserveError as err:
+        report.failure = failure_of("load", err, folder, at_start=True)
+        return report
+    report.request = sample.path
+    run = _Run(folder, spec, sample, settings, report)
+    with contextlib.ExitStack() as cleanup:
+        if sample.records is not None:
+            if stack is None:
+                from serving.local.stack import LocalStack
+
+                stack = cleanup.enter_context(LocalStack())
+            run.env = _model_environ(settings, spec, stack.environ(), sample.buckets)
+            from serving.aws import ClientFactory
+
+            merged = {**settings.environ, **{k: v for k, v in run.env.items() if v is not None}}
+            run.clients = ClientFactory(Settings.from_environ(merged))
+            try:
+                report.inputs = stage_sample(run.clients.client("s3"), sample,
+                                             Path(data_dir) if data_dir else folder / SAMPLE_DATA)
+            except SmserveError as err:
+                report.failure = failure_of("predict_fn", err, folder, at_start=False)
+                return report
+        if mode == "handlers":
+            _in_process(run, handlers)
+        else:
+            from serving import _checkserver
+
+            runner = _checkserver.served if mode == "serve" else _checkserver.transformed
+            runner(run, log)
+    return report
+
+
+def _in_process(run: _Run, handlers: Handlers) -> None:
+    report, folder, sample = run.report, run.folder, run.sample
+    meter = _Meter()
+    started_tracing = not tracemalloc.is_tracing()
+    if started_tracing:
+        tracemalloc.start()
+    try:
+        with _environment(run.env, run.settings.environ):
+            model = _load(report, meter, handlers, folder)
+            if report.failure is not None:
+                return
+            answers = _invoke(report, meter, handlers, model, sample, folder)
+            if answers is not None and run.clients is not None:
+                report.outputs = _outputs(run.clients.client("s3"), answers)
+    finally:
+        if started_tracing:
+            tracemalloc.stop()
+
+
+def _load(report: Report, meter: _Meter, handlers: Handlers, folder: Path) -> Any:
+    stage = Stage("model_fn")
+    report.stages.append(stage)
+    timed = replace(handlers, model_fn=_measured(meter, stage, handlers.model_fn,
+                                                 _args("model_dir")))
+    try:
+        return timed.load_model(folder)
+    except SmserveError as err:
+        report.failure = failure_of("model_fn", err, folder, at_start=True)
+        return None
+
+
+def _invoke(report: Report, meter: _Meter, handlers: Handlers, model: Any, sample: Sample,
+            folder: Path) -> list[Any] | None:
+    if handlers.transform_fn is not None:
+        names = [("transform_fn", ("model", "body", "content_type", "accept"))]
+    else:
+        names = [("input_fn", ("body", "content_type")), ("predict_fn", ("data", "model")),
+                 ("output_fn", ("prediction", "accept"))]
+    stages = {name: Stage(name) for name, _ in names}
+    report.stages.extend(stages.values())
+    timed = replace(handlers, **{
+        name: _measured(meter, stages[name], getattr(handlers, name), _args(*args))
+        for name, args in names})
+    try:
+        response = timed.invoke(model, sample.body, sample.content_type, sample.accept)
+    except SmserveError as err:
+        failed = [s for s in stages.values() if not s.ok]
+        name = str(err.context.get("handler") or (failed[0].name if failed else names[-1][0]))
+        stages[name].ok = False
+        report.failure = failure_of(name, err, folder, at_start=False)
+        return None
+    return _round_trip(report, response.body, response.content_type, sample, folder,
+                       names[-1][0])
+
+
+def _round_trip(report: Report, body: bytes, content_type: str, sample: Sample, folder: Path,
+                handler: str) -> list[Any] | None:
+    """Decode the answer as the declared accept type; for S3 references, one per record."""
+    stage = Stage(f"decode as {codecs.resolve_accept(sample.accept)}",
+                  inputs=f"bytes ({len(body):,}), {content_type!r}")
+    report.stages.append(stage)
+    started = time.perf_counter()
+    try:
+        value = codecs.decode(body, codecs.resolve_accept(sample.accept))
+    except SmserveError as err:
+        stage.ok = False
+        report.failure = failure_of(handler, PredictionError(
+            f"{handler} in {folder / 'serving.py'} answered {len(body):,} bytes of "
+            f"{content_type!r} that do not decode as the declared accept type "
+            f"{sample.accept!r} ({err.message}); encode the answer for accept, e.g. "
+            "serving.codecs.encode(prediction, accept) or serving.s3refs.response(results)",
+            handler=handler), folder, at_start=False)
+        return None
+    finally:
+        stage.seconds = time.perf_counter() - started
+    stage.output = describe(value)
+    answers = value if isinstance(value, list) and codecs.normalize(
+        sample.accept) == codecs.JSONLINES else [value]
+    if sample.records is not None and len(answers) != len(sample.records):
+        stage.ok = False
+        report.failure = failure_of(handler, PredictionError(
+            f"{handler} in {folder / 'serving.py'} answered {len(answers)} values for "
+            f"{len(sample.records)} records; a batch transform needs one answer per record, "
+            "in order (serving.s3refs.response(results) writes them)", handler=handler),
+            folder, at_start=False)
+        return None
+    report.answers = answers
+    return answers
+
+
+__all__ += ["Failure", "Stage"]
