@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +94,8 @@ class TransformRun:
     first_batch_s: float
     requests: int
     records: int
+    #: seconds between one answered request and the next (the first: from healthy)
+    request_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -125,17 +129,19 @@ def same_batches(objects: Sequence[bytes], strategy: str, max_payload_mb: int) -
     return bodies
 
 
-def run_inproc(handlers: Any, model: Any, batches: Sequence[bytes], expected: int) -> float:
-    """Seconds to invoke every batch in-process; checks every record was written."""
+def run_inproc(handlers: Any, model: Any, batches: Sequence[bytes],
+               expected: int) -> list[float]:
+    """Seconds per batch invoked in-process; checks every record was written."""
     written = 0
-    start = time.perf_counter()
+    times = []
     for body in batches:
+        start = time.perf_counter()
         answer = handlers.invoke(model, body, JSONLINES, JSONLINES).body
+        times.append(time.perf_counter() - start)
         written += answer.count(b'"written"')
-    seconds = time.perf_counter() - start
     if written != expected:
         raise RuntimeError(f"in-process: {written} of {expected} records written")
-    return seconds
+    return times
 
 
 def run_job(number: int, clients: Any, env: Mapping[str, str], spec_kwargs: Mapping[str, Any],
@@ -147,11 +153,13 @@ def run_job(number: int, clients: Any, env: Mapping[str, str], spec_kwargs: Mapp
         f"bench-throughput-{number}", "frame-features", f"s3://{BUCKET}/{WORK}input/",
         f"s3://{BUCKET}/{WORK}output/{number}/", **spec_kwargs)
     runner = TimingRunner(env=env, log=log.append)
-    first: list[float] = []
+    answered: list[float] = []
+    done = [0]
 
     def progress(p: Progress) -> None:
-        if p.records_done and not first:
-            first.append(time.perf_counter())
+        if p.records_done > done[0]:
+            done[0] = p.records_done
+            answered.append(time.perf_counter())
 
     start = time.perf_counter()
     result = run_transform(spec, MODELS / MODEL, clients, runner, log=log.append,
@@ -165,35 +173,71 @@ def run_job(number: int, clients: Any, env: Mapping[str, str], spec_kwargs: Mapp
     records = sum(o.records for o in result.objects)
     if written != records:
         raise RuntimeError(f"transform {number}: {written} of {records} records written")
-    assert runner.healthy_at is not None and first
+    assert runner.healthy_at is not None and answered
+    marks = [runner.healthy_at, *answered]
     return TransformRun(plane_s=result.seconds, total_s=total,
-                        healthy_s=runner.healthy_at - start, first_batch_s=first[0] - start,
-                        requests=sum(o.requests for o in result.objects), records=records)
+                        healthy_s=runner.healthy_at - start, first_batch_s=answered[0] - start,
+                        requests=sum(o.requests for o in result.objects), records=records,
+                        request_s=[b - a for a, b in itertools.pairwise(marks)])
 
 
-def cold_start(env: Mapping[str, str], body: bytes, timeout: float = 120.0) -> float:
-    """Seconds from starting ``smserve serve models/frame_features`` to a 200 on /invocations."""
+def _secs(values: Sequence[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+#: Lines of ``smserve serve``'s output that mark a phase of its start, by phase.
+PHASES = {
+    "listening": "Inference API bind to",       # the JVM front end is up
+    "model_loaded": "model loaded from",         # a worker's model_fn returned
+    "ready": "smserve: model ready",             # the supervisor saw it
+}
+
+
+def cold_start(env: Mapping[str, str], body: bytes, workers: int | None = None,
+               timeout: float = 120.0) -> dict[str, float]:
+    """``smserve serve models/frame_features`` in a subprocess, from its start to a 200.
+
+    Returns:
+        seconds from the command's start to each phase of :data:`PHASES`
+        seen, and to ``answered`` (the first ``POST /invocations`` answered 200).
+    """
     from serving.ports import free_port
 
     port = free_port()
     command = [sys.executable, "-m", "serving.cli", "serve", str(MODELS / MODEL),
                "--port", str(port)]
+    child_env = {**env, "PYTHONUNBUFFERED": "1"}
+    if workers is not None:
+        child_env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(workers)
     headers = {"Content-Type": JSONLINES, "Accept": JSONLINES}
+    marks: dict[str, float] = {}
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=dict(env), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    process = subprocess.Popen(command, env=child_env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                start_new_session=True)
+
+    def watch() -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode(errors="replace")
+            for phase, marker in PHASES.items():
+                if marker in line and phase not in marks:
+                    marks[phase] = time.perf_counter() - start
+
+    reader = threading.Thread(target=watch, name="serve-output", daemon=True)
+    reader.start()
     try:
         while time.perf_counter() - start < timeout:
             if process.poll() is not None:
                 raise RuntimeError(f"smserve serve exited with {process.returncode}")
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             try:
                 conn.request("POST", "/invocations", body=body, headers=headers)
                 resp = conn.getresponse()
                 resp.read()
                 if resp.status == 200:
-                    return time.perf_counter() - start
+                    marks["answered"] = time.perf_counter() - start
+                    return marks
             except OSError:
                 pass
             finally:
@@ -203,13 +247,21 @@ def cold_start(env: Mapping[str, str], body: bytes, timeout: float = 120.0) -> f
     finally:
         # SIGTERM lets the supervisor stop multi-model-server (its own process group).
         stop_process_group(process, grace=20)
+        reader.join(5)
+
+
+def _phases(marks: Mapping[str, float]) -> str:
+    names = {"listening": "server listening", "model_loaded": "model loaded",
+             "ready": "supervisor ready", "answered": "first answer"}
+    return ", ".join(f"{names[k]} {v:.2f} s" for k, v in sorted(marks.items(),
+                                                                 key=lambda kv: kv[1]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     prepare_process()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=500, help="request records (>= 500)")
-    parser.add_argument("--objects", type=int, default=5, help="JSON-lines input objects")
+    parser.add_argument("--objects", type=int, default=10, help="JSON-lines input objects")
     parser.add_argument("--clips", type=int, default=8, help="distinct clips the records name")
     parser.add_argument("--rounds", type=int, default=2,
                         help="transform jobs (in-process runs: one more, around them)")
@@ -260,10 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         handlers.invoke(model, warm, JSONLINES, JSONLINES)
 
         for number in range(args.rounds + 1):
-            seconds = run_inproc(handlers, model, batches, args.records)
+            times = run_inproc(handlers, model, batches, args.records)
+            seconds = sum(times)
             figures.inproc_s.append(seconds)
             say(f"  in-process {number + 1}: {seconds:.2f} s, "
-                f"{args.records / seconds:.1f} records/s")
+                f"{args.records / seconds:.1f} records/s; per request (s): {_secs(times)}")
             if number == args.rounds:
                 break
             try:
@@ -278,9 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"  transform {number + 1}: data plane {run.plane_s:.2f} s, "
                 f"{run.records / run.plane_s:.1f} records/s; end to end {run.total_s:.2f} s "
                 f"(containers healthy after {run.healthy_s:.2f} s, first batch answered "
-                f"after {run.first_batch_s:.2f} s)")
-        cold = cold_start(env, warm)
-        say(f"  cold start: smserve serve -> first /invocations answered: {cold:.2f} s")
+                f"after {run.first_batch_s:.2f} s); per request (s): {_secs(run.request_s)}")
+        marks = cold_start(env, warm)
+        cold = marks["answered"]
+        say(f"  cold start (smserve serve, model defaults): {_phases(marks)}")
+        marks_one = cold_start(env, warm, workers=1)
+        say(f"  cold start (SAGEMAKER_MODEL_SERVER_WORKERS=1): {_phases(marks_one)}")
 
     inproc_rate = args.records / statistics.median(figures.inproc_s)
     plane_rate = args.records / statistics.median(t.plane_s for t in figures.transforms)
@@ -315,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "efficiency": r3(efficiency),
         "efficiency_end_to_end": r3(e2e_rate / inproc_rate),
         "cold_start_s": r3(cold),
+        "cold_start_phases_s": {k: r3(v) for k, v in marks.items()},
+        "cold_start_1_worker_s": r3(marks_one["answered"]),
         "transform_healthy_s": r3(healthy),
         "transform_first_batch_s": r3(first_batch),
         "goal_efficiency": GOAL_EFFICIENCY,

@@ -110,18 +110,21 @@ class Report:
                 lines.append(f"  answer  {_short(json.dumps(answer), 160)}")
         lines.append("")
         if self.failure is None:
-            lines.append(f"ok: {_rel(self.model)} answered its sample request {how}")
+            lines.append(f"ok: {_rel(self.model)} answered its sample request ({how})")
         else:
             lines.extend(_failure_lines(self.failure))
         return "\n".join(lines)
 
 
 def _table(stages: list[Stage]) -> list[str]:
-    head = f"  {'step':<24} {'time':>9} {'py peak':>9} {'RSS +/-':>9} {'GPU':>9}  input -> output"
+    head = f"  {'step':<18} {'time':>9} {'py peak':>9} {'RSS +/-':>9} {'GPU':>9}  input -> output"
     rows = [head]
     for s in stages:
+        if s.ok and not s.inputs and not s.output and not s.seconds:
+            rows.append(f"  {s.name:<18} {'(not run)':>9}")
+            continue
         mark = "" if s.ok else "  FAILED"
-        rows.append(f"  {s.name:<24} {s.seconds:>7.3f} s {_size(s.peak_bytes):>9} "
+        rows.append(f"  {s.name:<18} {s.seconds:>7.3f} s {_size(s.peak_bytes):>9} "
                     f"{_size(s.rss_delta, sign=True):>9} {_size(s.gpu_bytes):>9}  "
                     f"{_short(s.inputs or '-', 60)} -> {_short(s.output or '-', 70)}{mark}")
     return rows
@@ -160,12 +163,14 @@ def _short(text: str, limit: int) -> str:
 
 
 def _rel(path: Path | None) -> str:
+    """``path`` relative to the working directory when it lies inside it."""
     if path is None:
         return ""
     try:
-        return os.path.relpath(path)
+        rel = os.path.relpath(path)
     except ValueError:
         return str(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 # --- describing values ----------------------------------------------------------------------
@@ -256,7 +261,16 @@ def _fix(handler: str, err: BaseException, source: str) -> str:
         match = _HANDLER.search(err.message)
         if match and "does not match the contract" in err.message:
             return f"define it as {CONTRACT[match.group(1)][1]}"
-        return "follow the message above; serving.handler documents the contract"
+        if err.message.startswith("no serving.py"):
+            return "add serving.py with the handlers (smserve new NAME writes a template)"
+        if isinstance(cause, ImportError):
+            return ("add the missing module to the model folder, or install it in the image "
+                    "(containers/cpu or containers/gpu) and in your environment")
+        return "change serving.py as the message says; serving.handler documents the contract"
+    if isinstance(err, SmserveError) and "the server can send only" in err.message:
+        return (f"make {handler} in {source} return bytes, str or (bytes, content_type): for "
+                "S3-reference requests serving.s3refs.response(results), otherwise "
+                "serving.codecs.encode(prediction, accept)")
     if isinstance(err, BadRequest):
         return (f"the sample request or its data is what {handler} refused: correct them, or "
                 f"make {handler} in {source} accept them")
@@ -268,13 +282,13 @@ def _load_step(err: SmserveError) -> str:
     match = _HANDLER.search(err.message)
     if isinstance(err, HandlerError) and match and (
             "does not match the contract" in err.message or f": no {match.group(1)}" in err.message
-            or "is a " in err.message and "not a function" in err.message):
+            or ("is a " in err.message and "not a function" in err.message)):
         return match.group(1)
     if isinstance(err, ModelSpecError):
         return "model.toml"
     if isinstance(err, ConfigError):
         return "sample request"
-    return "import serving.py"
+    return "serving.py"
 
 
 def failure_of(handler: str, err: SmserveError, folder: Path, *, at_start: bool) -> Failure:
@@ -282,7 +296,9 @@ def failure_of(handler: str, err: SmserveError, folder: Path, *, at_start: bool)
     source = _rel(folder / "serving.py")
     if handler == "load":
         handler = _load_step(err)
-    status = status_of(err)
+    answer = err.context.get("answer")
+    shown = answer if isinstance(answer, SmserveError) else err
+    status = status_of(shown)
     if isinstance(err, ModelSpecError):
         sagemaker = ("nothing yet: smserve package and the pipeline refuse this model.toml "
                      "before any job starts; the error:")
@@ -301,5 +317,5 @@ def failure_of(handler: str, err: SmserveError, folder: Path, *, at_start: bool)
                      "transform the job fails after its retries:")
     return Failure(handler=handler, message=err.message, fix=_fix(handler, err, source),
                    trace=model_trace(err, folder), status=status,
-                   body=error_body(err).decode(), sagemaker=sagemaker,
+                   body=error_body(shown).decode(), sagemaker=sagemaker,
                    exit_code=max(1, err.exit_code))

@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from serving import codecs
 from serving._checkreport import Failure, Stage, describe, failure_of
-from serving.errors import ConfigError, ServerStartError, SmserveError, TransformError
+from serving.errors import (
+    BadRequest,
+    ConfigError,
+    ModelLoadError,
+    PredictionError,
+    ServerStartError,
+    SmserveError,
+    TransformError,
+)
 from serving.settings import Settings
 
 if TYPE_CHECKING:
@@ -30,7 +38,6 @@ if TYPE_CHECKING:
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 _HANDLER = re.compile(r"\b(model_fn|input_fn|predict_fn|output_fn|transform_fn)\b")
-_EXCEPTION = re.compile(r"\b([A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b.*)$")
 
 
 def _settings(run: _Run) -> Settings:
@@ -43,54 +50,66 @@ def _settings(run: _Run) -> Settings:
     return Settings.from_environ(env)
 
 
-def log_trace(lines: Iterable[str], folder: Path) -> str:
-    """The model's own frames in a server log (any prefix before ``File "..."``).
+_PREFIX = re.compile(r"^(?:\[container \d+\] )?(?:\S+ \[[A-Z]+ ?\] \S+ - )?")
+_STAGED = re.compile(r"/[^\s\"']*?/model/code/")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?::|$)")
 
-    Frames are recognised by the file name: ``serving.py``, ``model.py`` and
-    the model folder's other modules, wherever the server staged them.
+
+def unstage(text: str, folder: Path) -> str:
+    """``text`` with staged code paths (``.../model/code/x.py``) shown as the model folder's."""
+    return _STAGED.sub(str(folder) + "/", text)
+
+
+def log_trace(lines: Iterable[str], folder: Path) -> str:
+    """The model's own frames in a server log (log prefixes removed), innermost last.
+
+    Frames are recognised by their file: the model folder's modules
+    (``serving.py``, ``model.py``...) wherever the server staged them, never
+    the toolkit's own ``serving/`` package.
     """
     names = {p.name for p in folder.glob("*.py")}
+    text = [_PREFIX.sub("", line) for line in lines]
     out: list[str] = []
-    last_frame = -1
-    text = list(lines)
     for i, line in enumerate(text):
         match = _FRAME.search(line)
-        if not match or Path(match.group(1)).name not in names or "/serving/" in match.group(1):
-            continue
-        where = folder / Path(match.group(1)).name
-        out.append(f'  File "{where}", line {match.group(2)}, in {match.group(3)}')
-        if i + 1 < len(text) and not _FRAME.search(text[i + 1]):
-            source = text[i + 1].split(" - ", 1)[-1].strip()
-            if source and not _EXCEPTION.search(source):
-                out.append(f"    {source}")
-        last_frame = i
-    if last_frame < 0:
-        return ""
-    for line in text[last_frame + 1:last_frame + 6]:
-        match = _EXCEPTION.search(line)
-        if match and not _FRAME.search(line):
-            out.append(match.group(1))
+        if match and Path(match.group(1)).name in names and "/serving/" not in match.group(1):
+            out.append(f'  File "{folder / Path(match.group(1)).name}", line {match.group(2)}, '
+                       f"in {match.group(3)}")
+            following = text[i + 1] if i + 1 < len(text) else ""
+            if following.startswith("    ") and not _FRAME.search(following):
+                out.append("    " + following.strip())
+        elif out and _EXCEPTION_LINE.match(line) and not line.startswith("The above"):
+            # The first traceback's exception: later ones repeat it (other workers, retries).
+            out.append(unstage(line.rstrip(), folder))
             break
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" if out else ""
 
 
 def _answer_failure(status: int, body: bytes, run: _Run, lines: list[str]) -> Failure:
     try:
-        parsed = json.loads(body)
-        message = str(parsed.get("message", body.decode(errors="replace")))
+        message = str(json.loads(body).get("message", ""))
     except (ValueError, AttributeError):
-        message = body.decode(errors="replace")[:500]
+        message = ""
+    message = unstage(message or body.decode(errors="replace")[:500], run.folder)
     match = _HANDLER.search(message)
     handler = match.group(1) if match else "the model server"
-    where = run.folder / "serving.py"
-    return Failure(
-        handler=handler, message=message,
-        fix=(f"the sample request or its data is what {handler} refused: correct them, or make "
-             f"{handler} in {where} accept them" if status < 500 else
-             f"fix {handler} in {where} where the traceback points, then rerun smserve check"),
-        trace=log_trace(lines, run.folder), status=status,
-        body=body.decode(errors="replace")[:500],
-        sagemaker=f"the container answered {status} (this is its real answer):")
+    err: SmserveError = PredictionError(message) if status >= 500 else BadRequest(message)
+    failure = failure_of(handler, err, run.folder, at_start=False)
+    failure.trace = log_trace(lines, run.folder)
+    failure.status = status
+    failure.body = body.decode(errors="replace")[:500]
+    failure.sagemaker = f"the container answered {status} (this is its real answer):"
+    return failure
+
+
+def _start_failure(err: ServerStartError, run: _Run, lines: list[str]) -> Failure:
+    """The model did not load in the server: its cause, without the server's traceback."""
+    first = unstage(err.message.split("\n", 1)[0].removesuffix(" Last log lines:"),
+                    run.folder)
+    failure = failure_of("model_fn", ModelLoadError(first), run.folder, at_start=True)
+    failure.trace = log_trace(lines or err.message.splitlines(), run.folder)
+    failure.exit_code = err.exit_code
+    return failure
 
 
 def _post(url: str, body: bytes, content_type: str, accept: str,
@@ -116,7 +135,8 @@ def _tree_rss(pid: int) -> int | None:
 
 def served(run: _Run, log: Callable[[str], None] | None) -> None:
     """POST the sample request to the real model server, started on the model folder."""
-    from serving.checking import _environment, _outputs, _round_trip
+    from serving._checksample import outputs
+    from serving.checking import _environment, _round_trip
     from serving.ports import free_port
     from serving.server.serve import start
 
@@ -140,8 +160,7 @@ def served(run: _Run, log: Callable[[str], None] | None) -> None:
             except ServerStartError as err:
                 boot.ok = False
                 boot.seconds = time.perf_counter() - started
-                report.failure = failure_of("model_fn", err, run.folder, at_start=True)
-                report.failure.trace = log_trace(err.message.splitlines() + lines, run.folder)
+                report.failure = _start_failure(err, run, lines)
                 return
             try:
                 boot.seconds = time.perf_counter() - started
@@ -155,7 +174,9 @@ def served(run: _Run, log: Callable[[str], None] | None) -> None:
                 status, kind, body = _post(server.url, sample.body, sample.content_type,
                                            sample.accept, settings.model_server_timeout + 30)
                 invoke.seconds = time.perf_counter() - began
-                invoke.rss_delta = _tree_rss(server.process.pid)
+                after = _tree_rss(server.process.pid)
+                if after is not None and boot.rss_delta is not None:
+                    invoke.rss_delta = after - boot.rss_delta
                 invoke.output = f"HTTP {status}, {kind!r}, {describe(body)}"
                 if status != 200:
                     invoke.ok = False
@@ -166,14 +187,15 @@ def served(run: _Run, log: Callable[[str], None] | None) -> None:
                 server.stop()
             answers = _round_trip(report, body, kind, sample, run.folder, "output_fn")
             if answers is not None and run.clients is not None:
-                report.outputs = _outputs(run.clients.client("s3"), answers)
+                report.outputs = outputs(run.clients.client("s3"), answers)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def transformed(run: _Run, log: Callable[[str], None] | None) -> None:
     """Run the sample records as a local batch transform of the model folder."""
-    from serving.checking import _environment, _outputs
+    from serving._checksample import outputs
+    from serving.checking import _environment
     from serving.transform import predict
 
     report, sample, spec = run.report, run.sample, run.spec
@@ -209,15 +231,16 @@ def transformed(run: _Run, log: Callable[[str], None] | None) -> None:
         stage.seconds = time.perf_counter() - started
     stage.output = f"{len(answers)} answer(s): {describe(answers)}"
     report.answers = answers
-    report.outputs = _outputs(run.clients.client("s3"), answers)
+    report.outputs = outputs(run.clients.client("s3"), answers)
 
 
 def _transform_failure(err: SmserveError, run: _Run, lines: list[str]) -> Failure:
-    at_start = isinstance(err, ServerStartError)
-    match = _HANDLER.search(err.message)
-    failure = failure_of(match.group(1) if match else "batch transform", err, run.folder,
-                         at_start=at_start)
-    failure.trace = log_trace(lines, run.folder) or failure.trace
-    failure.sagemaker = ("the transform job fails with this reason:" if not at_start else
-                         failure.sagemaker)
+    if isinstance(err, ServerStartError):
+        return _start_failure(err, run, lines)
+    message = unstage(err.message, run.folder)
+    match = _HANDLER.search(message)
+    failure = failure_of(match.group(1) if match else "batch transform",
+                         TransformError(message), run.folder, at_start=False)
+    failure.trace = log_trace(lines, run.folder)
+    failure.sagemaker = "the transform job fails with this reason:"
     return failure

@@ -25,8 +25,6 @@ body, say) is sent as it is, and no stack is started.
 from __future__ import annotations
 
 import contextlib
-import json
-import mimetypes
 import os
 import time
 import tracemalloc
@@ -37,185 +35,35 @@ from typing import Any
 
 from serving import codecs
 from serving._checkreport import Failure, Report, Stage, describe, failure_of
-from serving.errors import BadRequest, ConfigError, InputNotFound, PredictionError, SmserveError
+from serving._checksample import (
+    SAMPLE_DATA,
+    SAMPLE_REQUEST,
+    Sample,
+    load_sample,
+    outputs,
+    sample_objects,
+    stage_sample,
+)
+from serving.errors import ConfigError, PredictionError, SmserveError
 from serving.handler import Handlers, load_handlers
 from serving.modelspec import ModelSpec, load_spec
-from serving.s3refs import RequestRecord, dumps_records
 from serving.settings import Settings
 
 __all__ = [
     "MODES",
     "SAMPLE_DATA",
     "SAMPLE_REQUEST",
+    "Failure",
     "Report",
     "Sample",
+    "Stage",
     "check",
     "load_sample",
     "sample_objects",
     "stage_sample",
 ]
 
-SAMPLE_REQUEST = "sample_request.json"
-SAMPLE_DATA = "sample_data"
 MODES = ("handlers", "serve", "transform")
-_JSON_TYPES = (codecs.JSON, codecs.JSONLINES)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A sample request, ready to send.
-
-    Attributes:
-        path: the file it was read from.
-        body: the body to send (S3 references re-encoded for ``content_type``).
-        content_type: the request's content type (``model.toml`` ``content_type``).
-        accept: the accept type (``model.toml`` ``accept``).
-        records: the S3-reference records, or None for any other body.
-    """
-
-    path: Path
-    body: bytes
-    content_type: str
-    accept: str
-    records: list[RequestRecord] | None = None
-
-    @property
-    def buckets(self) -> list[str]:
-        """The buckets the records name, sorted."""
-        return sorted({r.bucket for r in self.records or []})
-
-
-def _json_values(raw: bytes) -> list[Any] | None:
-    """The JSON values in ``raw``: one document, or one per non-blank line; None if not JSON."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return None
-    try:
-        whole = json.loads(text)
-    except ValueError:
-        pass
-    else:
-        return whole if isinstance(whole, list) else [whole]
-    try:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except ValueError:
-        return None
-
-
-def load_sample(folder: Path, spec: ModelSpec, request: str | Path | None = None) -> Sample:
-    """Read the sample request (``folder/sample_request.json`` unless ``request``).
-
-    Raises:
-        ConfigError: the file is missing, or holds S3-reference records that
-            do not parse (the message names the file and the record).
-    """
-    path = Path(request) if request is not None else folder / SAMPLE_REQUEST
-    if not path.is_file():
-        raise ConfigError(
-            f"{path} does not exist; write a sample request there (one S3-reference record "
-            "per line, as smserve new does) or pass --request FILE", path=str(path))
-    raw = path.read_bytes()
-    kind = codecs.normalize(spec.content_type)
-    values = _json_values(raw) if kind in _JSON_TYPES else None
-    if kind in _JSON_TYPES and values is None:
-        raise ConfigError(f"{path} is not JSON, but {spec.path} says content_type = "
-                          f'"{spec.content_type}"; write one JSON object per line',
-                          path=str(path))
-    if not values or not all(isinstance(v, dict) and "inputs" in v for v in values):
-        return Sample(path, raw, spec.content_type, spec.accept)
-    try:
-        records = [RequestRecord.from_dict(v, i) for i, v in enumerate(values)]
-    except BadRequest as err:
-        raise ConfigError(f"{path}: {err.message}; fix the sample request",
-                          path=str(path)) from err
-    if kind == codecs.JSONLINES:
-        body = dumps_records(records)
-    else:
-        dicts = [r.to_dict() for r in records]
-        body = json.dumps(dicts[0] if len(dicts) == 1 else dicts).encode()
-    return Sample(path, body, spec.content_type, spec.accept, records)
-
-
-def sample_objects(data_dir: Path) -> dict[str, Path]:
-    """Key -> file for every file under ``data_dir`` (hidden files and caches left out)."""
-    if not data_dir.is_dir():
-        return {}
-    found: dict[str, Path] = {}
-    for path in sorted(data_dir.rglob("*")):
-        rel = path.relative_to(data_dir)
-        if path.is_file() and not any(p.startswith(".") or p == "__pycache__"
-                                      for p in rel.parts):
-            found[rel.as_posix()] = path
-    return found
-
-
-def _content_type(path: Path) -> str:
-    by_suffix = {".npy": codecs.NPY, ".npz": codecs.NPZ, ".json": codecs.JSON,
-                 ".jsonl": codecs.JSONLINES, ".csv": codecs.CSV}
-    return by_suffix.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or \
-        codecs.OCTET_STREAM
-
-
-def stage_sample(s3: Any, sample: Sample, data_dir: Path) -> list[str]:
-    """Create the request's buckets and upload ``data_dir`` into each.
-
-    Returns:
-        One line per input the records name, describing the object.
-
-    Raises:
-        InputNotFound: a record names an input that is not under ``data_dir``;
-            the message names the sample request, the record and the file to add.
-    """
-    records = sample.records or []
-    objects = sample_objects(data_dir)
-    for i, record in enumerate(records):
-        for name, key in record.inputs.items():
-            if key not in objects:
-                raise InputNotFound(
-                    f"{sample.path}: record {i} input {name!r} names s3://{record.bucket}/{key}, "
-                    f"which is not in {data_dir}; predict_fn would fail to fetch it (404 "
-                    f"InputNotFound). Put the file at {data_dir / key}, or fix the key in "
-                    f"{sample.path}", bucket=record.bucket, key=key)
-    for bucket in sample.buckets:
-        with contextlib.suppress(Exception):  # already there (a shared stack)
-            s3.create_bucket(Bucket=bucket)
-        for key, path in objects.items():
-            s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(),
-                          ContentType=_content_type(path))
-    lines = []
-    for i, record in enumerate(records):
-        for name, key in record.inputs.items():
-            lines.append(f"record {i} input {name!r}: s3://{record.bucket}/{key} "
-                         f"({_object(objects[key].read_bytes(), _content_type(objects[key]))})")
-    return lines
-
-
-def _object(body: bytes, content_type: str) -> str:
-    """``body`` decoded by its content type, described; or its size."""
-    try:
-        return describe(codecs.decode(body, content_type))
-    except SmserveError:
-        return f"bytes ({len(body):,})"
-
-
-def _outputs(s3: Any, answers: list[Any]) -> list[str]:
-    """One line per answer that names an S3 object: status, size, what it decodes to."""
-    lines = []
-    for answer in answers:
-        if not (isinstance(answer, dict) and "key" in answer and "bucket" in answer):
-            continue
-        where = f"s3://{answer['bucket']}/{answer['key']}"
-        try:
-            got = s3.get_object(Bucket=answer["bucket"], Key=answer["key"])
-            body = got["Body"].read()
-        except Exception as err:
-            lines.append(f"{answer.get('status', '?')} {where}: cannot read it back ({err})")
-            continue
-        kind = got.get("ContentType") or codecs.OCTET_STREAM
-        lines.append(f"{answer.get('status', '?')} {where} ({len(body):,} bytes, {kind}: "
-                     f"{_object(body, kind)})")
-    return lines
 
 
 # --- environment ------------------------------------------------------------------------------
@@ -289,9 +137,9 @@ class _Meter:
             return None
 
     def call(self, stage: Stage, fn: Callable[..., Any], *args: Any) -> Any:
+        rss = self._process.memory_info().rss
         tracemalloc.reset_peak()
         traced = tracemalloc.get_traced_memory()[0]
-        rss = self._process.memory_info().rss
         started = time.perf_counter()
         try:
             return fn(*args)
@@ -416,7 +264,7 @@ def _in_process(run: _Run, handlers: Handlers) -> None:
                 return
             answers = _invoke(report, meter, handlers, model, sample, folder)
             if answers is not None and run.clients is not None:
-                report.outputs = _outputs(run.clients.client("s3"), answers)
+                report.outputs = outputs(run.clients.client("s3"), answers)
     finally:
         if started_tracing:
             tracemalloc.stop()
@@ -436,6 +284,7 @@ def _load(report: Report, meter: _Meter, handlers: Handlers, folder: Path) -> An
 
 def _invoke(report: Report, meter: _Meter, handlers: Handlers, model: Any, sample: Sample,
             folder: Path) -> list[Any] | None:
+    names: list[tuple[str, tuple[str, ...]]]
     if handlers.transform_fn is not None:
         names = [("transform_fn", ("model", "body", "content_type", "accept"))]
     else:
@@ -443,9 +292,10 @@ def _invoke(report: Report, meter: _Meter, handlers: Handlers, model: Any, sampl
                  ("output_fn", ("prediction", "accept"))]
     stages = {name: Stage(name) for name, _ in names}
     report.stages.extend(stages.values())
-    timed = replace(handlers, **{
+    wrapped: dict[str, Any] = {
         name: _measured(meter, stages[name], getattr(handlers, name), _args(*args))
-        for name, args in names})
+        for name, args in names}
+    timed = replace(handlers, **wrapped)
     try:
         response = timed.invoke(model, sample.body, sample.content_type, sample.accept)
     except SmserveError as err:
@@ -461,8 +311,8 @@ def _invoke(report: Report, meter: _Meter, handlers: Handlers, model: Any, sampl
 def _round_trip(report: Report, body: bytes, content_type: str, sample: Sample, folder: Path,
                 handler: str) -> list[Any] | None:
     """Decode the answer as the declared accept type; for S3 references, one per record."""
-    stage = Stage(f"decode as {codecs.resolve_accept(sample.accept)}",
-                  inputs=f"bytes ({len(body):,}), {content_type!r}")
+    stage = Stage("decode as accept",
+                  inputs=f"bytes ({len(body):,}) as {codecs.resolve_accept(sample.accept)!r}")
     report.stages.append(stage)
     started = time.perf_counter()
     try:
@@ -492,5 +342,3 @@ def _round_trip(report: Report, body: bytes, content_type: str, sample: Sample, 
     report.answers = answers
     return answers
 
-
-__all__ += ["Failure", "Stage"]

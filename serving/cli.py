@@ -124,10 +124,13 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 
     from serving.local.stack import LocalStack
 
-    stack = LocalStack(port=args.port).start()
+    stack = LocalStack(port=args.port, echo=lambda line: print(f"# {line}", flush=True)).start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     print(f"# embedded AWS stack (S3, SQS, ECR, IAM, STS, CloudWatch Logs) on {stack.endpoint_url}")
+    print("# and the SageMaker API (models and batch transform jobs that really run, as local "
+          "processes;\n# job logs in CloudWatch Logs /aws/sagemaker/TransformJobs; "
+          "smserve replay JOB re-sends a failed object)")
     print("# paste these into another shell; Ctrl-C stops the stack")
     print(stack.exports(), flush=True)
     try:
@@ -154,7 +157,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 #: Modules under serving/commands/ that add subcommands: each has
 #: ``register(subparsers) -> None`` and sets ``func`` on its parsers.
-COMMAND_MODULES: tuple[str, ...] = ("pipeline", "check", "new", "image")
+COMMAND_MODULES: tuple[str, ...] = ("pipeline", "check", "new", "image", "replay")
 
 
 def _register_plugins(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -216,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("local", help="the embedded AWS stack")
     local = p.add_subparsers(dest="local_command", metavar="ACTION", required=True)
-    up = local.add_parser("up", help="run S3/SQS/ECR/IAM/STS/Logs on 127.0.0.1",
+    up = local.add_parser("up", help="run S3/SQS/ECR/IAM/STS/Logs and SageMaker on 127.0.0.1",
                           description=cmd_local_up.__doc__)
     up.add_argument("--port", type=_port, default=None, help="port (default: a free one)")
     up.set_defaults(func=cmd_local_up)
@@ -253,8 +256,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         if not isinstance(err, OSError):
             raise
-        print(f"smserve: error: {err}", file=sys.stderr)
-        return ConfigError.exit_code
         print(f"smserve: error: {err}", file=sys.stderr)
         return ConfigError.exit_code
 

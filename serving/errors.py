@@ -165,3 +165,10 @@ def error_body(err: BaseException) -> bytes:
 def status_of(err: BaseException) -> int:
     """The HTTP status for ``err``."""
     return err.status if isinstance(err, SmserveError) else 500
+
+
+class ImageError(SmserveError, RuntimeError):
+    """A serving image could not be built or pushed (no engine, a failed step, a refused push)."""
+
+    code = "ImageError"
+    exit_code = 6

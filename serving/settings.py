@@ -22,6 +22,8 @@ Variables (SageMaker's own, then ours):
 ``SMSERVE_FETCH_CONCURRENCY``          parallel S3 reads per request (8)
 ``SMSERVE_MAX_INPUT_MB``               largest S3 input object, MB (1024)
 ``SMSERVE_STARTUP_TIMEOUT``            seconds to wait for the model to load (600)
+``SMSERVE_CONTAINER_STARTUP_TIMEOUT``  seconds the embedded SageMaker API waits for a job's
+                                       container to pass ``/ping`` (600)
 ``SMSERVE_RUN_DIR``                    the server's private run directory (set by ``serve``)
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION``  region (us-east-1)
 ``AWS_ENDPOINT_URL[_<SERVICE>]``       endpoint overrides (the embedded stack)
@@ -96,6 +98,7 @@ class Settings:
     fetch_concurrency: int = 8
     max_input_bytes: int = 1024 * MB
     startup_timeout: int = 600
+    container_startup_timeout: int = 600
     run_dir: Path | None = None
     region: str = "us-east-1"
     endpoint_url: str | None = None
@@ -132,6 +135,8 @@ class Settings:
             fetch_concurrency=_int(env, "SMSERVE_FETCH_CONCURRENCY", 8, low=1, high=256) or 8,
             max_input_bytes=(_int(env, "SMSERVE_MAX_INPUT_MB", 1024, low=1) or 1024) * MB,
             startup_timeout=_int(env, "SMSERVE_STARTUP_TIMEOUT", 600, low=1) or 600,
+            container_startup_timeout=_int(env, "SMSERVE_CONTAINER_STARTUP_TIMEOUT", 600,
+                                           low=1) or 600,
             run_dir=Path(env["SMSERVE_RUN_DIR"]) if env.get("SMSERVE_RUN_DIR") else None,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             endpoint_url=env.get("AWS_ENDPOINT_URL") or None,

@@ -29,13 +29,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = check(Path(args.model_folder), request=args.request, data_dir=args.data,
                    mode=mode, settings=Settings.from_environ(), log=log)
     print(report.render(), flush=True)
-    if not report.ok and report.log and not args.verbose and mode != "handlers":
+    if (report.failure is not None and report.log and not report.failure.trace
+            and not args.verbose and mode != "handlers"):
         print("\n(the model server's last log lines)", file=sys.stderr)
-        print("\n".join(report.log[-25:]), file=sys.stderr)
+        print("\n".join(report.log[-15:]), file=sys.stderr)
     return report.exit_code
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``smserve check``."""
     p = subparsers.add_parser("check", help="run a model's handlers on its sample request",
                               description=DESCRIPTION,

@@ -118,7 +118,7 @@ def run_settings(bucket: str, base: Settings | None = None) -> tuple[Settings, l
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the model graph on the objects under ``--input``."""
     from serving.aws import ClientFactory
-    from serving.localpipeline import load_graph, run_pipeline
+    from serving.localpipeline import load_graph, report_message, run_pipeline
     from serving.transform.spec import parse_s3_uri
 
     bucket, _ = parse_s3_uri(args.input, "--input")
@@ -130,4 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cpu_count=args.cpu_workers, dry_run=args.dry_run, live=sys.stdout.isatty(),
         verbose=args.verbose, output_prefix=args.output_prefix, notes=notes,
         echo=lambda line: print(line, flush=True))
+    if not args.dry_run:
+        print()
+        print(report_message(report))
     return report.exit_code

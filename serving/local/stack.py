@@ -1,20 +1,24 @@
-"""Run moto's server on loopback as the embedded AWS stack.
+"""Run moto's server on loopback as the embedded AWS stack, with our SageMaker API.
 
-One endpoint serves S3, SQS, ECR, IAM, STS and CloudWatch Logs; clients need
-only ``AWS_ENDPOINT_URL=http://127.0.0.1:PORT`` (and any dummy credentials).
+One endpoint serves S3, SQS, ECR, IAM, STS and CloudWatch Logs (moto) and the
+SageMaker API whose transform jobs really run (:mod:`serving.local.sagemaker`,
+routed by its ``X-Amz-Target`` header); clients need only
+``AWS_ENDPOINT_URL=http://127.0.0.1:PORT`` (and any dummy credentials).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from serving.errors import StackError
 from serving.ports import free_port, is_free
+from serving.settings import Settings
 
 #: Credentials the embedded stack accepts (moto accepts any).
 LOCAL_CREDENTIALS = {
@@ -25,21 +29,34 @@ LOCAL_CREDENTIALS = {
 
 
 class LocalStack:
-    """moto's server in a thread of this process, on ``127.0.0.1``.
+    """moto's server and the SageMaker API in a thread of this process, on ``127.0.0.1``.
 
     Args:
         port: the port to listen on; None picks a free one.
         region: the region clients should use.
+        settings: what transform jobs' containers start from (their environment,
+            ``SMSERVE_CONTAINER_STARTUP_TIMEOUT``); default: the process environment.
+        echo: receives one line per transform job status change.
+
+    Attributes:
+        sagemaker: the SageMaker API (:class:`~serving.local.sagemaker.SageMakerService`),
+            once started.
     """
 
-    def __init__(self, port: int | None = None, region: str = "us-east-1") -> None:
+    def __init__(self, port: int | None = None, region: str = "us-east-1", *,
+                 settings: Settings | None = None,
+                 echo: Callable[[str], None] | None = None) -> None:
         if port is not None and not is_free(port):
             raise StackError(
                 f"port {port} is in use; pick another with --port, or omit it for a free one"
             )
         self.port = port or free_port()
         self.region = region
+        self._base = settings
+        self._echo = echo
         self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.sagemaker: Any = None
 
     @property
     def endpoint_url(self) -> str:
@@ -59,15 +76,40 @@ class LocalStack:
         """``export`` lines for a shell."""
         return "\n".join(f"export {k}={v}" for k, v in self.environ().items())
 
+    def settings(self) -> Settings:
+        """Settings pointed at the stack (its endpoint for every service, its region)."""
+        base = self._base or Settings.from_environ()
+        env = {k: v for k, v in base.environ.items() if not k.startswith("AWS_ENDPOINT_URL_")}
+        env.update(self.environ())
+        return base.with_changes(endpoint_url=self.endpoint_url, service_endpoints={},
+                                 region=self.region, environ=env)
+
     def start(self, timeout: float = 20.0) -> LocalStack:
         """Start the server and wait until it answers."""
         import logging
 
-        from moto.server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        from serving.local.sagemaker import SageMakerMiddleware, SageMakerService
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
+        self.sagemaker = SageMakerService(self.settings(), echo=self._echo)
+        app = SageMakerMiddleware(DomainDispatcherApplication(create_backend_app),
+                                  self.sagemaker)
+        try:
+            self._server = make_server("127.0.0.1", self.port, app, threaded=True,
+                                       request_handler=MotoRequestHandler)
+        except OSError as err:
+            raise StackError(f"cannot listen on 127.0.0.1:{self.port} ({err}); pick another "
+                             "port with --port, or omit it for a free one") from err
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name=f"stack-{self.port}", daemon=True)
+        self._thread.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -80,13 +122,19 @@ class LocalStack:
                          f"within {timeout:.0f} s")
 
     def stop(self) -> None:
-        """Stop the server (idempotent)."""
+        """Stop running transform jobs (and their containers), then the server (idempotent)."""
+        if self.sagemaker is not None:
+            self.sagemaker.shutdown()
         if self._server is not None:
-            self._server.stop()
+            self._server.shutdown()
+            self._server.server_close()
             self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
 
     def reset(self) -> None:
-        """Forget every bucket, queue and repository (moto's reset API)."""
+        """Forget every bucket, queue, repository, model and job (moto's reset API)."""
         req = urllib.request.Request(self.endpoint_url + "/moto-api/reset", method="POST")
         with urllib.request.urlopen(req, timeout=5):
             pass

@@ -9,7 +9,8 @@
    through the :class:`~serving.localpipeline.scheduler.Scheduler`, with a
    live view; a model with nothing to do is reported skipped and starts no
    transform job;
-5. print and return the :class:`~serving.localpipeline.report.PipelineReport`.
+5. return the :class:`~serving.localpipeline.report.PipelineReport`
+   (:func:`~serving.localpipeline.report.report_message` makes it readable).
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def run_pipeline(graph: Graph, clients: ClientFactory, input_uri: str, *,
                  output_prefix: str = DEFAULT_PREFIX, work_prefix: str = WORK_PREFIX,
                  runner: ProcessRunner | None = None, run_model: RunModel | None = None,
                  resources: Resources | None = None, notes: Sequence[str] = (),
+                 show_plan: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> PipelineReport:
     """Run the model graph on the objects under ``input_uri``, one local transform per model.
 
@@ -161,7 +163,12 @@ def run_pipeline(graph: Graph, clients: ClientFactory, input_uri: str, *,
         run_model: runs one model (default: :class:`TransformRunner`; tests pass a fake).
         resources: the budgets (default: from ``gpu_memory_mb``/``cpu_count``/the machine).
         notes: lines printed with the plan (defaults the caller chose).
+        show_plan: print the plan (the request counts and the view are always printed).
         clock: monotonic seconds.
+
+    Prints the plan, the request counts and the live view through ``echo``; a
+    dry run also prints the counts table. Print the result with
+    :func:`~serving.localpipeline.report.report_message`.
 
     Returns:
         the report; ``report.exit_code`` is 0 only when every model succeeded.
@@ -177,8 +184,9 @@ def run_pipeline(graph: Graph, clients: ClientFactory, input_uri: str, *,
     bucket, prefix = parse_s3_uri(input_uri, "--input")
     check_allowed(clients.settings, bucket, output_prefix)
     chosen = plan(sub, resources or Resources.detect(gpu_memory_mb, cpu_count))
-    for line in [*chosen.describe(), *notes]:
-        echo(line)
+    if show_plan:
+        for line in [*chosen.describe(), *notes]:
+            echo(line)
     s3 = clients.client("s3")
     keys = list_inputs(s3, bucket, prefix, exclude=(output_prefix, work_prefix))
     if not keys:
@@ -211,11 +219,8 @@ def run_pipeline(graph: Graph, clients: ClientFactory, input_uri: str, *,
                for n, w in work.items()}
     results = scheduler.run(finished, waiting)
     view.close()
-    report = PipelineReport(input_uri, len(keys), tuple(results), chosen, started, clock(),
-                            notes=tuple(notes))
-    echo("")
-    echo(report_message(report))
-    return report
+    return PipelineReport(input_uri, len(keys), tuple(results), chosen, started, clock(),
+                          notes=tuple(notes))
 
 
 def load_graph(models_root: str | Path) -> Graph:

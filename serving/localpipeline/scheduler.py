@@ -111,8 +111,13 @@ class Scheduler:
                     self._finish(name, report)
             while len(self._finished) < len(self.plan.order):
                 self._start_ready()
-                if len(self._finished) < len(self.plan.order):
-                    self._cond.wait(self._poll)
+                if len(self._finished) == len(self.plan.order):
+                    break
+                if not self._running:  # cannot happen with a checked plan; never hang
+                    left = [n for n in self.plan.order if n not in self._finished]
+                    raise SmserveError(f"the scheduler cannot start {', '.join(left)}; the "
+                                       "plan's budgets or dependencies are inconsistent")
+                self._cond.wait(self._poll)
             return [self._state[n] for n in self.plan.order]
 
     # --- with the lock held -------------------------------------------------

@@ -8,6 +8,7 @@ change and progress is left out.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 
@@ -31,10 +32,12 @@ class LiveView:
         live: redraw in place (a terminal) instead of a line per change.
         clock: monotonic seconds.
         interval: least seconds between redraws for progress alone.
+        columns: the terminal's width (default: asked of the terminal).
     """
 
     def __init__(self, names: Sequence[str], echo: Callable[[str], None], *, live: bool,
-                 clock: Callable[[], float] = time.monotonic, interval: float = 0.2) -> None:
+                 clock: Callable[[], float] = time.monotonic, interval: float = 0.2,
+                 columns: int | None = None) -> None:
         self._names = list(names)
         self._echo = echo
         self._live = live
@@ -43,6 +46,8 @@ class LiveView:
         self._start = clock()
         self._width = max((len(n) for n in self._names), default=0)
         self._state: dict[str, ModelReport] = {n: ModelReport(n) for n in self._names}
+        # A line wider than the terminal wraps, and the redraw would climb too few lines.
+        self._columns = columns or shutil.get_terminal_size().columns
         self._drawn = 0
         self._last_draw = float("-inf")
 
@@ -65,7 +70,8 @@ class LiveView:
             self._draw(self._clock())
 
     def _draw(self, now: float) -> None:
-        lines = [_CLEAR + self._line(self._state[n]) for n in self._names]
+        lines = [_CLEAR + self._line(self._state[n])[: max(20, self._columns - 1)]
+                 for n in self._names]
         prefix = _UP.format(n=self._drawn) if self._drawn else ""
         self._echo(prefix + "\n".join(lines))
         self._drawn = len(lines)

@@ -18,7 +18,11 @@ and "job done":
 5. returns a :class:`~serving.transform.result.JobResult`; a failed object
    does not stop the others.
 
-Not done yet (refused with a ConfigError rather than ignored): ``DataProcessing``.
+``DataProcessing`` (:mod:`serving.transform.dataprocessing`) fits into step 4:
+``InputFilter`` on each record before batching (the payload limit counts
+the filtered bytes), and, when there is a join or an ``OutputFilter``, each
+answer split into one output per record, joined with its original record,
+filtered, then assembled.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from typing import Any, NamedTuple
 
 import requests
 
-from serving.errors import ConfigError, TransformError
+from serving.errors import TransformError
 from serving.transform.batching import make_batcher
+from serving.transform.dataprocessing import DataProcessor
 from serving.transform.invoke import Invoker, new_session
 from serving.transform.listing import InputObject, list_inputs, output_location
 from serving.transform.params import BatchParams, resolve
@@ -78,6 +83,12 @@ class DataPlane:
         backoff: first pause between invocation retries, in seconds.
         sleep: how to pause between retries.
         clock: monotonic seconds, for timings.
+        slice_end: ``exclusive`` (default) or ``inclusive``: whether ``[start:end]``
+            in a ``DataProcessing`` filter includes ``end`` (**unconfirmed**
+            service behaviour).
+
+    Raises:
+        ConfigError: ``spec`` breaks a ``DataProcessing`` rule, or a bad option.
     """
 
     def __init__(self, s3_client: Any, container_urls: Sequence[str], spec: TransformJobSpec,
@@ -87,7 +98,8 @@ class DataPlane:
                  max_object_bytes: int = MAX_OBJECT_BYTES, empty_lines: str = "keep",
                  relative_to: str = "prefix", chunked_when_unlimited: bool = True,
                  backoff: float = 0.2, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 slice_end: str = "exclusive") -> None:
         if not container_urls:
             raise ValueError("DataPlane needs at least one container URL")
         self.s3 = s3_client
@@ -106,6 +118,7 @@ class DataPlane:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._counts = [0, 0, 0, 0]
+        self._processor = DataProcessor.for_spec(spec, slice_end=slice_end)
 
     # --- public -------------------------------------------------------------------------
 
@@ -120,14 +133,9 @@ class DataPlane:
             the per-object results; check ``.ok`` / ``.failure_reason()``.
 
         Raises:
-            ConfigError: the spec asks for something the data plane does not do.
             TransformError: the job cannot start (no input objects, unreadable listing).
         """
         spec = self.spec
-        if spec.has_data_processing():
-            raise ConfigError("DataProcessing (InputFilter/OutputFilter/JoinSource) is not "
-                              "supported by the local data plane yet; remove it from the job",
-                              field="DataProcessing")
         started = self._clock()
         for note in spec.notes():
             self._log(note)
@@ -228,9 +236,10 @@ class DataPlane:
             data = decompress(raw, spec.compression, limit=self.max_object_bytes, where=where)
             records = split_records(data, spec.split_type, where=where,
                                     empty_lines=self.empty_lines)
+            sent = self._processor.filter_inputs(records, where) if self._processor else records
             batcher = make_batcher(params.batch_strategy, params.max_payload_mb,
                                    spec.split_type)
-            batches = list(batcher.batches(records, where))
+            batches = list(batcher.batches(sent, where))
         except TransformError as err:
             kind = err.context.get("reason", "InvalidInput")
             return f"{kind}: {err.message.removeprefix(where + ': ')}"
@@ -267,6 +276,13 @@ class DataPlane:
                 self._counts[0] += batch.count
             self._report()
         stats.update(records_done=done, requests=len(batches))
+        if self._processor is not None and self._processor.per_record:
+            try:
+                answers = self._processor.outputs(
+                    records, [(b.first, b.count, a) for b, a in zip(batches, answers, strict=True)],
+                    where)
+            except TransformError as err:
+                return f"DataProcessing: {err.message.removeprefix(where + ': ')}"
         if spec.assemble_with == "Line":
             body = b"".join(a + b"\n" for a in answers)
         else:

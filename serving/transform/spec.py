@@ -24,6 +24,8 @@ from typing import Any
 
 from serving.errors import ConfigError
 from serving.transform import _validate as v
+from serving.transform.dataprocessing import check_data_processing
+from serving.transform.jsonpath import MAX_EXPRESSION, parse_path
 
 S3_DATA_TYPES = ("S3Prefix", "ManifestFile")
 COMPRESSION_TYPES = ("None", "Gzip")
@@ -86,7 +88,10 @@ class TransformJobSpec:
         invocations_timeout: seconds per invocation, 1..3600; None = not set (600).
         invocations_max_retries: 0..3; None = not set (3).
         environment: the job's ``Environment`` (at most 16 entries).
-        data_processing: ``DataProcessing`` as given (validated, not yet applied).
+        data_processing: ``DataProcessing`` as given, validated: the
+            expressions (:mod:`serving.transform.jsonpath`) and, when it asks for
+            more than the defaults, the rules of
+            :func:`~serving.transform.dataprocessing.check_data_processing`.
         extra: ``Tags``, ``DataCaptureConfig``, ``ExperimentConfig`` as given.
     """
 
@@ -181,7 +186,8 @@ class TransformJobSpec:
                data_type: str = "S3Prefix", instance_type: str = "ml.m5.large",
                instance_count: int = 1, invocations_timeout: int | None = None,
                invocations_max_retries: int | None = None, kms_key_id: str | None = None,
-               environment: Mapping[str, str] | None = None) -> TransformJobSpec:
+               environment: Mapping[str, str] | None = None,
+               data_processing: Mapping[str, Any] | None = None) -> TransformJobSpec:
         """A spec from keyword arguments, with the defaults the pipeline uses.
 
         JSON lines in and out, one record per line, as many records per request
@@ -195,7 +201,7 @@ class TransformJobSpec:
                    batch_strategy=batch_strategy, max_payload_mb=max_payload_mb,
                    max_concurrent=max_concurrent, invocations_timeout=invocations_timeout,
                    invocations_max_retries=invocations_max_retries,
-                   environment=environment or {})
+                   environment=environment or {}, data_processing=data_processing)
 
     # --- derived values --------------------------------------------------------------------
 
@@ -318,6 +324,8 @@ class TransformJobSpec:
         self._validate_environment()
         if self.data_processing is not None:
             self._validate_data_processing(self.data_processing)
+            if self.has_data_processing():
+                check_data_processing(self)
 
     def _validate_environment(self) -> None:
         if len(self.environment) > MAX_ENVIRONMENT:
@@ -341,8 +349,9 @@ class TransformJobSpec:
                               f"allowed: {', '.join(sorted(allowed))}", field="DataProcessing")
         for name in ("InputFilter", "OutputFilter"):
             if name in dp:
-                v.check_len(v.get_str(dp, name, f"DataProcessing.{name}") or "",
-                            f"DataProcessing.{name}", 63, low=0)
+                value = v.get_str(dp, name, f"DataProcessing.{name}") or ""
+                v.check_len(value, f"DataProcessing.{name}", MAX_EXPRESSION, low=0)
+                parse_path(value, f"DataProcessing.{name}")
         if "JoinSource" in dp:
             v.check_choice(v.get_str(dp, "JoinSource", "DataProcessing.JoinSource"),
                            "DataProcessing.JoinSource", JOIN_SOURCES)

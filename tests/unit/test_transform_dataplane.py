@@ -435,9 +435,73 @@ def test_progress_and_log(clients: ClientFactory, bucket: str, peer: Peer) -> No
     assert any("2 input object(s)" in line for line in lines)
 
 
-def test_data_processing_is_refused_not_ignored(clients: ClientFactory, bucket: str,
-                                                peer: Peer) -> None:
-    req = job(bucket).to_request()
+def test_data_processing_on_an_unsupported_content_type_is_refused(bucket: str) -> None:
+    req = job(bucket).to_request()  # text/plain
     req["DataProcessing"] = {"JoinSource": "Input"}
-    with pytest.raises(ConfigError, match="DataProcessing"):
-        run(clients, [peer.url], TransformJobSpec.from_request(req))
+    with pytest.raises(ConfigError, match=r"TransformInput.ContentType='text/plain': "
+                                          r"DataProcessing works only with text/csv"):
+        TransformJobSpec.from_request(req)
+
+
+# --- reference behaviours checked once more, end to end ---------------------------------------
+
+
+def test_mini_batches_never_span_two_objects(clients: ClientFactory, bucket: str,
+                                            peer: Peer) -> None:
+    put(clients, bucket, {"data/a.txt": b"a\nb\n", "data/b.txt": b"c\n"})
+    run(clients, [peer.url], job(bucket, max_concurrent=1))
+    assert sorted(c["body"] for c in peer.invocations) == [b"a\nb", b"c"]
+
+
+def test_tfrecord_multi_record_keeps_framing_and_a_corrupt_object_fails_alone(
+        clients: ClientFactory, bucket: str, peer: Peer) -> None:
+    from serving.transform._crc32c import masked_crc32c
+
+    def frame(data: bytes) -> bytes:
+        head = struct.pack("<Q", len(data))
+        return (head + struct.pack("<I", masked_crc32c(head)) + data
+                + struct.pack("<I", masked_crc32c(data)))
+
+    good = frame(b"one") + frame(b"two")
+    put(clients, bucket, {"data/a.tfrecord": good, "data/b.tfrecord": good[:-1] + b"\0"})
+    result = run(clients, [peer.url], job(bucket, split_type="TFRecord", assemble_with="None"))
+    assert [c["body"] for c in peer.invocations] == [good]
+    assert outputs(clients, bucket) == {"out/a.tfrecord.out": good.upper()}
+    assert [o.key for o in result.failed] == ["data/b.tfrecord"]
+    assert "CRC does not match" in (result.failed[0].error or "")
+
+
+def test_the_log_names_key_record_status_and_message(clients: ClientFactory, bucket: str,
+                                                     peer: Peer) -> None:
+    put(clients, bucket, {"data/a.txt": b"ok\nboom\n"})
+    lines: list[str] = []
+    run(clients, [peer.url], job(bucket, batch_strategy="SingleRecord", max_concurrent=1,
+                                 invocations_max_retries=1), log=lines.append)
+    assert (f"s3://{bucket}/data/a.txt: record 1 (request 2 of 2): ServerError: 500 after 2 "
+            "tries: PredictionError: boom in predict_fn") in lines
+    assert any(line.startswith(f"s3://{bucket}/data/a.txt: failed: ServerError: 500")
+               for line in lines)
+
+
+def test_stop_fails_the_objects_not_finished_and_writes_none_of_them(
+        clients: ClientFactory, bucket: str, peer: Peer) -> None:
+    put(clients, bucket, {f"data/{i}.txt": b"slow\n" for i in range(3)})
+    plane = DataPlane(clients.client("s3"), [peer.url], job(bucket, max_concurrent=1),
+                      backoff=0, sleep=lambda _s: None)
+    done: list[JobResult] = []
+    worker = threading.Thread(target=lambda: done.append(plane.run()))
+    worker.start()
+    try:
+        for _ in range(200):
+            if peer.invocations:
+                break
+            threading.Event().wait(0.02)
+        plane.stop()
+    finally:
+        peer.release.set()
+        worker.join(30)
+    (result,) = done
+    assert not result.ok
+    stopped = [o for o in result.failed if (o.error or "").startswith("Stopped")]
+    assert len(stopped) == 2 and len(peer.invocations) == 1
+    assert set(outputs(clients, bucket)) == {o.output.split("/", 3)[3] for o in result.succeeded}

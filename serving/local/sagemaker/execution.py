@@ -1,0 +1,253 @@
+"""One transform job, run in the background: model data -> containers -> data plane -> outputs.
+
+:class:`TransformRun` does what the service does after ``CreateTransformJob``
+has answered: fetch and extract the model's ``ModelDataUrl``, start
+``InstanceCount`` containers (the process runner: ``smserve serve`` with the
+model's ``Environment`` and the job's on top; the model's ``Image`` is
+recorded in the log), run the data plane, and always stop the containers.
+It ends in an :class:`Outcome`: ``Completed``, ``Failed`` with a
+``FailureReason`` (at most 1024 characters, saying what happened and what to
+change) or ``Stopped``. Every line goes to the job's CloudWatch log.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serving.aws import ClientFactory
+from serving.errors import ConfigError, ServerStartError, TransformError
+from serving.local.sagemaker.artifacts import fetch_model
+from serving.local.sagemaker.logs import JobLog
+from serving.transform.dataplane import DataPlane
+from serving.transform.listing import list_inputs
+from serving.transform.params import container_environment
+from serving.transform.result import MAX_FAILURE_REASON, JobResult
+from serving.transform.runner import Container, ProcessRunner
+from serving.transform.spec import TransformJobSpec
+
+#: Seconds a container gets between SIGTERM and SIGKILL.
+STOP_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended.
+
+    Attributes:
+        status: ``Completed``, ``Failed`` or ``Stopped``.
+        failure_reason: why it failed (None unless ``Failed``).
+        result: the data plane's result, when it ran.
+    """
+
+    status: str
+    failure_reason: str | None = None
+    result: JobResult | None = None
+
+
+def _cut(text: str, limit: int = MAX_FAILURE_REASON) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _TrackingRunner(ProcessRunner):
+    """A :class:`ProcessRunner` that reports each container as it is spawned.
+
+    So a stop request can end containers that are still starting (the runner's
+    ``start`` then fails fast, as for any container that exits).
+    """
+
+    def __init__(self, on_spawn: Callable[[Container], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._on_spawn = on_spawn
+
+    def _spawn(self, model_dir: Path, environment: Mapping[str, str], index: int) -> Container:
+        container = super()._spawn(model_dir, environment, index)
+        self._on_spawn(container)
+        return container
+
+
+class TransformRun:
+    """Runs one job in a thread of its own.
+
+    Args:
+        spec: the job.
+        container: the model's container definition (``Image``, ``ModelDataUrl``,
+            ``Environment``).
+        clients: where S3 is (the stack's own endpoint).
+        log: the job's CloudWatch log.
+        runner_env: the base environment of every container (points at the stack).
+        startup_timeout: seconds a container may take to pass ``/ping``.
+        on_running: called when the containers are healthy.
+        on_finished: called once with the :class:`Outcome`.
+        command: the container command (default: ``smserve serve``); tests only.
+    """
+
+    def __init__(self, spec: TransformJobSpec, container: Mapping[str, Any],
+                 clients: ClientFactory, log: JobLog, *, runner_env: Mapping[str, str],
+                 startup_timeout: float, on_running: Callable[[], None] | None = None,
+                 on_finished: Callable[[Outcome], None] | None = None,
+                 command: Sequence[str] | None = None) -> None:
+        self.spec = spec
+        self.container = dict(container)
+        self.clients = clients
+        self.log = log
+        self.runner_env = dict(runner_env)
+        self.startup_timeout = startup_timeout
+        self._on_running = on_running
+        self._on_finished = on_finished
+        self._command = command
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._plane: DataPlane | None = None
+        self._containers: list[Container] = []
+        self._thread = threading.Thread(target=self._main, name=f"job-{spec.name}", daemon=True)
+
+    def start(self) -> None:
+        """Start the job's thread."""
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the job to end; True when it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Ask the job to stop: no new objects, containers ended (returns at once)."""
+        with self._lock:
+            self._stopping = True
+            plane, containers = self._plane, list(self._containers)
+        self.log.data(f"{self.spec.name}: stop requested")
+        if plane is not None:
+            plane.stop()
+        for container in containers:
+            threading.Thread(target=container.stop, kwargs={"grace": STOP_GRACE},
+                             name=f"stop-{self.spec.name}-{container.index}",
+                             daemon=True).start()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        with self._lock:
+            return self._stopping
+
+    # --- the thread --------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            outcome = self._execute()
+        except Exception as err:  # a bug here must still end the job, and say so
+            self.log.data(traceback.format_exc())
+            outcome = Outcome("Failed", _cut(f"InternalServerError: {type(err).__name__}: "
+                                             f"{err}; see the data-log stream"))
+        if outcome.failure_reason:
+            self.log.data(f"{self.spec.name}: Failed: {outcome.failure_reason}")
+        else:
+            self.log.data(f"{self.spec.name}: {outcome.status}")
+        self.log.close()
+        if self._on_finished is not None:
+            self._on_finished(outcome)
+
+    def _execute(self) -> Outcome:
+        spec, say = self.spec, self.log.data
+        workdir = Path(tempfile.mkdtemp(prefix=f"smserve-sagemaker-{spec.name}-"))
+        try:
+            environment = container_environment(spec, self.container.get("Environment") or {})
+            program = environment.get("SAGEMAKER_PROGRAM") or "serving.py"
+            image = self.container.get("Image") or "(no Image)"
+            say(f"{spec.name}: model {spec.model_name}, image {image} (run as a local process: "
+                f"smserve serve), {spec.instance_count} instance(s) of {spec.instance_type}")
+            try:
+                model_dir = fetch_model(self.clients.client("s3"), self.container, workdir,
+                                        program)
+            except TransformError as err:
+                return Outcome("Failed", _cut(err.message))
+            try:  # no input: fail before paying for a container start
+                list_inputs(self.clients.client("s3"), spec)
+            except TransformError as err:
+                return Outcome("Failed", _cut(f"ClientError: {err.message}"))
+            if self.stopping:
+                return Outcome("Stopped")
+            try:
+                containers = self._start_containers(model_dir, environment)
+            except ServerStartError as err:
+                if self.stopping:
+                    return Outcome("Stopped")
+                return Outcome("Failed", self._start_failure(err))
+            if self._on_running is not None:
+                self._on_running()
+            return self._transform(containers)
+        finally:
+            for container in self._spawned():
+                container.stop(grace=STOP_GRACE)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _start_containers(self, model_dir: Path, environment: Mapping[str, str]
+                          ) -> list[Container]:
+        runner = _TrackingRunner(self._spawned_one, command=self._command, env=self.runner_env,
+                                 startup_timeout=self.startup_timeout, log=self.log.container,
+                                 stop_grace=STOP_GRACE)
+        self.log.data(f"{self.spec.name}: starting {self.spec.instance_count} container(s): "
+                      + ", ".join(self.log.instance_ids))
+        return runner.start(model_dir, environment, count=self.spec.instance_count)
+
+    def _transform(self, containers: list[Container]) -> Outcome:
+        plane = DataPlane(self.clients.client("s3"), [c.url for c in containers], self.spec,
+                          log=self.log.data)
+        with self._lock:
+            self._plane = plane
+            stopping = self._stopping
+        if stopping:
+            return Outcome("Stopped")
+        try:
+            result = plane.run()
+        except (TransformError, ConfigError) as err:
+            if self.stopping:
+                return Outcome("Stopped")
+            return Outcome("Failed", _cut(f"ClientError: {err.message}"))
+        self.log.data(result.summary())
+        if self.stopping:
+            return Outcome("Stopped", result=result)
+        if result.ok:
+            return Outcome("Completed", result=result)
+        died = self._died(containers)
+        reason = result.failure_reason(limit=MAX_FAILURE_REASON - len(died)) + died
+        return Outcome("Failed", _cut(reason), result)
+
+    # --- containers ----------------------------------------------------------------------
+
+    def _spawned_one(self, container: Container) -> None:
+        with self._lock:
+            self._containers.append(container)
+            stopping = self._stopping
+        if stopping:
+            container.stop(grace=STOP_GRACE)
+
+    def _spawned(self) -> list[Container]:
+        with self._lock:
+            return list(self._containers)
+
+    def _died(self, containers: list[Container]) -> str:
+        parts = []
+        for container in containers:
+            code = container.process.poll()
+            if code is not None:
+                stream = self.log.container_stream(container.index)
+                parts.append(f" Container {self.log.instance_ids[container.index]} exited with "
+                              f"code {code} during the job; its log is in {stream}.")
+        return "".join(parts)
+
+    def _start_failure(self, err: ServerStartError) -> str:
+        text = err.message.split("Last log lines:", 1)[0].strip()
+        streams = ", ".join(self.log.container_stream(i)
+                            for i in range(len(self.log.instance_ids)))
+        tail = (f" The container log is in /aws/sagemaker/TransformJobs {streams}; fix the "
+                "model (or raise SMSERVE_CONTAINER_STARTUP_TIMEOUT if it loads slowly) and "
+                "create a new job.")
+        return _cut(f"AlgorithmError: the container did not pass the /ping health check: "
+                    f"{_cut(text, MAX_FAILURE_REASON - 80 - len(tail))}{tail}")
