@@ -40,6 +40,14 @@ def say(line: str = "") -> None:
     print(line, flush=True)
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (other work on a shared machine), or None."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def machine() -> str:
     """One line about where the figures come from."""
     try:
@@ -76,8 +84,42 @@ def _wait_answers(url: str, timeout: float, process: subprocess.Popen[bytes] | N
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def _stat(pid: int) -> tuple[int, str] | None:
+    """``(parent pid, start time)`` of a process, or None when it is gone."""
+    try:
+        text = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ... starttime(22nd)": comm may hold spaces.
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[19]
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """``(pid, start time)`` of every process below ``pid``, read from ``/proc``."""
+    parents: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            info = _stat(int(entry.name))
+            if info is not None:
+                parents.setdefault(info[0], []).append((int(entry.name), info[1]))
+    found: list[tuple[int, str]] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
 def stop_process_group(process: subprocess.Popen[Any], grace: float = 5.0) -> None:
-    """SIGTERM the process's group, then SIGKILL it; waits for the process."""
+    """SIGTERM the process's group, then SIGKILL it; waits for the process.
+
+    Descendants that moved to a session of their own (multi-model-server does)
+    and outlive the process are killed too, by process id (checked against
+    their start time, so a reused id is left alone).
+    """
+    below = descendants(process.pid) if process.poll() is None else []
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -87,6 +129,11 @@ def stop_process_group(process: subprocess.Popen[Any], grace: float = 5.0) -> No
         os.killpg(process.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(5)
+    for pid, started in below:
+        info = _stat(pid)
+        if info is not None and info[1] == started:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager

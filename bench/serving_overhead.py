@@ -46,6 +46,7 @@ from _common import (
     bench_environ,
     embedded_stack,
     json_line,
+    load_average,
     machine,
     prepare_process,
     r3,
@@ -164,7 +165,7 @@ def measure(name: str, folder: Path, bodies: Sequence[bytes], warmup: int, setti
         for body in bodies[:warmup]:
             for _, fn in paths:
                 fn(body)
-        for i, body in enumerate(bodies):
+        for i, body in enumerate(bodies[warmup:]):
             # Rotate which path goes first, so drift and caches favour neither.
             shift = i % len(paths)
             answers: dict[str, bytes] = {}
@@ -225,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from serving.aws import ClientFactory
     from serving.settings import Settings
 
+    load_at_start = load_average()
     say(f"serving_overhead: machine: {machine()}")
     wall = time.perf_counter()
     with embedded_stack(args.stack) as stack:
@@ -288,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "goal_overhead_ms": GOAL_OVERHEAD_MS,
         "goal_met": goal_met,
         "cpus": os.cpu_count(),
+        "load_average_1m": {"start": load_at_start, "end": load_average()},
     }))
     return 0
 

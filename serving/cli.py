@@ -85,16 +85,36 @@ def cmd_transform(args: argparse.Namespace) -> int:
     from serving.transform.dataplane import Progress
 
     settings = _settings()
-    name = args.job_name or "local-" + Path(args.model).name.removesuffix(".tar.gz").replace(
-        "_", "-")
+    model = Path(args.model)
+    model_name = model.name.removesuffix(".tar.gz").replace("_", "-")
+    # A model folder's model.toml gives the defaults; flags win over it.
+    toml: dict[str, object] = {}
+    model_environment: dict[str, str] = {}
+    if (model / "model.toml").is_file():
+        from serving.modelspec import load_spec
+
+        ms = load_spec(model)
+        toml = {"content_type": ms.content_type, "accept": ms.accept,
+                "split_type": ms.split_type, "batch_strategy": ms.batch_strategy,
+                "max_payload_mb": ms.max_payload_mb,
+                "max_concurrent": ms.max_concurrent_transforms,
+                "assemble_with": ms.assemble_with, "instance_count": ms.instance_count}
+        model_environment = ms.container_environment()
+    fallback: dict[str, object] = {
+        "content_type": "application/jsonlines", "accept": "application/jsonlines",
+        "split_type": "Line", "batch_strategy": "MultiRecord", "max_payload_mb": 6,
+        "max_concurrent": None, "assemble_with": "Line", "instance_count": 1}
+    value = {key: (getattr(args, key) if getattr(args, key) is not None
+                   else toml.get(key, default)) for key, default in fallback.items()}
     spec = TransformJobSpec.simple(
-        name, Path(args.model).name.removesuffix(".tar.gz").replace("_", "-"),
-        args.input, args.output,
-        content_type=args.content_type or None, accept=args.accept or None,
-        split_type=args.split_type, batch_strategy=args.batch_strategy,
-        max_payload_mb=args.max_payload_mb, max_concurrent=args.max_concurrent,
-        assemble_with=args.assemble_with, instance_count=args.instance_count,
-        compression=args.compression,
+        args.job_name or f"local-{model_name}", model_name, args.input, args.output,
+        content_type=str(value["content_type"]) or None, accept=str(value["accept"]) or None,
+        split_type=str(value["split_type"]), batch_strategy=str(value["batch_strategy"]),
+        max_payload_mb=int(str(value["max_payload_mb"])),
+        max_concurrent=(int(str(value["max_concurrent"]))
+                        if value["max_concurrent"] is not None else None),
+        assemble_with=str(value["assemble_with"]),
+        instance_count=int(str(value["instance_count"])), compression=args.compression,
     )
 
     def progress(p: Progress) -> None:
@@ -105,7 +125,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
 
     log = print if args.verbose else None
     result = run_transform(spec, args.model, ClientFactory(settings), log=log,
-                           progress=progress)
+                           progress=progress, model_environment=model_environment)
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     print(result.summary())
@@ -203,17 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="s3://bucket/prefix of the input objects")
     p.add_argument("--output", required=True, help="s3://bucket/prefix for the .out objects")
     p.add_argument("--job-name", default=None)
-    p.add_argument("--content-type", default="application/jsonlines")
-    p.add_argument("--accept", default="application/jsonlines")
-    p.add_argument("--split-type", default="Line", choices=["None", "Line", "RecordIO",
-                                                            "TFRecord"])
-    p.add_argument("--batch-strategy", default="MultiRecord",
-                   choices=["MultiRecord", "SingleRecord"])
-    p.add_argument("--max-payload-mb", type=_positive, default=6)
-    p.add_argument("--max-concurrent", type=_positive, default=None)
-    p.add_argument("--assemble-with", default="Line", choices=["None", "Line"])
+    p.epilog = ("Batch settings not given as flags come from the model folder's model.toml, "
+                "else: JSON lines in and out, Line split, MultiRecord, 6 MB, one instance.")
+    p.add_argument("--content-type", default=None, help="ContentType sent to the container")
+    p.add_argument("--accept", default=None, help="Accept sent to the container")
+    p.add_argument("--split-type", default=None, choices=["None", "Line", "RecordIO",
+                                                          "TFRecord"])
+    p.add_argument("--batch-strategy", default=None, choices=["MultiRecord", "SingleRecord"])
+    p.add_argument("--max-payload-mb", type=_positive, default=None,
+                   help="MaxPayloadInMB (0 = no limit)")
+    p.add_argument("--max-concurrent", type=_positive, default=None,
+                   help="MaxConcurrentTransforms per container")
+    p.add_argument("--assemble-with", default=None, choices=["None", "Line"])
     p.add_argument("--compression", default="None", choices=["None", "Gzip"])
-    p.add_argument("--instance-count", type=_positive, default=1)
+    p.add_argument("--instance-count", type=_positive, default=None,
+                   help="containers to run (InstanceCount)")
     p.add_argument("-v", "--verbose", action="store_true", help="print container logs")
     p.set_defaults(func=cmd_transform)
 

@@ -196,10 +196,20 @@ def connect(environ: Mapping[str, str], timeout: float = 60.0) -> Any:
         client = docker.DockerClient.from_env(environment=dict(environ), timeout=int(timeout))
         client.ping()
     except (DockerException, OSError) as err:
-        reason = _one_line(str(err)) or type(err).__name__
+        reason = _engine_reason(err)
         raise ImageError(f"no Docker engine is reachable at {_where(environ)} ({reason}); "
                          "start Docker, or set DOCKER_HOST to a running engine") from err
     return client
+
+
+def _engine_reason(err: BaseException) -> str:
+    """The root cause of a failed connection, in a few words ("Connection refused")."""
+    text = str(err)
+    for pattern in (r"\[Errno -?\d+\] ([^'\")\]]+)", r"Error\(-?\d+, '([^']+)'\)"):
+        found = re.findall(pattern, text)
+        if found:
+            return str(found[-1]).strip()
+    return _one_line(text)[:200] or type(err).__name__
 
 
 def engine_available(environ: Mapping[str, str], timeout: float = 5.0) -> bool:

@@ -92,6 +92,16 @@ class ModelSpec:
         """The ``inputs`` entries that name another model: input name -> model."""
         return {k: v for k, v in self.inputs.items() if v != PIPELINE_INPUT}
 
+    def container_environment(self) -> dict[str, str]:
+        """The model's container ``Environment`` (CreateModel), from ``model.toml``.
+
+        ``cpu_workers`` becomes ``SAGEMAKER_MODEL_SERVER_WORKERS`` (model
+        server worker processes) unless ``environment`` sets it itself.
+        """
+        env = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(self.cpu_workers)}
+        env.update(self.environment)
+        return env
+
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain JSON-friendly values (``folder`` as a string)."""
         return {

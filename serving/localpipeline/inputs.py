@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,17 @@ def existing(s3: Any, records: Iterable[RequestRecord],
         StorageError: S3 answered other than "found" or "not found" (a 403
             when the caller may not list the bucket, for one).
     """
-    wanted = sorted({(r.bucket, r.output_path) for r in records})
+    return existing_keys(s3, ((r.bucket, r.output_path) for r in records), concurrency)
+
+
+def existing_keys(s3: Any, refs: Iterable[tuple[str, str]],
+                  concurrency: int = HEAD_CONCURRENCY) -> set[tuple[str, str]]:
+    """Which ``(bucket, key)`` objects exist, by concurrent HeadObject calls.
+
+    Raises:
+        StorageError: as :func:`existing`.
+    """
+    wanted = sorted(set(refs))
 
     def head(ref: tuple[str, str]) -> bool:
         try:
@@ -134,11 +144,14 @@ class ModelWork:
         model: the model's name.
         records: every request record (one per input object).
         pending: the records to send (their output is missing, or ``overwrite``).
+        missing_inputs: model left out of the run (``--models``) -> pending
+            records that read its output although it does not exist: they will fail.
     """
 
     model: str
     records: tuple[RequestRecord, ...]
     pending: tuple[RequestRecord, ...]
+    missing_inputs: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def exist(self) -> int:
@@ -154,9 +167,23 @@ def build_work(graph: Graph, s3: Any, bucket: str, keys: Sequence[str], *, prefi
     found: set[tuple[str, str]] = set()
     if not overwrite:
         found = existing(s3, [r for rs in records.values() for r in rs])
-    return {name: ModelWork(name, tuple(rs),
-                            tuple(r for r in rs if (r.bucket, r.output_path) not in found))
-            for name, rs in records.items()}
+    pending = {name: tuple(r for r in rs if (r.bucket, r.output_path) not in found)
+               for name, rs in records.items()}
+    # Inputs from models left out of the run (--models) must exist already.
+    outside = {name: {i: src for i, src in graph[name].upstream_inputs.items()
+                      if src not in graph} for name in records}
+    refs = {(r.bucket, r.inputs[i]) for name, rs in pending.items() for r in rs
+            for i in outside[name]}
+    there = existing_keys(s3, refs) if refs else set()
+    work: dict[str, ModelWork] = {}
+    for name, rs in records.items():
+        missing: dict[str, int] = {}
+        for input_name, source in outside[name].items():
+            count = sum((r.bucket, r.inputs[input_name]) not in there for r in pending[name])
+            if count:
+                missing[source] = max(missing.get(source, 0), count)
+        work[name] = ModelWork(name, tuple(rs), pending[name], missing)
+    return work
 
 
 def describe_work(work: Mapping[str, ModelWork], inputs: int) -> list[str]:
@@ -167,4 +194,8 @@ def describe_work(work: Mapping[str, ModelWork], inputs: int) -> list[str]:
         todo = f"{len(w.pending)} to run" if w.pending else "nothing to run"
         lines.append(f"  {name:<{width}}  {len(w.records)} record(s): {todo}, "
                      f"{w.exist} output(s) exist")
+        for source, count in w.missing_inputs.items():
+            lines.append(f"  {'':<{width}}  warning: {count} of them read outputs of {source} "
+                         f"that do not exist, so its transform will fail; run {source} first, "
+                         "or add it to --models")
     return lines

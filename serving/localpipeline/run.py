@@ -214,7 +214,8 @@ def run_pipeline(graph: Graph, clients: ClientFactory, input_uri: str, *,
         result = model_runner(work[name], progress)
         return dataclasses.replace(result, skipped=result.skipped + work[name].exist)
 
-    scheduler = Scheduler(chosen, run_one, on_change=view.update, clock=clock)
+    scheduler = Scheduler(chosen, run_one, on_change=view.update, on_tick=view.tick,
+                          clock=clock)
     waiting = {n: ModelReport(n, records=len(w.records), total_records=len(w.pending))
                for n, w in work.items()}
     results = scheduler.run(finished, waiting)

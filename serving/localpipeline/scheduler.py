@@ -69,16 +69,20 @@ class Scheduler:
             error's message as the reason).
         on_change: receives a model's new state (status changes and progress);
             called with the scheduler's lock held, one call at a time.
+        on_tick: called every ``poll`` seconds while models run (lock held),
+            so a view can show the time passing.
         clock: monotonic seconds, for the reports' start and end times.
         poll: seconds between checks for Ctrl-C while waiting.
     """
 
     def __init__(self, plan: Plan, run_one: RunOne, *,
                  on_change: Callable[[ModelReport], None] | None = None,
+                 on_tick: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, poll: float = 0.5) -> None:
         self.plan = plan
         self._run_one = run_one
         self._on_change = on_change or (lambda _report: None)
+        self._on_tick = on_tick or (lambda: None)
         self._clock = clock
         self._poll = poll
         self._cond = threading.Condition()
@@ -118,6 +122,7 @@ class Scheduler:
                     raise SmserveError(f"the scheduler cannot start {', '.join(left)}; the "
                                        "plan's budgets or dependencies are inconsistent")
                 self._cond.wait(self._poll)
+                self._on_tick()
             return [self._state[n] for n in self.plan.order]
 
     # --- with the lock held -------------------------------------------------

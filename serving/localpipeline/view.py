@@ -64,6 +64,13 @@ class LiveView:
         if status_changed or now - self._last_draw >= self._interval:
             self._draw(now)
 
+    def tick(self) -> None:
+        """Redraw (on a terminal) so running models' times move on."""
+        if self._live:
+            now = self._clock()
+            if now - self._last_draw >= self._interval:
+                self._draw(now)
+
     def close(self) -> None:
         """Draw the final state (on a terminal)."""
         if self._live:

@@ -202,7 +202,8 @@ def _wait_loaded(server: ServerProcess, timeout: float,
     deadline = time.monotonic() + timeout
     while True:
         if error_file.exists():
-            cause = error_file.read_text().strip()
+            # The first paragraph is the cause; the traceback is in the log above.
+            cause = error_file.read_text().strip().split("\n\n", 1)[0]
             raise ServerStartError(f"the model failed to load: {cause}")
         code = server.process.poll()
         if code is not None:

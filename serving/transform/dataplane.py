@@ -126,8 +126,12 @@ class DataPlane:
         """Ask a running :meth:`run` to stop: objects not finished fail as ``Stopped``."""
         self._stop.set()
 
-    def run(self) -> JobResult:
+    def run(self, objects: list[InputObject] | None = None) -> JobResult:
         """Transform every input object.
+
+        Args:
+            objects: the input, when the caller listed it already (see
+                :func:`serving.transform.listing.list_inputs`); None lists it here.
 
         Returns:
             the per-object results; check ``.ok`` / ``.failure_reason()``.
@@ -139,7 +143,8 @@ class DataPlane:
         started = self._clock()
         for note in spec.notes():
             self._log(note)
-        objects = list_inputs(self.s3, spec, relative_to=self.relative_to, log=self._log)
+        if objects is None:
+            objects = list_inputs(self.s3, spec, relative_to=self.relative_to, log=self._log)
         self._counts = [0, 0, 0, len(objects)]
         probe = Invoker(self.urls[0], content_type=None, accept=None, timeout=10, retries=0)
         try:

@@ -17,6 +17,7 @@ from typing import Any
 from serving.aws import ClientFactory
 from serving.errors import ConfigError, TransformError
 from serving.transform.dataplane import DataPlane, Progress
+from serving.transform.listing import list_inputs
 from serving.transform.params import container_environment
 from serving.transform.result import JobResult
 from serving.transform.runner import Container, ProcessRunner
@@ -87,16 +88,20 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
 
         env = {**Settings.from_environ().environ, **clients.settings.environ}
         runner = ProcessRunner(env=env, log=log)
+    options = dict(plane_options or {})
     workdir = Path(tempfile.mkdtemp(prefix="smserve-job-"))
     containers: list[Container] = []
     try:
         model_dir = prepare_model(model, workdir)
+        # List the input before any container starts: an empty prefix fails fast.
+        objects = list_inputs(clients.client("s3"), spec,
+                              relative_to=options.get("relative_to", "prefix"), log=say)
         environment = container_environment(spec, model_environment)
         say(f"{spec.name}: starting {spec.instance_count} container(s) for {model}")
         containers = runner.start(model_dir, environment, count=spec.instance_count)
         plane = DataPlane(clients.client("s3"), [c.url for c in containers], spec, log=say,
-                          progress=progress, **dict(plane_options or {}))
-        result = plane.run()
+                          progress=progress, **options)
+        result = plane.run(objects)
         died = _died(containers) if not result.ok else ""
     finally:
         for container in containers:

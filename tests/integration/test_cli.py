@@ -493,9 +493,6 @@ def _port_in_time_wait() -> int:
     return port
 
 
-@pytest.mark.xfail(strict=True, reason="serving/ports.py is_free() binds without SO_REUSEADDR, so "
-                   "a port whose old connections sit in TIME_WAIT reads as in use: restarting "
-                   "`smserve local up --port N` (or `serve --port N`) fails for up to 60 s")
 def test_local_up_restarts_on_a_port_in_time_wait(base_env: dict[str, str]) -> None:
     port = _port_in_time_wait()
     proc = subprocess.Popen([*_command(), "local", "up", "--port", str(port)], env=base_env,

@@ -230,7 +230,7 @@ def _sdk_driver() -> None:  # pragma: no cover - runs in the child process
 
     import boto3
     import sagemaker.core.common_utils  # data.py reaches both as attributes
-    import sagemaker.core.config.config_manager
+    import sagemaker.core.config.config_manager  # noqa: F401
     import sagemaker.core.local.local_session as local_session
     from sagemaker.core.helper.session_helper import Session
     from sagemaker.core.local import entities, utils

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -262,7 +263,7 @@ def test_frame_features_job_runs_to_completed_with_outputs_in_s3(
     out = s3.get_object(Bucket=bucket, Key=f"transform-out/{name}/batch-1.jsonl.out")
     answers = [json.loads(line) for line in out["Body"].read().splitlines()]
     assert len(answers) == 3
-    assert [a["status"] for a in answers] == ["ok"] * 3
+    assert [a["status"] for a in answers] == ["written"] * 3
     for request in requests:
         assert s3.head_object(Bucket=bucket, Key=request.output_path)["ContentLength"] > 0
 
@@ -303,7 +304,7 @@ def test_invalid_requests_are_refused_naming_the_field(
     request.update(change)
     code, message = _refused(sm.create_transform_job, **request)
     assert code == "ValidationException"
-    assert message.startswith("1 validation error detected: Value ")
+    assert re.match(r"\d validation errors? detected: Value ", message), message
     assert f"at '{field}' failed to satisfy constraint: Member must" in message
     assert constraint in message
 
@@ -416,3 +417,176 @@ def test_bad_model_data_and_empty_input_fail_the_job_with_what_to_change(
     assert sorted(names) == sorted([f"bad-{label}-{run}-job" for label in urls] + [f"empty-{run}"])
     assert all(j["FailureReason"] for j in first["TransformJobSummaries"])
     _no_process_left(tag, wait=2)
+
+
+# --- a job whose objects fail in different ways --------------------------------------------------
+
+MIXED = {
+    "a-ok.jsonl": [{"id": 0, "value": "x"}, {"id": 1, "value": "y"}],
+    "b-fail.jsonl": [{"id": 0, "value": "fine"}, {"id": 1, "action": "fail"}],
+    "c-big.jsonl": [{"id": 0, "value": "z" * 1_100_000}],
+    "d-hang.jsonl": [{"id": 0, "action": "hang"}],
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_job(sm: Any, s3: Any, bucket: str, faulty_model: str) -> dict[str, Any]:
+    """One job over four objects: one answers, one raises (500), one is too big, one hangs."""
+    for key, records in MIXED.items():
+        s3.put_object(Bucket=bucket, Key=f"mixed/{key}", Body=_lines(records))
+    name = "mixed-" + uuid.uuid4().hex[:8]
+    sm.create_transform_job(**_job(
+        name, faulty_model, f"s3://{bucket}/mixed/", f"s3://{bucket}/mixed-out/{name}/",
+        BatchStrategy="SingleRecord", MaxPayloadInMB=1, MaxConcurrentTransforms=1,
+        ModelClientConfig={"InvocationsTimeoutInSeconds": 2, "InvocationsMaxRetries": 0}))
+    return _wait(sm, name)
+
+
+def test_failed_objects_are_named_in_the_failure_reason(mixed_job: dict[str, Any], s3: Any,
+                                                        bucket: str, tag: str) -> None:
+    name = mixed_job["TransformJobName"]
+    reason = mixed_job["FailureReason"]
+    assert mixed_job["TransformJobStatus"] == "Failed"
+    assert len(reason) <= 1024
+    assert reason.startswith("3 of 4 input object(s) failed: ")
+    assert f"{bucket}/mixed/b-fail.jsonl: ServerError: 500 (record 1" in reason
+    assert "transform_fn in serving.py raised RuntimeError" in reason, reason
+    assert f"{bucket}/mixed/c-big.jsonl: PayloadTooLarge" in reason
+    assert "MaxPayloadInMB=1" in reason
+    assert f"{bucket}/mixed/d-hang.jsonl: Timeout" in reason
+    assert "a-ok.jsonl" not in reason
+    assert _keys(s3, bucket, f"mixed-out/{name}/") == [f"mixed-out/{name}/a-ok.jsonl.out"]
+    body = s3.get_object(Bucket=bucket, Key=f"mixed-out/{name}/a-ok.jsonl.out")["Body"].read()
+    assert [json.loads(line) for line in body.splitlines()] == [
+        {"id": 0, "echo": "x"}, {"id": 1, "echo": "y"}]
+    _no_process_left(tag)
+
+
+def test_the_log_shows_the_failing_key_record_status_and_message(
+        mixed_job: dict[str, Any], logs: Any, bucket: str) -> None:
+    name = mixed_job["TransformJobName"]
+    streams = sorted(s["logStreamName"] for s in logs.describe_log_streams(
+        logGroupName=GROUP, logStreamNamePrefix=f"{name}/")["logStreams"])
+    assert len(streams) == 2 and streams[0] == f"{name}/data-log"
+    assert re.fullmatch(rf"{name}/i-[0-9a-f]{{17}}", streams[1])
+    data = _events(logs, f"{name}/data-log")
+    failing = [line for line in data if "b-fail.jsonl: record 1" in line]
+    assert failing, data
+    assert f"s3://{bucket}/mixed/b-fail.jsonl" in failing[0]
+    assert "ServerError: 500" in failing[0]
+    assert "transform_fn in serving.py raised RuntimeError" in failing[0]
+    assert any(line.startswith(f"{name}: Failed: 3 of 4") for line in data)
+    container = "\n".join(_events(logs, streams[1]))
+    assert "RuntimeError: boom: record 1 asked to fail" in container
+    found = logs.filter_log_events(logGroupName=GROUP, logStreamNamePrefix=name,
+                                   filterPattern="boom")["events"]
+    assert {e["logStreamName"] for e in found} == {streams[1]}
+
+
+def test_a_container_that_dies_mid_job_fails_it(sm: Any, s3: Any, bucket: str,
+                                                faulty_model: str, tag: str) -> None:
+    s3.put_object(Bucket=bucket, Key="die/a.jsonl",
+                  Body=_lines([{"id": 0}, {"id": 1, "action": "die"}, {"id": 2}]))
+    name = "dies-" + uuid.uuid4().hex[:8]
+    sm.create_transform_job(**_job(
+        name, faulty_model, f"s3://{bucket}/die/", f"s3://{bucket}/die-out/",
+        BatchStrategy="SingleRecord", ModelClientConfig={"InvocationsMaxRetries": 1}))
+    described = _wait(sm, name)
+    assert described["TransformJobStatus"] == "Failed"
+    reason = described["FailureReason"]
+    assert f"{bucket}/die/a.jsonl: ConnectionError (record 1" in reason
+    assert "exited with code" in reason and f"{name}/i-" in reason
+    assert _keys(s3, bucket, "die-out/") == []
+    _no_process_left(tag)
+
+
+def test_a_container_that_never_passes_ping_fails_the_job(
+        tag: str, faulty_url: str, bucket: str, s3: Any) -> None:
+    s3.put_object(Bucket=bucket, Key="never/a.jsonl", Body=_lines([{"id": 0}]))
+    settings = _base_settings(tag, SMSERVE_CONTAINER_STARTUP_TIMEOUT="6")
+    with LocalStack(settings=settings) as stack:
+        sm = _client(stack, "sagemaker")
+        sm.create_model(ModelName="never-ready", PrimaryContainer={
+            "Image": "x", "ModelDataUrl": faulty_url, "Environment": {"FAULTY_LOAD": "hang"}})
+        sm.create_transform_job(**_job("never-ready", "never-ready", f"s3://{bucket}/never/",
+                                       f"s3://{bucket}/never-out/"))
+        described = _wait(sm, "never-ready", timeout=60)
+    assert described["TransformJobStatus"] == "Failed"
+    reason = described["FailureReason"]
+    assert reason.startswith("AlgorithmError: the container did not pass the /ping health "
+                             "check: ")
+    assert "within 6 s" in reason and "SMSERVE_CONTAINER_STARTUP_TIMEOUT" in reason
+    assert "never-ready/i-" in reason
+    _no_process_left(tag)
+
+
+def test_stop_a_running_job(sm: Any, s3: Any, logs: Any, bucket: str, faulty_model: str,
+                            tag: str) -> None:
+    s3.put_object(Bucket=bucket, Key="stop/a.jsonl", Body=_lines([{"id": 0, "action": "hang"}]))
+    name = "stopped-" + uuid.uuid4().hex[:8]
+    sm.create_transform_job(**_job(name, faulty_model, f"s3://{bucket}/stop/",
+                                   f"s3://{bucket}/stop-out/"))
+    deadline = time.monotonic() + 60
+    while not any("BatchStrategy=" in line for line in _safe_events(logs, f"{name}/data-log")):
+        assert time.monotonic() < deadline, "the job never reached its first invocation"
+        time.sleep(0.3)
+    time.sleep(0.5)
+    sm.stop_transform_job(TransformJobName=name)
+    assert sm.describe_transform_job(TransformJobName=name)["TransformJobStatus"] in (
+        "Stopping", "Stopped")
+    described = _wait(sm, name, timeout=30)
+    assert described["TransformJobStatus"] == "Stopped"
+    assert "FailureReason" not in described and "TransformEndTime" in described
+    assert _keys(s3, bucket, "stop-out/") == []
+    code, message = _refused(sm.stop_transform_job, TransformJobName=name)
+    assert code == "ValidationException" and "Stopped" in message
+    _no_process_left(tag)
+
+
+def _safe_events(logs: Any, stream: str) -> list[str]:
+    try:
+        return _events(logs, stream)
+    except ClientError:
+        return []
+
+
+# --- smserve replay ------------------------------------------------------------------------------
+
+
+def _replay_env(stack: LocalStack, tag: str) -> dict[str, str]:
+    return {**os.environ, **stack.environ(), TAG_VAR: tag, "SETUPTOOLS_USE_DISTUTILS": "stdlib"}
+
+
+def test_replay_in_process_shows_the_failing_record(
+        mixed_job: dict[str, Any], sm_stack: LocalStack, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from serving.cli import main
+
+    for key, value in sm_stack.environ().items():
+        monkeypatch.setenv(key, value)
+    name = mixed_job["TransformJobName"]
+    assert main(["replay", name]) == 1
+    out, err = capsys.readouterr()
+    assert "mixed/b-fail.jsonl" in out
+    assert "request 1 of 2 (record 0, " in out and ": 200, " in out
+    assert "request 2 of 2 (record 1, " in out and ": 500: " in out
+    assert "RuntimeError: boom: record 1 asked to fail" in err
+    assert "serving.py" in err  # the model's own frame
+
+    assert main(["replay", name, "--object", "mixed/b-fail.jsonl", "--record", "0"]) == 0
+    assert '{"id": 0, "echo": "fine"}' in capsys.readouterr().out
+    assert main(["replay", name, "--object", "mixed/c-big.jsonl"]) == 1
+    assert "over MaxPayloadInMB=1" in capsys.readouterr().out
+
+
+def test_replay_with_the_model_server_in_the_foreground(
+        mixed_job: dict[str, Any], sm_stack: LocalStack, tag: str) -> None:
+    name = mixed_job["TransformJobName"]
+    done = subprocess.run([sys.executable, "-m", "serving.cli", "replay", name, "--server",
+                           "--object", "mixed/b-fail.jsonl"], env=_replay_env(sm_stack, tag),
+                          capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "request 2 of 2 (record 1, " in done.stdout and ": 500: " in done.stdout
+    assert "RuntimeError: boom: record 1 asked to fail" in done.stdout  # the server's log
+    assert "1 of 2 request(s) succeeded" in done.stdout
+    _no_process_left(tag)

@@ -83,7 +83,7 @@ def test_load_sample_reads_json_lines_a_json_object_and_a_pretty_array(clip_stat
 def test_load_sample_refuses_a_missing_file_and_a_bad_record(clip_stats: Path,
                                                              tmp_path: Path) -> None:
     spec = load_spec(clip_stats)
-    with pytest.raises(ConfigError, match="nope.json does not exist.*--request FILE"):
+    with pytest.raises(ConfigError, match=r"nope\.json does not exist.*--request FILE"):
         load_sample(clip_stats, spec, tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**RECORD, "overwirte": True}))
@@ -91,7 +91,7 @@ def test_load_sample_refuses_a_missing_file_and_a_bad_record(clip_stats: Path,
         load_sample(clip_stats, spec, bad)
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    with pytest.raises(ConfigError, match="broken.json is not JSON"):
+    with pytest.raises(ConfigError, match=r"broken\.json is not JSON"):
         load_sample(clip_stats, spec, broken)
 
 
@@ -153,7 +153,7 @@ def test_check_runs_the_four_handlers_and_reports_them(stack: Any, clip_stats: P
     assert report.exit_code == 0
     assert [s.name for s in report.stages] == ["model_fn", "input_fn", "predict_fn", "output_fn",
                                                "decode as accept"]
-    model_fn, input_fn, predict_fn, output_fn, decoded = report.stages
+    model_fn, input_fn, predict_fn, output_fn, _ = report.stages
     assert model_fn.output == "StatsConfig"
     assert input_fn.inputs.startswith("bytes (") and "'application/jsonlines'" in input_fn.inputs
     assert input_fn.output == "list[1] of RequestRecord"

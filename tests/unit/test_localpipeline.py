@@ -341,6 +341,9 @@ def test_view_on_a_terminal_redraws_in_place() -> None:
     assert "\x1b[2F" in text  # the second draw moved up over the first
     assert "a  running  3/4 records  2.0 s" in text
     assert "1/4 records" not in text
+    now[0] = 5.0
+    view.tick()  # time passes with no event: the running time moves on
+    assert "a  running  3/4 records  5.0 s" in out.getvalue()
 
 
 def test_report_message_and_exit_code() -> None:
@@ -509,3 +512,17 @@ def test_input_listing_leaves_out_the_runs_own_outputs(
     report, _ = run(graph(spec("x")), clients, f"s3://{bucket}/",
                     run_model=WritingRunner(clients))
     assert report.inputs == 1
+
+
+def test_models_option_warns_about_missing_upstream_outputs(
+        clients: ClientFactory, bucket: str) -> None:
+    put_inputs(clients, bucket, ["in/a.npy", "in/b.npy"])
+    clients.client("s3").put_object(Bucket=bucket, Key="results/a/in/a.out", Body=b"x")
+    runner = WritingRunner(clients)
+    report, lines = run(graph(spec("a"), spec("b", "a")), clients, f"s3://{bucket}/in/",
+                        models=["b"], run_model=runner)
+    assert runner.calls == ["b"] and [m.model for m in report.models] == ["b"]
+    assert "b after a" not in "\n".join(lines)
+    assert any("reads existing outputs of a" in line for line in lines)
+    assert any("warning: 1 of them read outputs of a that do not exist" in line
+               for line in lines)

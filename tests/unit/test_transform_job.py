@@ -167,6 +167,7 @@ def test_a_model_that_does_not_start_leaves_nothing_behind(
         tmp_path: Path) -> None:
     no_code = tmp_path / "extracted"
     (no_code / "code").mkdir(parents=True)  # an extracted model without serving.py
+    clients.client("s3").put_object(Bucket=bucket, Key="in/a.jsonl", Body=b"{}\n")
     spec = TransformJobSpec.simple("job-d", "echo", f"s3://{bucket}/in/", f"s3://{bucket}/out/")
     with pytest.raises(ServerStartError, match=r"no model/code/serving\.py"):
         run_transform(spec, no_code, clients, runner)
@@ -185,6 +186,16 @@ def test_predict_returns_decoded_answers_in_request_order(
     assert again == answers  # same requests, same job name and keys: it just runs again
     keys = [o["Key"] for o in clients.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
     assert len(keys) == 2 and all(k.startswith("smserve-work/predict-") for k in keys)
+
+
+def test_an_empty_input_is_reported_before_any_container_starts(
+        clients: ClientFactory, bucket: str, runner: ProcessRunner, pids: Path,
+        source_model: Path) -> None:
+    spec = TransformJobSpec.simple("job-e", "echo", f"s3://{bucket}/none/",
+                                   f"s3://{bucket}/out/")
+    with pytest.raises(TransformError, match=f"no objects under s3://{bucket}/none/"):
+        run_transform(spec, source_model, clients, runner)
+    assert not pids.exists() or not pids.read_text().strip()
 
 
 def test_decode_output_checks_the_count() -> None:

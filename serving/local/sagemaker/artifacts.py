@@ -82,7 +82,8 @@ def fetch_model(s3: Any, container: Mapping[str, Any], workdir: Path,
         model_dir = extract_archive(archive, workdir / "model")
     except ConfigError as err:
         text = err.message.replace(str(archive), url)
-        raise _failure(f"model data {text}", url) from err
+        raise _failure(f"the {text}, upload it and create the model and the job again",
+                       url) from err
     finally:
         archive.unlink(missing_ok=True)
     if not (model_dir / "code" / program).is_file():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from serving.transform.spec import TransformJobSpec
 
 #: Seconds a container gets between SIGTERM and SIGKILL.
 STOP_GRACE = 5.0
+#: Seconds to wait for a container that stopped answering to exit, before blaming it.
+DEATH_WAIT = 3.0
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,7 @@ class TransformRun:
             return Outcome("Stopped", result=result)
         if result.ok:
             return Outcome("Completed", result=result)
-        died = self._died(containers)
+        died = self._died(containers, result)
         reason = result.failure_reason(limit=MAX_FAILURE_REASON - len(died)) + died
         return Outcome("Failed", _cut(reason), result)
 
@@ -232,7 +235,12 @@ class TransformRun:
         with self._lock:
             return list(self._containers)
 
-    def _died(self, containers: list[Container]) -> str:
+    def _died(self, containers: list[Container], result: JobResult) -> str:
+        lost = any((o.error or "").startswith("ConnectionError") for o in result.failed)
+        deadline = time.monotonic() + (DEATH_WAIT if lost else 0.0)
+        # a container whose server died takes a moment to exit: give it that moment
+        while any(c.alive() for c in containers) and time.monotonic() < deadline:
+            time.sleep(0.1)
         parts = []
         for container in containers:
             code = container.process.poll()

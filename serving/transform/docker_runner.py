@@ -1,0 +1,395 @@
+"""Containers with Docker: the real serving image, run the way batch transform runs it.
+
+:class:`DockerRunner` has :class:`~serving.transform.runner.ProcessRunner`'s
+interface (``start(model_dir, environment, count)`` returns containers with
+``.url``, ``.stop()``, ``.log_tail()`` and ``.process.poll()``), so the local
+transform's data plane drives either. Each container is::
+
+    docker run [--gpus all] -v MODEL_DIR:/opt/ml/model:ro -e ... IMAGE serve
+
+with the model read-only at ``/opt/ml/model``, the job's container
+environment, the runner's AWS settings (``AWS_*``), and ``SMSERVE_*`` /
+``SAGEMAKER_*`` settings, and a free loopback port to reach it on.
+
+Networking, so that a container reaches the embedded AWS stack, which listens
+on the host's ``127.0.0.1`` only:
+
+- ``host`` (the default on Linux engines): the container shares the host's
+  network; the server binds ``127.0.0.1:<free port>`` through
+  ``SAGEMAKER_BIND_TO_PORT`` (the variable SageMaker itself uses to move a
+  container's port) and ``AWS_ENDPOINT_URL`` works unchanged. A bridge
+  network cannot be used there: ``host-gateway`` reaches the host's bridge
+  address, where a loopback-bound stack does not listen.
+- ``bridge`` (the default on Docker Desktop, whose containers reach the
+  host's loopback through ``host.docker.internal``): the server listens on
+  8080 in the container, published on ``127.0.0.1:<free port>``, and
+  loopback endpoint URLs are rewritten to ``host.docker.internal``.
+
+Each container runs as the caller's uid:gid by default, so a model folder the
+caller can read is readable inside (a temporary folder is mode 0700).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from serving.errors import ServerStartError
+from serving.ports import free_port
+from serving.transform._health import ping
+
+CONTAINER_PORT = 8080
+MODEL_MOUNT = "/opt/ml/model"
+TAIL_LINES = 40
+#: Settings a container gets from the runner's environment (by prefix)...
+FORWARDED_PREFIXES = ("AWS_", "SMSERVE_", "SAGEMAKER_")
+#: ...except these: host paths, or what the runner sets per container.
+NOT_FORWARDED = frozenset({
+    "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE", "SAGEMAKER_BASE_DIR", "SAGEMAKER_BIND_TO_PORT",
+    "SMSERVE_BIND_HOST", "SMSERVE_RUN_DIR", "SMSERVE_CONTAINER_RUNNER",
+})
+_LOOPBACK = re.compile(r"^(https?://)(127\.0\.0\.1|localhost|\[::1\])(?=[:/]|$)")
+_PORT_CLASH = ("port is already allocated", "address already in use", "bindexception",
+               " is in use")
+
+
+def container_env(base: Mapping[str, str], environment: Mapping[str, str], *, port: int,
+                  bind_host: str, rewrite_loopback: bool, home: str | None) -> dict[str, str]:
+    """The environment of one container.
+
+    Args:
+        base: the runner's environment; only ``AWS_*``, ``SMSERVE_*`` and
+            ``SAGEMAKER_*`` settings pass (never host paths, never ``PATH``).
+        environment: the job's container environment (goes on top).
+        port: the port the server listens on inside the container.
+        bind_host: the interface it binds.
+        rewrite_loopback: point loopback ``AWS_ENDPOINT_URL*`` values at
+            ``host.docker.internal`` (bridge networking).
+        home: ``HOME`` to set (when running as a uid the image does not know).
+    """
+    env = {k: v for k, v in base.items()
+           if k.startswith(FORWARDED_PREFIXES) and k not in NOT_FORWARDED}
+    env.update(environment)
+    env.update({"SAGEMAKER_BIND_TO_PORT": str(port), "SMSERVE_BIND_HOST": bind_host})
+    if home:
+        env["HOME"] = home
+    if rewrite_loopback:
+        for key, value in list(env.items()):
+            if key.startswith("AWS_ENDPOINT_URL"):
+                env[key] = _LOOPBACK.sub(r"\1host.docker.internal", value)
+    return env
+
+
+class _Exit:
+    """``Popen``-like ``poll()`` for a container: its exit code once it has stopped."""
+
+    def __init__(self, container: DockerContainer) -> None:
+        self._container = container
+
+    def poll(self) -> int | None:
+        return self._container.exit_code()
+
+
+class DockerContainer:
+    """One running serving container.
+
+    Attributes:
+        index: its position among the job's containers.
+        port: the loopback port it is reached on.
+        url: ``http://127.0.0.1:PORT``.
+        id: the engine's container id.
+        process: ``.poll()`` gives the exit code once it stopped, else None.
+    """
+
+    def __init__(self, index: int, container: Any, port: int, *, grace: float = 10.0,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.index = index
+        self.container = container
+        self.id: str = container.id
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.grace = grace
+        self.process = _Exit(self)
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._lines: deque[str] = deque(maxlen=TAIL_LINES)
+        self._finalizer = weakref.finalize(self, _force_remove, container)
+        self._follower: threading.Thread | None = None
+        if log is not None:
+            self._follower = threading.Thread(target=self._follow, args=(log,), daemon=True,
+                                              name=f"docker-log-{index}")
+            self._follower.start()
+
+    def exit_code(self) -> int | None:
+        """The exit code once the container has stopped, else None."""
+        try:
+            self.container.reload()
+        except Exception:
+            return -1  # gone
+        state = self.container.attrs.get("State") or {}
+        if state.get("Running") or state.get("Status") in ("created", "running", "restarting"):
+            return None
+        return int(state.get("ExitCode", -1))
+
+    def alive(self) -> bool:
+        """True while the container runs."""
+        return self.exit_code() is None
+
+    def log_tail(self, lines: int = TAIL_LINES) -> str:
+        """The last ``lines`` lines the container printed."""
+        try:
+            raw = self.container.logs(tail=lines)
+        except Exception:
+            return "\n".join(list(self._lines)[-lines:])
+        text: str = raw.decode("utf-8", "replace").rstrip("\n")
+        return text
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop the container (SIGTERM, SIGKILL after ``grace`` s) and remove it; idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        try:
+            with contextlib.suppress(Exception):
+                self.container.stop(timeout=int(self.grace if grace is None else grace))
+        finally:
+            self._finalizer()
+
+    def _follow(self, log: Callable[[str], None]) -> None:
+        with contextlib.suppress(Exception):
+            for raw in self.container.logs(stream=True, follow=True):
+                for line in raw.decode("utf-8", "replace").splitlines():
+                    self._lines.append(line)
+                    log(f"[container {self.index}] {line}")
+
+    def __enter__(self) -> DockerContainer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"DockerContainer(index={self.index}, url={self.url!r}, id={self.id[:12]!r})"
+
+
+def _force_remove(container: Any) -> None:
+    with contextlib.suppress(Exception):
+        container.remove(force=True)
+
+
+def _caller_user() -> str | None:
+    if hasattr(os, "getuid") and hasattr(os, "getgid"):
+        return f"{os.getuid()}:{os.getgid()}"
+    return None
+
+
+class DockerRunner:
+    """Starts serving containers from an image through a Docker engine.
+
+    Args:
+        image: the image, like ``smserve-cpu:0.1.0``.
+        client: a ``docker.DockerClient`` (see :func:`serving.images.connect`).
+        env: the runner's environment; its ``AWS_*``, ``SMSERVE_*`` and
+            ``SAGEMAKER_*`` settings reach every container.
+        gpu: request every GPU (``--gpus all``).
+        network: ``host``, ``bridge`` or ``auto`` (see the module docstring).
+        user: ``uid:gid`` to run as; ``auto`` is the caller's; None is the image's.
+        startup_timeout: seconds a container may take to answer ``/ping``.
+        ping_timeout: seconds each ``/ping`` may take.
+        log: receives the containers' output lines, prefixed ``[container N]``.
+        stop_grace: seconds between SIGTERM and SIGKILL.
+        poll_interval: seconds between pings.
+    """
+
+    def __init__(self, image: str, client: Any, env: Mapping[str, str] | None = None, *,
+                 gpu: bool = False, network: str = "auto", user: str | None = "auto",
+                 startup_timeout: float = 180.0, ping_timeout: float = 2.0,
+                 log: Callable[[str], None] | None = None, stop_grace: float = 10.0,
+                 poll_interval: float = 0.25) -> None:
+        if network not in ("auto", "host", "bridge"):
+            raise ValueError(f"network must be auto, host or bridge, not {network!r}")
+        self.image = image
+        self.client = client
+        self.env = dict(env or {})
+        self.gpu = gpu
+        self.network = network
+        self.user = _caller_user() if user == "auto" else user
+        self.startup_timeout = startup_timeout
+        self.ping_timeout = ping_timeout
+        self.log = log
+        self.stop_grace = stop_grace
+        self.poll_interval = poll_interval
+
+    @classmethod
+    def for_flavor(cls, flavor: str, environ: Mapping[str, str], tag: str | None = None,
+                   **options: Any) -> DockerRunner:
+        """A runner for the local image ``smserve-<flavor>:<tag>`` on the engine ``environ`` names.
+
+        Raises:
+            ConfigError: an unknown flavor.
+            ImageError: no engine is reachable.
+        """
+        from serving import images
+
+        images.check_flavor(flavor)
+        client = images.connect(environ)
+        image = images.local_image(flavor, tag or images.default_tag())
+        return cls(image, client, environ, gpu=flavor == "gpu", **options)
+
+    def resolved_network(self) -> str:
+        """``host`` or ``bridge``: ``auto`` becomes bridge on Docker Desktop, else host."""
+        if self.network != "auto":
+            return self.network
+        try:
+            info = self.client.info()
+        except Exception:
+            return "host"
+        system = f"{info.get('OperatingSystem', '')} {info.get('Name', '')}".lower()
+        return "bridge" if "docker desktop" in system else "host"
+
+    def start(self, model_dir: Path, environment: Mapping[str, str] | None = None,
+              count: int = 1) -> list[DockerContainer]:
+        """Start ``count`` containers serving ``model_dir``, concurrently.
+
+        Args:
+            model_dir: an extracted model (mounted read-only at ``/opt/ml/model``).
+            environment: the container environment (model's, job's, ``SAGEMAKER_*``).
+            count: how many containers.
+
+        Returns:
+            the healthy containers, in index order; stop them when done.
+
+        Raises:
+            ServerStartError: one did not come up (all are stopped then), the
+                image is missing, or the engine refused.
+        """
+        model_dir = Path(model_dir).resolve()
+        if not model_dir.is_dir():
+            raise ServerStartError(f"model directory {model_dir} does not exist",
+                                   model_dir=str(model_dir))
+        network = self.resolved_network()
+        started: list[DockerContainer] = []
+        lock = threading.Lock()
+        abort = threading.Event()
+
+        def one(index: int) -> None:
+            container = self._start_one(model_dir, dict(environment or {}), index, network,
+                                        abort)
+            with lock:
+                started.append(container)
+
+        try:
+            with ThreadPoolExecutor(max(1, count), thread_name_prefix="docker-start") as pool:
+                futures = [pool.submit(one, i) for i in range(count)]
+                first: BaseException | None = None
+                for future in futures:
+                    try:
+                        future.result()
+                    except Exception as err:
+                        abort.set()
+                        first = first or err
+                if first is not None:
+                    raise first
+        except BaseException:
+            abort.set()
+            for container in started:
+                container.stop(grace=2.0)
+            raise
+        return sorted(started, key=lambda c: c.index)
+
+    def _start_one(self, model_dir: Path, environment: dict[str, str], index: int,
+                   network: str, abort: threading.Event) -> DockerContainer:
+        for attempt in range(2):
+            container = None
+            try:
+                container = self._create(model_dir, environment, index, network)
+                self._wait_healthy(container, abort)
+                return container
+            except ServerStartError as err:
+                if container is not None:
+                    container.stop(grace=2.0)
+                clash = any(marker in str(err).lower() for marker in _PORT_CLASH)
+                if not clash or attempt or abort.is_set():
+                    raise
+                if self.log:
+                    self.log(f"[container {index}] its port was taken; retrying on another")
+        raise AssertionError("unreachable")
+
+    def _create(self, model_dir: Path, environment: Mapping[str, str], index: int,
+                network: str) -> DockerContainer:
+        from docker.errors import APIError, DockerException, ImageNotFound
+        from docker.types import DeviceRequest
+
+        host_port = free_port()
+        host_mode = network == "host"
+        env = container_env(self.env, environment,
+                            port=host_port if host_mode else CONTAINER_PORT,
+                            bind_host="127.0.0.1" if host_mode else "0.0.0.0",
+                            rewrite_loopback=not host_mode,
+                            home="/tmp" if self.user else None)
+        options: dict[str, Any] = {
+            "command": ["serve"],
+            "environment": env,
+            "volumes": {str(model_dir): {"bind": MODEL_MOUNT, "mode": "ro"}},
+            "labels": {"smserve.runner": "docker", "smserve.container-index": str(index)},
+            "detach": True,
+        }
+        if self.user:
+            options["user"] = self.user
+        if host_mode:
+            options["network_mode"] = "host"
+        else:
+            options["ports"] = {f"{CONTAINER_PORT}/tcp": ("127.0.0.1", host_port)}
+            options["extra_hosts"] = {"host.docker.internal": "host-gateway"}
+        if self.gpu:
+            options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        created = None
+        try:
+            created = self.client.containers.create(self.image, **options)
+            created.start()
+        except ImageNotFound as err:
+            raise ServerStartError(
+                f"no local image {self.image}; build it first (smserve image build "
+                "--flavor cpu|gpu), or run the transform with the process runner") from err
+        except (APIError, DockerException, OSError) as err:
+            if created is not None:
+                _force_remove(created)
+            raise ServerStartError(f"the Docker engine could not start container {index} from "
+                                   f"{self.image}: {' '.join(str(err).split())}") from err
+        return DockerContainer(index, created, host_port, grace=self.stop_grace, log=self.log)
+
+    def _wait_healthy(self, container: DockerContainer, abort: threading.Event) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        where = f"container {container.index} ({self.image}, port {container.port})"
+        state = "no answer yet"
+        while True:
+            code = container.exit_code()
+            if code is not None:
+                raise ServerStartError(
+                    f"{where} exited with code {code} before answering /ping; the model "
+                    f"failed to load or the server could not start. Last log lines:\n"
+                    f"{container.log_tail()}", exit_code=code)
+            if abort.is_set():
+                raise ServerStartError(f"{where}: start abandoned because another container "
+                                       "failed to start")
+            ready, state = ping(container.port, self.ping_timeout)
+            if ready:
+                return
+            if time.monotonic() >= deadline:
+                raise ServerStartError(
+                    f"{where} did not answer /ping with 200 within {self.startup_timeout:g} s "
+                    f"(last: {state}). Last log lines:\n{container.log_tail()}")
+            time.sleep(self.poll_interval)

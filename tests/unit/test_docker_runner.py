@@ -1,0 +1,178 @@
+"""DockerRunner: the containers it asks the engine for, checked against a fake Engine API whose
+'containers' really answer /ping; and, where an engine and the image exist, the real image."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serving import images
+from serving.errors import ImageError, ServerStartError
+from serving.transform.docker_runner import DockerRunner, container_env
+from tests.unit.fake_engine import FakeEngine
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "smserve-cpu:0.1.0"
+BASE_ENV = {
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:4566",
+    "AWS_ENDPOINT_URL_S3": "http://localhost:4566/",
+    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1", "AWS_PROFILE": "dev",
+    "SMSERVE_ALLOWED_BUCKETS": "b1", "SMSERVE_RUN_DIR": "/host/run",
+    "SAGEMAKER_BASE_DIR": "/host/opt/ml", "PATH": "/host/bin", "HOME": "/root",
+}
+
+
+@pytest.fixture()
+def engine() -> Iterator[FakeEngine]:
+    with FakeEngine(images={IMAGE}) as fake:
+        yield fake
+
+
+@pytest.fixture()
+def client(engine: FakeEngine) -> Iterator[Any]:
+    c = images.connect({"DOCKER_HOST": engine.url}, timeout=10)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    (folder / "code").mkdir(parents=True)
+    (folder / "code" / "serving.py").write_text("def model_fn(d):\n    return d\n")
+    return folder
+
+
+def _env(config: dict[str, Any]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in config["Env"])
+
+
+def _healthy(url: str) -> bool:
+    with urllib.request.urlopen(url + "/ping", timeout=5) as resp:
+        return bool(resp.status == 200)
+
+
+def test_container_env_forwards_settings_not_host_paths() -> None:
+    env = container_env(BASE_ENV, {"SAGEMAKER_BATCH": "true", "SMSERVE_ALLOWED_BUCKETS": "b2"},
+                        port=8080, bind_host="0.0.0.0", rewrite_loopback=True, home=None)
+    assert env == {
+        "AWS_ENDPOINT_URL": "http://host.docker.internal:4566",
+        "AWS_ENDPOINT_URL_S3": "http://host.docker.internal:4566/",
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1", "SMSERVE_ALLOWED_BUCKETS": "b2", "SAGEMAKER_BATCH": "true",
+        "SAGEMAKER_BIND_TO_PORT": "8080", "SMSERVE_BIND_HOST": "0.0.0.0",
+    }
+
+
+def test_host_network_on_a_linux_engine(engine: FakeEngine, client: Any,
+                                        model_dir: Path) -> None:
+    runner = DockerRunner(IMAGE, client, BASE_ENV, startup_timeout=20)
+    assert runner.resolved_network() == "host"
+    containers = runner.start(model_dir, {"SAGEMAKER_BATCH": "true"}, count=2)
+    try:
+        assert [c.index for c in containers] == [0, 1]
+        assert all(_healthy(c.url) for c in containers)
+        assert all(c.process.poll() is None for c in containers)
+        creates = engine.calls("POST", "/containers/create")
+        assert len(creates) == 2
+        config = creates[0].json()
+        assert config["Image"] == IMAGE and config["Cmd"] == ["serve"]
+        host = config["HostConfig"]
+        assert host["NetworkMode"] == "host"
+        assert host["Binds"] == [f"{model_dir.resolve()}:/opt/ml/model:ro"]
+        assert config["User"] == f"{os.getuid()}:{os.getgid()}"
+        assert config["Labels"]["smserve.runner"] == "docker"
+        env = _env(config)
+        port = int(env["SAGEMAKER_BIND_TO_PORT"])
+        assert {c.port for c in containers} >= {port} and port < 32767
+        assert env["SMSERVE_BIND_HOST"] == "127.0.0.1"
+        assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:4566"
+        assert env["HOME"] == "/tmp" and env["SAGEMAKER_BATCH"] == "true"
+        for absent in ("PATH", "AWS_PROFILE", "SMSERVE_RUN_DIR", "SAGEMAKER_BASE_DIR"):
+            assert absent not in env
+        assert "DeviceRequests" not in host or not host["DeviceRequests"]
+    finally:
+        for container in containers:
+            container.stop(grace=1)
+    assert len(engine.calls("POST", r"/containers/[0-9a-f]+/stop")) == 2
+    assert len(engine.calls("DELETE", r"/containers/[0-9a-f]+")) == 2
+    assert engine.containers == {}
+
+
+def test_bridge_network_and_gpus_on_docker_desktop(engine: FakeEngine, client: Any,
+                                                   model_dir: Path) -> None:
+    engine.operating_system = "Docker Desktop"
+    runner = DockerRunner(IMAGE, client, BASE_ENV, gpu=True, user=None, startup_timeout=20)
+    (container,) = runner.start(model_dir)
+    try:
+        assert _healthy(container.url)
+        config = engine.calls("POST", "/containers/create")[0].json()
+        host = config["HostConfig"]
+        assert host["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1",
+                                                      "HostPort": str(container.port)}]}
+        assert host["ExtraHosts"] == ["host.docker.internal:host-gateway"]
+        assert host["DeviceRequests"][0]["Count"] == -1
+        assert host["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
+        assert "User" not in config or not config["User"]
+        env = _env(config)
+        assert env["SAGEMAKER_BIND_TO_PORT"] == "8080" and env["SMSERVE_BIND_HOST"] == "0.0.0.0"
+        assert env["AWS_ENDPOINT_URL"] == "http://host.docker.internal:4566"
+    finally:
+        container.stop(grace=1)
+    assert container.process.poll() is not None
+
+
+def test_a_container_that_exits_fails_fast_with_its_log(engine: FakeEngine, client: Any,
+                                                        model_dir: Path) -> None:
+    engine.container_behaviour = "exit"
+    runner = DockerRunner(IMAGE, client, BASE_ENV, startup_timeout=20)
+    with pytest.raises(ServerStartError) as caught:
+        runner.start(model_dir)
+    assert "exited with code 3 before answering /ping" in caught.value.message
+    assert "the model failed to load: boom" in caught.value.message
+    assert engine.containers == {}, "the failed container is removed"
+
+
+def test_a_missing_image_says_to_build_it(engine: FakeEngine, client: Any,
+                                          model_dir: Path) -> None:
+    runner = DockerRunner("smserve-gpu:9.9.9", client, BASE_ENV)
+    with pytest.raises(ServerStartError, match=r"no local image smserve-gpu:9\.9\.9; build it"):
+        runner.start(model_dir)
+
+
+def test_for_flavor_needs_an_engine(engine: FakeEngine) -> None:
+    runner = DockerRunner.for_flavor("gpu", {"DOCKER_HOST": engine.url}, "1.0")
+    assert (runner.image, runner.gpu) == ("smserve-gpu:1.0", True)
+    with pytest.raises(ImageError, match="no Docker engine is reachable"):
+        DockerRunner.for_flavor("cpu", {"DOCKER_HOST": "tcp://127.0.0.1:1"})
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_the_real_cpu_image_serves_a_model(request: pytest.FixtureRequest) -> None:
+    from local_test.docker_harness import harness_environ, running_image
+
+    environ = dict(os.environ)
+    try:
+        client = images.connect(environ, timeout=10)
+    except ImageError as err:
+        pytest.skip(f"needs a reachable Docker engine: {err.message}")
+    try:
+        client.api.inspect_image(images.local_image("cpu", images.default_tag()))
+    except Exception:
+        pytest.skip(f"needs the image {images.local_image('cpu', images.default_tag())}: "
+                    "smserve image build --flavor cpu")
+    finally:
+        client.close()
+    stack = request.getfixturevalue("stack")
+    with running_image(ROOT / "models" / "frame_features", "cpu",
+                       harness_environ(stack, environ)) as containers:
+        assert _healthy(containers[0].url)
