@@ -35,6 +35,18 @@ def prepare_process() -> None:
         sys.path.insert(1, str(ROOT))
 
 
+def match_worker_threads() -> None:
+    """Give this process the BLAS threads a model-server worker has; before numpy loads.
+
+    multi-model-server sets ``OMP_NUM_THREADS=1`` for its workers when it is
+    unset (``mms/model_service_worker.py``); an in-process comparison gets the
+    same, so both paths run the handlers with one BLAS thread.
+    """
+    if "numpy" in sys.modules:
+        raise RuntimeError("match_worker_threads() must run before numpy is imported")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def say(line: str = "") -> None:
     """Print a line now (the scripts' figures, not their JSON line)."""
     print(line, flush=True)

@@ -6,21 +6,25 @@ features ``.npy`` and writes a JSON answer, ``overwrite`` true):
 
 1. **Throughput**, ``--records`` (2,000) records in ``--objects`` (10)
    JSON-lines objects, ``Line``/``MultiRecord``, ``MaxPayloadInMB`` 6,
-   ``MaxConcurrentTransforms`` ``--concurrency`` (2), rounds alternating:
+   ``MaxConcurrentTransforms`` ``--concurrency`` (2), ``--rounds`` (3) rounds,
+   the order of ours and the SDK's alternating:
 
    - *in-process*: the same request bodies (``split_records`` +
      ``make_batcher``, as the data plane makes them) passed to
      :meth:`serving.handler.Handlers.invoke` here, after one warm-up record;
    - *ours*: :class:`serving.transform.DataPlane` against one container
      (``smserve serve`` through :class:`~serving.transform.ProcessRunner`),
-     started once, warmed up with one record;
+     started once, warmed up with an untimed job of small objects;
    - *SDK*: ``sagemaker-core``'s local-mode data plane (the harness of
      ``tests/integration/test_differential.py``: the SDK's own listing,
      splitting, batching, invoking and upload code, with its Docker
      container replaced by that same running container).
 
    ``efficiency`` = ours / in-process records/s (goal >= 0.7);
-   ``speedup_vs_sdk`` = SDK seconds / ours (goal > 1).
+   ``speedup_vs_sdk`` = SDK seconds / ours (goal > 1). The model's own work
+   dominates both, so the same job is also run by both data planes against
+   an instant container (``data_plane_only``), where the data planes are all
+   there is to measure.
 2. **A 10-record job** (``--small-records``) through
    :func:`serving.transform.run_transform`: from the call to its return,
    containers started, healthy, used and stopped inside (goal <= 3 s).
@@ -44,7 +48,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,12 +128,25 @@ def inproc_seconds(handlers: Any, model: Any, bodies: Sequence[bytes], expected:
     return seconds
 
 
-def warm_up(url: str, body: bytes) -> None:
-    """One request, so neither measured path pays the worker's first-request costs."""
-    req = urllib.request.Request(url + "/invocations", data=body, method="POST",
-                                 headers={"Content-Type": JSONLINES, "Accept": JSONLINES})
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        resp.read()
+def warm_up(s3: Any, url: str, spec: Any, keys: Sequence[str], log: list[str]) -> None:
+    """An untimed job of small objects, so every model-server worker has served a request.
+
+    A worker's first request pays one-off costs (imports, its S3 client) that
+    neither measured path should pay.
+    """
+    from serving.transform import DataPlane, TransformJobSpec
+
+    count = 2 * max(spec.max_concurrent or 1, os.cpu_count() or 1)
+    for number, body in enumerate(request_objects(keys, 5 * count, count, "warm")):
+        s3.put_object(Bucket=BUCKET, Key=f"{WORK}warm-input/part-{number:02d}.jsonl", Body=body)
+    req = spec.to_request()
+    req["TransformJobName"] = "bench-warm-up"
+    req["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] = (
+        f"s3://{BUCKET}/{WORK}warm-input/")
+    req["TransformOutput"]["S3OutputPath"] = f"s3://{BUCKET}/{WORK}warm-output/"
+    result = DataPlane(s3, [url], TransformJobSpec.from_request(req), log=log.append).run()
+    if not result.ok:
+        raise RuntimeError(f"warm-up: {result.failure_reason()}")
 
 
 def throughput(args: argparse.Namespace, clients: Any, env: Mapping[str, str], stack: Any,
@@ -169,7 +185,7 @@ def throughput(args: argparse.Namespace, clients: Any, env: Mapping[str, str], s
         model_dir = prepare_model(MODELS / MODEL, workdir)
         containers = runner.start(model_dir, container_environment(spec), count=1)
         url, port = containers[0].url, containers[0].port
-        warm_up(url, warm)
+        warm_up(s3, url, spec, keys, log)
         for number in range(args.rounds):
             figures["inproc"].append(inproc_seconds(handlers, model, bodies, args.records))
             paths: list[tuple[str, Callable[[], float]]] = [
@@ -189,7 +205,53 @@ def throughput(args: argparse.Namespace, clients: Any, env: Mapping[str, str], s
     out: dict[str, Any] = {"requests": len(bodies), "sdk_note": sdk_note}
     for name, values in figures.items():
         out[f"{name}_s"] = statistics.median(values) if values else None
+    if sdk is not None:
+        out.update(echo_rounds(args, s3, sdk, env, stack, spec, log))
     return out
+
+
+def echo_rounds(args: argparse.Namespace, s3: Any, sdk: Any, env: Mapping[str, str],
+                stack: Any, spec: Any, log: list[str]) -> dict[str, float]:
+    """The same job, ours and the SDK's, against an instant container: data planes alone.
+
+    The container is the differential test's recording server (it answers each body
+    upper-cased), in a thread of this process: it shares our data plane's interpreter,
+    not the SDK's, so the comparison leans towards the SDK.
+    """
+    from serving.transform import DataPlane, TransformJobSpec
+    from tests.integration.test_differential import RecordingServer
+
+    server = RecordingServer()
+    times: dict[str, list[float]] = {"ours": [], "sdk": []}
+    try:
+        for number in range(args.rounds):
+            req = spec.to_request()
+            for name in ("ours", "sdk"):
+                req["TransformJobName"] = f"bench-echo-{name}-{number}"
+                prefix = f"{WORK}echo-{name}/{number}/"
+                req["TransformOutput"]["S3OutputPath"] = f"s3://{BUCKET}/{prefix}"
+                if name == "ours":
+                    result = DataPlane(s3, [server.url], TransformJobSpec.from_request(req),
+                                       log=log.append).run()
+                    ok, seconds = result.ok, result.seconds
+                else:
+                    run = sdk.run(req, server.port, env, endpoint=stack.endpoint_url)
+                    ok, seconds = run.state == "Completed" and not run.error, run.seconds
+                lines = sum(_lines(s3, item["Key"]) for item in s3.list_objects_v2(
+                    Bucket=BUCKET, Prefix=prefix).get("Contents", []))
+                if not ok or lines != args.records:
+                    raise RuntimeError(f"echo {name} {number}: {lines} of {args.records} lines")
+                times[name].append(seconds)
+    finally:
+        server.close()
+    ours, sdk_s = statistics.median(times["ours"]), statistics.median(times["sdk"])
+    say(f"  instant container: ours {ours:.2f} s, SDK {sdk_s:.2f} s (medians)")
+    return {"echo_ours_s": ours, "echo_sdk_s": sdk_s}
+
+
+def _lines(s3: Any, key: str) -> int:
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return sum(1 for line in body.split(b"\n") if line)
 
 
 def _ours(s3: Any, url: str, spec: Any, number: int, records: int, log: list[str]) -> float:
@@ -303,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=2000, help="records in the big job")
     parser.add_argument("--objects", type=int, default=10, help="its JSON-lines objects")
     parser.add_argument("--concurrency", type=int, default=2, help="MaxConcurrentTransforms")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of each path")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each path")
     parser.add_argument("--small-records", type=int, default=10, help="records in the small job")
     parser.add_argument("--small-rounds", type=int, default=3, help="small jobs to run")
     parser.add_argument("--features", type=int, default=8, help="distinct feature arrays")
@@ -356,6 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"SDK local mode: {args.records / sdk_s:8.1f} records/s  ours is {speedup:.2f}x as "
             f"fast ({'met' if goals['faster_than_sdk'] else 'MISSED'}; sagemaker-core "
             f"{big['sdk_note']})")
+        say(f"                data planes alone (instant container): ours "
+            f"{big['echo_ours_s']:.2f} s, SDK {big['echo_sdk_s']:.2f} s: "
+            f"{big['echo_sdk_s'] / big['echo_ours_s']:.2f}x")
     else:
         say(f"SDK local mode: not measured: {big['sdk_note']}")
     say(f"10-record job:  {small_s:8.2f} s run_transform start -> Completed, median of "
@@ -377,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sdk_records_per_s": r3(args.records / sdk_s) if sdk_s else None,
         "efficiency": r3(efficiency),
         "speedup_vs_sdk": r3(speedup) if speedup else None,
+        "data_plane_only": None if not sdk_s else {
+            "ours_s": r3(big["echo_ours_s"]), "sdk_s": r3(big["echo_sdk_s"]),
+            "speedup_vs_sdk": r3(big["echo_sdk_s"] / big["echo_ours_s"])},
         "sdk": big["sdk_note"],
         "small_job_records": args.small_records,
         "small_job_s": r3(small_s),

@@ -17,7 +17,10 @@ model's data plane was running (containers healthy -> containers stopped,
 merged over models): planning, listing, existence checks, request uploads,
 container starts and stops, reading the answers.
 
-    .venv/bin/python bench/pipeline_local.py [--clips 6]
+    .venv/bin/python bench/pipeline_local.py [--clips 6] [--rounds 1]
+
+Each round uploads fresh clips (nothing exists yet), runs the pipeline, then
+each model alone; with several rounds the figures are medians.
 
 The last line of stdout is one JSON object with the figures.
 """
@@ -25,10 +28,13 @@ The last line of stdout is one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +105,35 @@ def timing_runner(env: Mapping[str, str]) -> tuple[Any, threading.local,
     return TimingRunner(env=env), current, marks
 
 
+@dataclass
+class Round:
+    """One round's figures."""
+
+    wall: float
+    planning: float
+    data_plane: float
+    starts: float
+    in_pipeline: dict[str, float]
+    alone: dict[str, float]
+    container_start: dict[str, float]
+    plane: dict[str, float]
+
+    @property
+    def sum_alone(self) -> float:
+        return sum(self.alone.values())
+
+    @property
+    def outside_share(self) -> float:
+        return 1.0 - self.data_plane / self.wall if self.wall else 0.0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the figures, then one JSON line."""
     prepare_process()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=6, help="input clips")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of (pipeline, each model alone); medians are reported")
     parser.add_argument("--models-dir", default=str(MODELS), help="folder of model folders")
     parser.add_argument("--stack", choices=("process", "thread"), default="process",
                         help="run the embedded stack in its own process (default) or a thread")
@@ -117,13 +147,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     say(f"machine: {machine()}")
     graph = load_graph(args.models_dir)
+    names = graph.order()
+    say(f"pipeline: {' -> '.join(names)} (groups: "
+        f"{' | '.join(', '.join(g) for g in graph.levels())}), {args.clips} clips, "
+        f"{args.rounds} round(s)")
+    rounds: list[Round] = []
     with embedded_stack(args.stack) as stack:
         settings = Settings.from_environ(bench_environ(stack))
         clients = ClientFactory(settings)
         s3 = clients.client("s3")
         s3.create_bucket(Bucket=BUCKET)
-        upload_clips(s3, BUCKET, INPUT_PREFIX, args.clips)
-        uri = f"s3://{BUCKET}/{INPUT_PREFIX}"
         runner, current, marks = timing_runner(settings.environ)
         transforms = TransformRunner(graph, clients, BUCKET, runner=runner)
 
@@ -134,62 +167,78 @@ def main(argv: Sequence[str] | None = None) -> int:
         def quiet(_line: str) -> None:
             pass
 
-        say(f"pipeline: {' -> '.join(graph.order())} (groups: "
-            f"{' | '.join(', '.join(g) for g in graph.levels())}), {args.clips} clips")
-        report = run_pipeline(graph, clients, uri, echo=quiet, run_model=run_model,
-                              output_prefix=OUTPUT_PREFIX)
-        if not report.ok:
-            say(f"the pipeline failed: {report.failed_models}")
-            return 1
-        wall = report.seconds
-        in_pipeline = {m.model: m.seconds or 0.0 for m in report.models}
-        pipeline_marks = {name: dict(m) for name, m in marks.items()}
-        data_plane = union_seconds((m["healthy"], m["stop"]) for m in pipeline_marks.values())
-        starts = union_seconds((m["start"], m["healthy"]) for m in pipeline_marks.values())
-        first_start = min(m.started for m in report.models if m.started is not None)
-        planning = first_start - report.started
+        for number in range(args.rounds):
+            prefix = f"{INPUT_PREFIX}round-{number}/"  # fresh inputs: nothing exists yet
+            upload_clips(s3, BUCKET, prefix, args.clips)
+            uri = f"s3://{BUCKET}/{prefix}"
+            marks.clear()
+            report = run_pipeline(graph, clients, uri, echo=quiet, run_model=run_model,
+                                  output_prefix=OUTPUT_PREFIX)
+            if not report.ok:
+                say(f"the pipeline failed: {report.failed_models}")
+                return 1
+            got = {name: dict(m) for name, m in marks.items()}
+            first_start = min(m.started for m in report.models if m.started is not None)
+            alone: dict[str, float] = {}
+            for name in names:
+                one = run_pipeline(graph, clients, uri, models=[name], overwrite=True,
+                                   echo=quiet, run_model=run_model, output_prefix=OUTPUT_PREFIX)
+                alone[name] = one.model(name).seconds or 0.0
+            rounds.append(Round(
+                wall=report.seconds, planning=first_start - report.started,
+                data_plane=union_seconds((m["healthy"], m["stop"]) for m in got.values()),
+                starts=union_seconds((m["start"], m["healthy"]) for m in got.values()),
+                in_pipeline={m.model: m.seconds or 0.0 for m in report.models}, alone=alone,
+                container_start={n: got[n]["healthy"] - got[n]["start"] for n in names},
+                plane={n: got[n]["stop"] - got[n]["healthy"] for n in names}))
+            last = rounds[-1]
+            say(f"  round {number + 1}: wall {last.wall:.2f} s, sum alone {last.sum_alone:.2f} s "
+                f"(ratio {last.wall / last.sum_alone:.2f}), outside the models "
+                f"{last.outside_share:.0%}")
 
-        alone: dict[str, float] = {}
-        for name in graph.order():
-            one = run_pipeline(graph, clients, uri, models=[name], overwrite=True, echo=quiet,
-                               run_model=run_model, output_prefix=OUTPUT_PREFIX)
-            alone[name] = one.model(name).seconds or 0.0
-        sum_alone = sum(alone.values())
+    def med(values: Iterable[float]) -> float:
+        return statistics.median(list(values))
 
-    outside = 1.0 - data_plane / wall if wall else 0.0
+    wall = med(r.wall for r in rounds)
+    sum_alone = med(r.sum_alone for r in rounds)
+    ratio = med(r.wall / r.sum_alone for r in rounds)
+    outside = med(r.outside_share for r in rounds)
+    data_plane = med(r.data_plane for r in rounds)
+    starts = med(r.starts for r in rounds)
+    planning = med(r.planning for r in rounds)
     say("")
     say(f"{'model':<18} {'alone':>8} {'in pipeline':>12} {'container start':>16} "
-        f"{'data plane':>11}")
+        f"{'data plane':>11}   (medians)")
     per_model: dict[str, dict[str, float]] = {}
-    for name in graph.order():
-        m = pipeline_marks.get(name, {})
-        start_s = m.get("healthy", 0.0) - m.get("start", 0.0)
-        plane_s = m.get("stop", 0.0) - m.get("healthy", 0.0)
-        per_model[name] = {"alone_s": r3(alone[name]), "in_pipeline_s": r3(in_pipeline[name]),
-                           "container_start_s": r3(start_s), "data_plane_s": r3(plane_s)}
-        say(f"{name:<18} {alone[name]:7.2f}s {in_pipeline[name]:11.2f}s {start_s:15.2f}s "
-            f"{plane_s:10.2f}s")
+    for name in names:
+        row = {"alone_s": med(r.alone[name] for r in rounds),
+               "in_pipeline_s": med(r.in_pipeline[name] for r in rounds),
+               "container_start_s": med(r.container_start[name] for r in rounds),
+               "data_plane_s": med(r.plane[name] for r in rounds)}
+        per_model[name] = {k: r3(v) for k, v in row.items()}
+        say(f"{name:<18} {row['alone_s']:7.2f}s {row['in_pipeline_s']:11.2f}s "
+            f"{row['container_start_s']:15.2f}s {row['data_plane_s']:10.2f}s")
     say("")
     say(f"pipeline wall time:        {wall:7.2f} s")
-    say(f"sum of models alone:       {sum_alone:7.2f} s  (wall / sum = {wall / sum_alone:.2f})")
+    say(f"sum of models alone:       {sum_alone:7.2f} s  (wall / sum = {ratio:.2f})")
     say(f"outside the models:        {wall - data_plane:7.2f} s  ({outside:.0%} of wall time; "
         f"container starts {starts:.2f} s, planning and existence checks {planning:.2f} s)")
     say(json_line({
         "bench": "pipeline_local",
         "clips": args.clips,
-        "models": graph.order(),
+        "rounds": len(rounds),
+        "models": names,
         "groups": graph.levels(),
         "wall_s": r3(wall),
         "sum_alone_s": r3(sum_alone),
-        "wall_over_sum_alone": r3(wall / sum_alone),
-        "sum_in_pipeline_s": r3(sum(in_pipeline.values())),
+        "wall_over_sum_alone": r3(ratio),
+        "sum_in_pipeline_s": r3(med(sum(r.in_pipeline.values()) for r in rounds)),
         "data_plane_union_s": r3(data_plane),
         "container_start_union_s": r3(starts),
         "planning_s": r3(planning),
         "outside_share": r3(outside),
         "per_model": per_model,
-        "cpus": report.plan.resources.cpu_count,
-        "gpu_memory_mb": report.plan.resources.gpu_memory_mb,
+        "cpus": os.cpu_count(),
     }))
     return 0
 

@@ -48,6 +48,7 @@ from _common import (
     json_line,
     load_average,
     machine,
+    match_worker_threads,
     prepare_process,
     r3,
     say,
@@ -212,6 +213,7 @@ def report(result: Result) -> dict[str, dict[str, float]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     prepare_process()
+    match_worker_threads()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200, help="measured records per model")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured records first")

@@ -25,10 +25,15 @@ boto3 import and S3 client, first forward pass) on both sides.
 
 Cold start: ``smserve serve models/frame_features`` in a subprocess, from the
 command's start to the first ``POST /invocations`` answered with 200 (goal
-<= 5 s), with the phases seen in its output (server listening, model
-loaded, supervisor ready); once with the model's defaults and once with
-``SAGEMAKER_MODEL_SERVER_WORKERS=1``. Also, inside each transform: start ->
+<= 5 s), with the model's container environment (``model.toml``:
+``cpu_workers`` -> ``SAGEMAKER_MODEL_SERVER_WORKERS``) and the phases seen
+in its output (server listening, model loaded, supervisor ready);
+``--cold-start-mms-workers`` times it again with multi-model-server's own
+default (one worker per CPU). Also, inside each transform: start ->
 containers healthy and start -> first batch answered.
+
+Both paths run the handlers with ``OMP_NUM_THREADS=1`` (what
+multi-model-server gives its workers) unless the variable is set.
 
     .venv/bin/python bench/transform_throughput.py [--records 500] [--objects 10]
 
@@ -61,6 +66,7 @@ from _common import (
     json_line,
     load_average,
     machine,
+    match_worker_threads,
     prepare_process,
     r3,
     say,
@@ -200,8 +206,8 @@ PHASES = {
 }
 
 
-def cold_start(env: Mapping[str, str], body: bytes, workers: int | None = None,
-               timeout: float = 120.0) -> dict[str, float]:
+def cold_start(env: Mapping[str, str], body: bytes, timeout: float = 120.0
+               ) -> dict[str, float]:
     """``smserve serve models/frame_features`` in a subprocess, from its start to a 200.
 
     Returns:
@@ -214,8 +220,6 @@ def cold_start(env: Mapping[str, str], body: bytes, workers: int | None = None,
     command = [sys.executable, "-m", "serving.cli", "serve", str(MODELS / MODEL),
                "--port", str(port)]
     child_env = {**env, "PYTHONUNBUFFERED": "1"}
-    if workers is not None:
-        child_env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(workers)
     headers = {"Content-Type": JSONLINES, "Accept": JSONLINES}
     marks: dict[str, float] = {}
     start = time.perf_counter()
@@ -266,6 +270,7 @@ def _phases(marks: Mapping[str, float]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     prepare_process()
+    match_worker_threads()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=500, help="request records (>= 500)")
     parser.add_argument("--objects", type=int, default=10, help="JSON-lines input objects")
@@ -274,6 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="transform jobs (in-process runs: one more, around them)")
     parser.add_argument("--stack", choices=("process", "thread"), default="process",
                         help="embedded stack in its own process (default) or a thread here")
+    parser.add_argument("--cold-start-mms-workers", action="store_true",
+                        help="also time the cold start with multi-model-server's default "
+                             "workers (one per CPU) instead of the model's cpu_workers")
     args = parser.parse_args(argv)
     if args.objects < 1 or args.records < args.objects:
         parser.error("need --objects >= 1 and --records >= --objects")
@@ -292,11 +300,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "max_concurrent": spec.max_concurrent_transforms,
                    "split_type": spec.split_type, "assemble_with": spec.assemble_with,
                    "content_type": spec.content_type, "accept": spec.accept}
+    # The model's container environment, as the pipeline gives it (cpu_workers ->
+    # SAGEMAKER_MODEL_SERVER_WORKERS on newer specs).
+    model_env = dict(spec.container_environment() if hasattr(spec, "container_environment")
+                     else spec.environment)
     figures = Figures()
     log: list[str] = []
     with embedded_stack(args.stack) as stack:
         env = bench_environ(stack)
         use_environ(env)
+        workers = int(model_env.get("SAGEMAKER_MODEL_SERVER_WORKERS")
+                      or env.get("SAGEMAKER_MODEL_SERVER_WORKERS") or os.cpu_count() or 1)
         settings = Settings.from_environ(env)
         clients = ClientFactory(settings)
         s3 = clients.client("s3")
@@ -329,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if number == args.rounds:
                 break
             try:
-                run = run_job(number + 1, clients, env, spec_kwargs, spec.environment, log)
+                run = run_job(number + 1, clients, env, spec_kwargs, model_env, log)
             except BaseException:
                 say("transform log tail:\n" + "\n".join(log[-40:]))
                 raise
@@ -341,11 +355,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{run.records / run.plane_s:.1f} records/s; end to end {run.total_s:.2f} s "
                 f"(containers healthy after {run.healthy_s:.2f} s, first batch answered "
                 f"after {run.first_batch_s:.2f} s); per request (s): {_secs(run.request_s)}")
-        marks = cold_start(env, warm)
+        marks = cold_start({**env, **model_env}, warm)
         cold = marks["answered"]
-        say(f"  cold start (smserve serve, model defaults): {_phases(marks)}")
-        marks_one = cold_start(env, warm, workers=1)
-        say(f"  cold start (SAGEMAKER_MODEL_SERVER_WORKERS=1): {_phases(marks_one)}")
+        say(f"  cold start (smserve serve, {workers} worker(s)): {_phases(marks)}")
+        marks_mms: dict[str, float] = {}
+        if args.cold_start_mms_workers:
+            default_env = {k: v for k, v in {**env, **model_env}.items()
+                           if k != "SAGEMAKER_MODEL_SERVER_WORKERS"}
+            marks_mms = cold_start(default_env, warm)
+            say(f"  cold start (smserve serve, multi-model-server's default workers: "
+                f"{os.cpu_count()}): {_phases(marks_mms)}")
 
     inproc_rate = args.records / statistics.median(figures.inproc_s)
     plane_rate = args.records / statistics.median(t.plane_s for t in figures.transforms)
@@ -358,7 +377,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Each model-server worker's first request pays one-off costs (boto3 import and S3
     # client, first forward pass) that the warmed-up in-process path does not: the
     # figure without them says how much of the gap they are.
-    workers = int(env.get("SAGEMAKER_MODEL_SERVER_WORKERS") or os.cpu_count() or 1)
     skip = min(workers, len(batches) - 1)
     warm_inproc = statistics.median(sum(t[skip:]) for t in figures.inproc_request_s)
     warm_plane = statistics.median(sum(t.request_s[skip:]) for t in figures.transforms)
@@ -393,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server_workers": workers,
         "cold_start_s": r3(cold),
         "cold_start_phases_s": {k: r3(v) for k, v in marks.items()},
-        "cold_start_1_worker_s": r3(marks_one["answered"]),
+        "cold_start_mms_default_workers_s": r3(marks_mms["answered"]) if marks_mms else None,
         "transform_healthy_s": r3(healthy),
         "transform_first_batch_s": r3(first_batch),
         "goal_efficiency": GOAL_EFFICIENCY,

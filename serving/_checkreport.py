@@ -271,6 +271,9 @@ def _fix(handler: str, err: BaseException, source: str) -> str:
         return (f"make {handler} in {source} return bytes, str or (bytes, content_type): for "
                 "S3-reference requests serving.s3refs.response(results), otherwise "
                 "serving.codecs.encode(prediction, accept)")
+    if isinstance(err, SmserveError) and "answer" in err.context:
+        return ("add the missing file under the model's sample_data/ as the message says (a "
+                "key's file is sample_data/KEY), or name an object that is there")
     if isinstance(err, BadRequest):
         return (f"the sample request or its data is what {handler} refused: correct them, or "
                 f"make {handler} in {source} accept them")

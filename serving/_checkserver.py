@@ -31,23 +31,12 @@ from serving.errors import (
     SmserveError,
     TransformError,
 )
-from serving.settings import Settings
 
 if TYPE_CHECKING:
     from serving.checking import _Run
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 _HANDLER = re.compile(r"\b(model_fn|input_fn|predict_fn|output_fn|transform_fn)\b")
-
-
-def _settings(run: _Run) -> Settings:
-    env = dict(run.settings.environ)
-    for key, value in run.env.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return Settings.from_environ(env)
 
 
 _PREFIX = re.compile(r"^(?:\[container \d+\] )?(?:\S+ \[[A-Z]+ ?\] \S+ - )?")
@@ -136,7 +125,7 @@ def _tree_rss(pid: int) -> int | None:
 def served(run: _Run, log: Callable[[str], None] | None) -> None:
     """POST the sample request to the real model server, started on the model folder."""
     from serving._checksample import outputs
-    from serving.checking import _environment, _round_trip
+    from serving.checking import _environment, _round_trip, run_settings
     from serving.ports import free_port
     from serving.server.serve import start
 
@@ -148,13 +137,13 @@ def served(run: _Run, log: Callable[[str], None] | None) -> None:
         if log is not None:
             log(line)
 
-    settings = _settings(run)
+    settings = run_settings(run.settings, run.env)
     run_dir = Path(tempfile.mkdtemp(prefix="smserve-check-"))
     boot = Stage("start model server", inputs=f"{run.folder.name} (model_fn in a worker)")
     report.stages.append(boot)
     started = time.perf_counter()
     try:
-        with _environment(run.env, run.settings.environ):
+        with _environment(run.env):
             try:
                 server = start(settings, run.folder, free_port(), run_dir=run_dir, echo=echo)
             except ServerStartError as err:
@@ -216,13 +205,14 @@ def transformed(run: _Run, log: Callable[[str], None] | None) -> None:
     report.stages.append(stage)
     started = time.perf_counter()
     try:
-        with _environment(run.env, run.settings.environ):
+        with _environment(run.env):
             answers: list[Any] = predict(
                 run.folder, sample.records, run.clients, sample.records[0].bucket,
                 work_prefix="smserve-check/", log=echo,
                 model_name=run.folder.name.replace("_", "-"),
                 batch_strategy=spec.batch_strategy, max_payload_mb=spec.max_payload_mb,
-                model_environment=spec.environment)
+                max_concurrent=spec.max_concurrent_transforms,
+                model_environment=spec.container_environment())
     except (TransformError, ServerStartError) as err:
         stage.ok = False
         report.failure = _transform_failure(err, run, lines)

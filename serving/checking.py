@@ -70,8 +70,8 @@ MODES = ("handlers", "serve", "transform")
 
 
 @contextlib.contextmanager
-def _environment(changes: Mapping[str, str | None], base: Mapping[str, str]) -> Iterator[None]:
-    """Set (or, for None, unset) variables in the process environment, then restore ``base``.
+def _environment(changes: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, unset) variables in the process environment, then restore them.
 
     The model's handlers build their S3 client from the process environment
     (:func:`serving.s3refs.runtime`), so the in-process check points it at
@@ -79,6 +79,7 @@ def _environment(changes: Mapping[str, str | None], base: Mapping[str, str]) -> 
     """
     from serving import s3refs
 
+    base = Settings.from_environ().environ  # what to restore
     for key, value in changes.items():
         if value is None:
             os.environ.pop(key, None)
@@ -103,12 +104,23 @@ def _model_environ(settings: Settings, spec: ModelSpec, stack_env: Mapping[str, 
         key: None for key in settings.environ
         if key.startswith("AWS_ENDPOINT_URL_") or key == "AWS_PROFILE"
     }
-    changes.update(spec.environment)
+    changes.update(spec.container_environment())
     changes.update(stack_env)
     changes["SMSERVE_ALLOWED_BUCKETS"] = ",".join(buckets) or "*"
     changes["SETUPTOOLS_USE_DISTUTILS"] = settings.environ.get("SETUPTOOLS_USE_DISTUTILS",
                                                                "stdlib")
     return changes
+
+
+def run_settings(settings: Settings, changes: Mapping[str, str | None]) -> Settings:
+    """``settings`` with the environment ``changes`` applied (None removes a variable)."""
+    env = dict(settings.environ)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return Settings.from_environ(env)
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -233,8 +245,7 @@ def check(folder: str | Path, *, request: str | Path | None = None,
             run.env = _model_environ(settings, spec, stack.environ(), sample.buckets)
             from serving.aws import ClientFactory
 
-            merged = {**settings.environ, **{k: v for k, v in run.env.items() if v is not None}}
-            run.clients = ClientFactory(Settings.from_environ(merged))
+            run.clients = ClientFactory(run_settings(settings, run.env))
             try:
                 report.inputs = stage_sample(run.clients.client("s3"), sample,
                                              Path(data_dir) if data_dir else folder / SAMPLE_DATA)
@@ -258,7 +269,7 @@ def _in_process(run: _Run, handlers: Handlers) -> None:
     if started_tracing:
         tracemalloc.start()
     try:
-        with _environment(run.env, run.settings.environ):
+        with _environment(run.env):
             model = _load(report, meter, handlers, folder)
             if report.failure is not None:
                 return

@@ -212,11 +212,12 @@ class DataProcessor:
             return list(records)
         out = []
         for index, record in enumerate(records):
+            doc = self._parse(record.data, self.in_fmt, where, index, "record")
             try:
-                value = self.input_filter.evaluate(parse_record(record.data, self.in_fmt),
-                                                   inclusive_end=self.inclusive)
+                value = self.input_filter.evaluate(doc, inclusive_end=self.inclusive)
             except TransformError as err:
-                raise _failed(where, index, "InputFilter", err) from None
+                raise _failed(where, index, f"InputFilter {err.message}",
+                              "fix DataProcessing.InputFilter or the record") from None
             out.append(Record(dump_record(value, self.in_fmt)))
         return out
 
@@ -237,16 +238,27 @@ class DataProcessor:
         for first, count, body in answers:
             for offset, piece in enumerate(_pieces(body, first, count, where)):
                 index = first + offset
+                value = self._parse(piece, self.out_fmt, where, index, "answer")
+                if self.join:
+                    value = join(self._parse(records[index].data, self.in_fmt, where, index,
+                                             "record"), value, self.out_fmt)
                 try:
-                    value = parse_record(piece, self.out_fmt)
-                    if self.join:
-                        value = join(parse_record(records[index].data, self.in_fmt), value,
-                                     self.out_fmt)
                     value = self.output_filter.evaluate(value, inclusive_end=self.inclusive)
                 except TransformError as err:
-                    raise _failed(where, index, "OutputFilter", err) from None
+                    raise _failed(where, index, f"OutputFilter {err.message}",
+                                  "fix DataProcessing.OutputFilter or the record") from None
                 out.append(dump_record(value, self.out_fmt))
         return out
+
+    @staticmethod
+    def _parse(data: bytes, fmt: str, where: str, index: int, what: str) -> Any:
+        try:
+            return parse_record(data, fmt)
+        except TransformError as err:
+            field = "TransformInput.ContentType" if what == "record" else "TransformOutput.Accept"
+            whose = "the record" if what == "record" else "the container's answer"
+            raise _failed(where, index, f"{whose} is {err.message}",
+                          f"it must be JSON ({field})") from None
 
 
 def _pieces(body: bytes, first: int, count: int, where: str) -> list[bytes]:
@@ -262,7 +274,6 @@ def _pieces(body: bytes, first: int, count: int, where: str) -> list[bytes]:
     return pieces
 
 
-def _failed(where: str, index: int, stage: str, err: TransformError) -> TransformError:
-    return TransformError(f"{where}: record {index}: {stage} {err.message}; fix "
-                          f"DataProcessing.{stage} or the record", reason="DataProcessing",
+def _failed(where: str, index: int, what: str, hint: str) -> TransformError:
+    return TransformError(f"{where}: record {index}: {what}; {hint}", reason="DataProcessing",
                           record=index)

@@ -526,8 +526,10 @@ def test_stop_a_running_job(sm: Any, s3: Any, logs: Any, bucket: str, faulty_mod
     name = "stopped-" + uuid.uuid4().hex[:8]
     sm.create_transform_job(**_job(name, faulty_model, f"s3://{bucket}/stop/",
                                    f"s3://{bucket}/stop-out/"))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while not any("BatchStrategy=" in line for line in _safe_events(logs, f"{name}/data-log")):
+        described = sm.describe_transform_job(TransformJobName=name)
+        assert described["TransformJobStatus"] == "InProgress", described
         assert time.monotonic() < deadline, "the job never reached its first invocation"
         time.sleep(0.3)
     time.sleep(0.5)

@@ -172,6 +172,18 @@ def test_check_runs_the_four_handlers_and_reports_them(stack: Any, clip_stats: P
                                      "(handlers in-process)")
 
 
+def test_check_ignores_endpoint_overrides_and_restores_the_environment(
+        stack: Any, clip_stats: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.settings import Settings
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("SMSERVE_ALLOWED_BUCKETS", raising=False)
+    report = check(clip_stats, stack=stack, settings=Settings.from_environ())
+    assert report.ok, report.render()
+    assert os.environ["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9"
+    assert "SMSERVE_ALLOWED_BUCKETS" not in os.environ
+
+
 def test_check_without_s3_sends_the_body_and_starts_no_stack(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import serving.local.stack

@@ -253,6 +253,14 @@ def test_filter_failure_names_object_record_and_filter() -> None:
                                "the record (2 items); fix DataProcessing.InputFilter or the record")
 
 
+def test_an_answer_that_is_not_json_names_accept() -> None:
+    proc = DataProcessor(spec({"JoinSource": "Input"}, content_type="application/json",
+                              accept="application/jsonlines"))
+    with pytest.raises(TransformError, match=r"record 0: the container's answer is not one JSON "
+                                             r"value .*TransformOutput.Accept"):
+        proc.outputs([Record(b"{}")], [(0, 1, b"oops")])
+
+
 def test_input_filter_only_leaves_answers_as_they_are() -> None:
     proc = DataProcessor(spec({"InputFilter": "$[0]"}))
     assert not proc.per_record
@@ -416,7 +424,9 @@ def test_not_json_fails_the_object(clients: ClientFactory, bucket: str,
     result, _ = run_job(clients, bucket, json_model.url, {"a.jsonl": b"not json\n"},
                         {"InputFilter": "$.a"}, content_type="application/jsonlines",
                         accept="application/jsonlines")
-    assert "record 0: InputFilter not one JSON value" in (result.failed[0].error or "")
+    assert (result.failed[0].error or "").startswith(
+        "DataProcessing: record 0: the record is not one JSON value (Expecting value); it must "
+        "be JSON (TransformInput.ContentType)")
 
 
 def test_inclusive_slice_end_option(clients: ClientFactory, bucket: str,

@@ -1,0 +1,192 @@
+"""Settings of the pipeline DAGs: one JSON Airflow Variable per environment, read at run time.
+
+Every DAG of one environment (``main``, ``dev``) reads the Variable
+``smserve_<env>`` when a task runs, never when the file is parsed, so the
+DAG files do no I/O at import and a changed setting applies to the next
+task without a redeploy::
+
+    airflow variables set smserve_main '{"external_bucket": "partner-videos",
+        "bucket": "my-videos", "queue": "videos-preprocessed",
+        "camera_angles": ["front", "rear"]}'
+
+Keys (every one optional for ``dev``, whose defaults match
+``local_test/airflow_setup.py``; ``main`` needs the three marked *):
+
+=============================  ===========================================  ================
+key                            meaning                                      default
+=============================  ===========================================  ================
+``external_bucket`` *          bucket the sync DAG copies from
+``bucket`` *                   our bucket: copies, requests, outputs
+``queue`` *                    SQS queue (name or URL) of new objects
+``camera_angles``              one sync task per angle                      ``["front", "rear"]``
+``source_prefix``              key prefix per month and angle               ``videos/{year:04d}/{month:02d}/{angle}/``
+``output_prefix``              where model outputs go                       ``results/``
+``work_prefix``                request files and transform outputs          ``smserve-work/airflow/``
+``sagemaker_model_prefix``     SageMaker model = prefix + name (``_``→``-``)  ``smserve-``
+``max_messages``               messages per inference run (> 10 is fine)    100
+``max_wait_seconds``           run with what arrived after this long        120
+``poke_interval_seconds``      between two looks at the queue               30
+``receive_wait_seconds``       SQS long-poll wait per receive (0..20)       1
+``visibility_timeout_seconds``  how long a batch stays invisible per model   1800
+``transform_poll_seconds``     between two DescribeTransformJob calls       30
+``transform_timeout_seconds``  a transform task gives up after this long    21600
+``aws_conn_id``                Airflow connection (null: boto3's defaults)  ``aws_default``
+=============================  ===========================================  ================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+#: The Variable of environment ``env`` is ``VARIABLE_PREFIX + env``.
+VARIABLE_PREFIX = "smserve_"
+#: Keys ``main`` cannot do without.
+REQUIRED = ("external_bucket", "bucket", "queue")
+
+#: Names ``local_test/airflow_setup.py`` creates on the embedded stack.
+DEV_DEFAULTS: dict[str, Any] = {
+    "external_bucket": "smserve-dev-external",
+    "bucket": "smserve-dev",
+    "queue": "smserve-dev-preprocessed",
+}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names the Variable, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One environment's settings; see the module docstring for the keys."""
+
+    env: str
+    external_bucket: str
+    bucket: str
+    queue: str
+    camera_angles: tuple[str, ...] = ("front", "rear")
+    source_prefix: str = "videos/{year:04d}/{month:02d}/{angle}/"
+    output_prefix: str = "results/"
+    work_prefix: str = "smserve-work/airflow/"
+    sagemaker_model_prefix: str = "smserve-"
+    max_messages: int = 100
+    max_wait_seconds: float = 120.0
+    poke_interval_seconds: float = 30.0
+    receive_wait_seconds: int = 1
+    visibility_timeout_seconds: int = 1800
+    transform_poll_seconds: float = 30.0
+    transform_timeout_seconds: float = 6 * 3600.0
+    aws_conn_id: str | None = "aws_default"
+
+    @property
+    def variable(self) -> str:
+        """The Variable these settings come from."""
+        return VARIABLE_PREFIX + self.env
+
+    def sagemaker_model(self, model: str) -> str:
+        """The SageMaker model that runs ``model`` (``frame_features`` -> ``smserve-frame-features``)."""
+        return self.sagemaker_model_prefix + model.replace("_", "-")
+
+    def month_prefix(self, year: int, month: int, angle: str) -> str:
+        """The key prefix of one month of one camera angle."""
+        return self.source_prefix.format(year=year, month=month, angle=angle)
+
+
+_KINDS: dict[str, tuple[type, ...]] = {
+    "external_bucket": (str,), "bucket": (str,), "queue": (str,), "camera_angles": (list,),
+    "source_prefix": (str,), "output_prefix": (str,), "work_prefix": (str,),
+    "sagemaker_model_prefix": (str,), "max_messages": (int,),
+    "max_wait_seconds": (int, float), "poke_interval_seconds": (int, float),
+    "receive_wait_seconds": (int,), "visibility_timeout_seconds": (int,),
+    "transform_poll_seconds": (int, float), "transform_timeout_seconds": (int, float),
+    "aws_conn_id": (str, type(None)),
+}
+_RANGES: dict[str, tuple[float, float]] = {
+    "max_messages": (1, 10_000), "max_wait_seconds": (0, 12 * 3600),
+    "poke_interval_seconds": (0.1, 3600), "receive_wait_seconds": (0, 20),
+    "visibility_timeout_seconds": (1, 12 * 3600), "transform_poll_seconds": (0.1, 3600),
+    "transform_timeout_seconds": (1, 5 * 24 * 3600),
+}
+
+
+def _fail(variable: str, message: str) -> ConfigError:
+    return ConfigError(f"Airflow Variable {variable}: {message}")
+
+
+def _check(variable: str, key: str, value: Any) -> Any:
+    kinds = _KINDS[key]
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise _fail(variable, f"{key} = {json.dumps(value)} is not a {wanted}")
+    if key in _RANGES:
+        low, high = _RANGES[key]
+        if not low <= value <= high:
+            raise _fail(variable, f"{key} = {value} is out of range; use {low:g}..{high:g}")
+    if key == "camera_angles":
+        if not value or not all(isinstance(a, str) and a and "/" not in a for a in value):
+            raise _fail(variable, f"camera_angles = {json.dumps(value)} must be a non-empty "
+                                  'list of names without "/", like ["front", "rear"]')
+        return tuple(value)
+    if key in ("external_bucket", "bucket", "queue") and not value.strip():
+        raise _fail(variable, f"{key} is empty")
+    if key == "source_prefix":
+        try:
+            value.format(year=2026, month=1, angle="front")
+        except (KeyError, IndexError, ValueError) as err:
+            raise _fail(variable, f"source_prefix = {value!r} cannot be filled in ({err}); "
+                                  "it may use {year}, {month} and {angle}") from None
+    return value
+
+
+def parse_config(env: str, raw: Mapping[str, Any] | None) -> PipelineConfig:
+    """Check the Variable's value (None: not set) into settings.
+
+    Raises:
+        ConfigError: an unknown key, a bad value, or (for environments other
+            than ``dev``) a missing required key; the message says what to set.
+    """
+    variable = VARIABLE_PREFIX + env
+    defaults = DEV_DEFAULTS if env == "dev" else {}
+    if raw is None and not defaults:
+        example = json.dumps({k: f"<{k}>" for k in REQUIRED})
+        raise _fail(variable, f"is not set; the {env} DAGs need at least "
+                              f"{', '.join(REQUIRED)}: airflow variables set {variable} "
+                              f"'{example}'")
+    if raw is not None and not isinstance(raw, Mapping):
+        raise _fail(variable, f"must be a JSON object of settings, not {json.dumps(raw)}")
+    given = dict(raw or {})
+    known = [f.name for f in fields(PipelineConfig) if f.name != "env"]
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise _fail(variable, f"unknown key(s) {', '.join(unknown)}; the keys are "
+                              f"{', '.join(known)}")
+    merged = {**defaults, **given}
+    missing = [k for k in REQUIRED if k not in merged]
+    if missing:
+        raise _fail(variable, f"missing {', '.join(missing)}; set them in the Variable's "
+                              "JSON object")
+    return PipelineConfig(env=env, **{k: _check(variable, k, v) for k, v in merged.items()})
+
+
+def load_config(env: str) -> PipelineConfig:
+    """Read and check the Variable of ``env`` (call it in a task, never at import).
+
+    Raises:
+        ConfigError: the Variable is not JSON, or :func:`parse_config` refuses it.
+    """
+    from airflow.sdk import Variable
+
+    variable = VARIABLE_PREFIX + env
+    try:
+        text = Variable.get(variable, default=None)
+    except Exception as err:  # the metadata database or a secrets backend failed
+        raise _fail(variable, f"cannot be read ({type(err).__name__}: {err})") from err
+    raw = None
+    if text is not None:
+        try:
+            raw = json.loads(text) if isinstance(text, str) else text
+        except ValueError as err:
+            raise _fail(variable, f"is not JSON ({err}); set it to a JSON object") from None
+    return parse_config(env, raw)
