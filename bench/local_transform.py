@@ -6,15 +6,17 @@ features ``.npy`` and writes a JSON answer, ``overwrite`` true):
 
 1. **Throughput**, ``--records`` (2,000) records in ``--objects`` (10)
    JSON-lines objects, ``Line``/``MultiRecord``, ``MaxPayloadInMB`` 6,
-   ``MaxConcurrentTransforms`` ``--concurrency`` (2), ``--rounds`` (3) rounds,
-   the order of ours and the SDK's alternating:
+   ``MaxConcurrentTransforms`` ``--concurrency`` (2), ``--rounds`` (4) rounds,
+   the order of ours and the SDK's alternating (whichever runs first after the
+   in-process path was seen to be slower, so each round also starts with an
+   untimed warm-up job):
 
    - *in-process*: the same request bodies (``split_records`` +
      ``make_batcher``, as the data plane makes them) passed to
      :meth:`serving.handler.Handlers.invoke` here, after one warm-up record;
    - *ours*: :class:`serving.transform.DataPlane` against one container
      (``smserve serve`` through :class:`~serving.transform.ProcessRunner`),
-     started once, warmed up with an untimed job of small objects;
+     started once;
    - *SDK*: ``sagemaker-core``'s local-mode data plane (the harness of
      ``tests/integration/test_differential.py``: the SDK's own listing,
      splitting, batching, invoking and upload code, with its Docker
@@ -32,7 +34,7 @@ features ``.npy`` and writes a JSON answer, ``overwrite`` true):
    (``serving.local.sagemaker``): boto3 ``CreateTransformJob`` for the same
    10 records, then ``DescribeTransformJob`` every 20 ms until ``Completed``.
 
-    .venv/bin/python bench/local_transform.py [--records 2000] [--objects 10] [--rounds 2]
+    .venv/bin/python bench/local_transform.py [--records 2000] [--objects 10] [--rounds 4]
 
 The last line of stdout is one JSON object with the figures.
 """
@@ -185,9 +187,9 @@ def throughput(args: argparse.Namespace, clients: Any, env: Mapping[str, str], s
         model_dir = prepare_model(MODELS / MODEL, workdir)
         containers = runner.start(model_dir, container_environment(spec), count=1)
         url, port = containers[0].url, containers[0].port
-        warm_up(s3, url, spec, keys, log)
         for number in range(args.rounds):
             figures["inproc"].append(inproc_seconds(handlers, model, bodies, args.records))
+            warm_up(s3, url, spec, keys, log)  # the container idled through the line above
             paths: list[tuple[str, Callable[[], float]]] = [
                 ("ours", lambda n=number: _ours(s3, url, spec, n, args.records, log))]
             if sdk is not None:
@@ -365,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=2000, help="records in the big job")
     parser.add_argument("--objects", type=int, default=10, help="its JSON-lines objects")
     parser.add_argument("--concurrency", type=int, default=2, help="MaxConcurrentTransforms")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of each path")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="rounds of each path (even: each goes first as often)")
     parser.add_argument("--small-records", type=int, default=10, help="records in the small job")
     parser.add_argument("--small-rounds", type=int, default=3, help="small jobs to run")
     parser.add_argument("--features", type=int, default=8, help="distinct feature arrays")

@@ -41,7 +41,7 @@ ARCHIVE_NAME = "model.tar.gz"
 #: Files that stay next to the model but never go into its archive.
 EXCLUDED_FILES = frozenset({"sample_request.json", "make_weights.py", "conftest.py"})
 #: Folders that never go into an archive.
-EXCLUDED_DIRS = frozenset({"__pycache__", "tests", "test"})
+EXCLUDED_DIRS = frozenset({"__pycache__", "tests", "test", "sample_data"})
 #: Top-level files that are code even though they do not end in ``.py``.
 CODE_FILES = frozenset({"model.toml", "requirements.txt"})
 

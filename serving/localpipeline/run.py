@@ -91,8 +91,6 @@ class TransformRunner:
         if log is not None:
             sink = log
             log = lambda line: sink(f"[{work.model}] {line}")  # noqa: E731
-        environment = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(spec.cpu_workers),
-                       **spec.environment}
         try:
             answers = predict(
                 spec.folder, list(work.pending), self.clients, self.bucket,
@@ -100,7 +98,8 @@ class TransformRunner:
                 progress=lambda p: progress(p.records_done, p.records_total),
                 model_name=spec.name.replace("_", "-"), instance_count=spec.instance_count,
                 batch_strategy=spec.batch_strategy, max_payload_mb=spec.max_payload_mb,
-                max_concurrent=spec.max_concurrent_transforms, model_environment=environment)
+                max_concurrent=spec.max_concurrent_transforms,
+                model_environment=spec.container_environment())
         except Exception as err:
             return self._failed(work, name, err)
         statuses = [a.get("status") if isinstance(a, dict) else None for a in answers]

@@ -438,7 +438,7 @@ def mixed_job(sm: Any, s3: Any, bucket: str, faulty_model: str) -> dict[str, Any
     sm.create_transform_job(**_job(
         name, faulty_model, f"s3://{bucket}/mixed/", f"s3://{bucket}/mixed-out/{name}/",
         BatchStrategy="SingleRecord", MaxPayloadInMB=1, MaxConcurrentTransforms=1,
-        ModelClientConfig={"InvocationsTimeoutInSeconds": 2, "InvocationsMaxRetries": 0}))
+        ModelClientConfig={"InvocationsTimeoutInSeconds": 6, "InvocationsMaxRetries": 0}))
     return _wait(sm, name)
 
 

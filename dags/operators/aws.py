@@ -1,0 +1,99 @@
+"""AWS clients for the pipeline's tasks, from the amazon provider's hooks and one connection.
+
+The connection (``aws_default`` unless the Variable says otherwise) carries
+the credentials, the region and, for the embedded stack, ``endpoint_url`` in
+its extra; nothing here knows which one it talks to. A connection that is
+not defined is an error with the command that fixes it, not a silent switch
+to boto3's defaults (the provider's hooks only log a warning).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from config import ConfigError
+
+__all__ = ["Aws", "error_code", "describe_error"]
+
+
+def error_code(err: BaseException) -> str:
+    """The AWS error code of a botocore ``ClientError`` ("" for other errors)."""
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def describe_error(err: BaseException, limit: int = 1000) -> str:
+    """A one-line reason for ``err``: AWS's code and message, or the exception's type and text."""
+    code = error_code(err)
+    if code:
+        message = getattr(err, "response", {}).get("Error", {}).get("Message", "")
+        text = f"{code}: {message}" if message else code
+    else:
+        text = getattr(err, "message", None) or f"{type(err).__name__}: {err}"
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Aws:
+    """The hooks and clients of one Airflow connection.
+
+    Args:
+        conn_id: the Airflow connection; None uses boto3's default chain
+            (the instance or task role, ``AWS_*`` variables).
+        variable: the Variable that named the connection, for messages.
+    """
+
+    def __init__(self, conn_id: str | None, variable: str = "smserve_<env>") -> None:
+        self.conn_id = conn_id
+        self.variable = variable
+
+    def check_connection(self) -> None:
+        """Fail with what to do when the connection is not defined.
+
+        Raises:
+            ConfigError: no such connection.
+        """
+        if not self.conn_id:
+            return
+        from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            BaseHook.get_connection(self.conn_id)
+        except AirflowNotFoundException:
+            env_name = "AIRFLOW_CONN_" + self.conn_id.upper()
+            raise ConfigError(
+                f"Airflow connection {self.conn_id!r} is not defined; create it (airflow "
+                f"connections add {self.conn_id} --conn-type aws --conn-extra "
+                "'{\"region_name\": \"us-east-1\"}', or set " + env_name + "), or set "
+                f"aws_conn_id to null in Variable {self.variable} to use boto3's default "
+                "credentials") from None
+
+    @cached_property
+    def s3(self) -> Any:
+        """A boto3 S3 client."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id=self.conn_id).get_conn()
+
+    @cached_property
+    def sqs(self) -> Any:
+        """A boto3 SQS client."""
+        from airflow.providers.amazon.aws.hooks.sqs import SqsHook
+
+        return SqsHook(aws_conn_id=self.conn_id).get_conn()
+
+    @cached_property
+    def sagemaker_hook(self) -> Any:
+        """The provider's ``SageMakerHook``."""
+        from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+
+        return SageMakerHook(aws_conn_id=self.conn_id)
+
+    @property
+    def sagemaker(self) -> Any:
+        """A boto3 SageMaker client."""
+        return self.sagemaker_hook.conn

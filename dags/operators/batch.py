@@ -1,0 +1,147 @@
+"""The inference DAG's batch tasks: parse the messages, skip an empty run, delete when done.
+
+Each is a ``@task`` to call in a DAG; they read their settings from the
+environment's Variable when they run, and report what they did (see
+:mod:`operators.report`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from airflow.sdk import get_current_context, task
+from config import ConfigError, load_config
+from operators.aws import Aws, describe_error, error_code
+from operators.messages import BadMessage, batch_id, parse_batch
+from operators.report import fail, report_message
+from operators.sqs import dead_letter, delete_batch, queue_url
+
+__all__ = ["delete_messages", "existing_keys", "parse_messages", "skip_if_empty"]
+
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+#: Parallel HeadObject calls.
+HEAD_CONCURRENCY = 16
+
+
+def existing_keys(s3: Any, bucket: str, keys: Sequence[str]) -> set[str]:
+    """The keys of ``bucket`` that exist (concurrent HeadObject calls).
+
+    Raises:
+        Exception: S3 answered other than found or not found (no bucket, no permission).
+    """
+    def head(key: str) -> bool:
+        try:
+            s3.head_object(Bucket=bucket, Key=key)
+        except Exception as err:
+            if error_code(err) in _MISSING:
+                return False
+            raise
+        return True
+
+    if not keys:
+        return set()
+    with ThreadPoolExecutor(max(1, min(HEAD_CONCURRENCY, len(keys)))) as pool:
+        found = list(pool.map(head, keys))
+    return {k for k, ok in zip(keys, found, strict=True) if ok}
+
+
+def _bad_lines(bad: Sequence[BadMessage], max_receive_count: int, dlq: str) -> list[str]:
+    lines = []
+    for b in bad:
+        fate = ""
+        if max_receive_count and b.receive_count:
+            fate = f" (receive {b.receive_count} of {max_receive_count}"
+            fate += f"; SQS moves it to {dlq} on the next receive)" \
+                if b.receive_count >= max_receive_count else ")"
+        lines.append(f"  message {b.message_id}: {b.reason}{fate}")
+    return lines
+
+
+def _check_key(key: str) -> None:
+    from serving.pipeline import output_key
+
+    output_key("model", key)  # BadRequest (a ValueError) for a key that cannot be an input
+
+
+@task(retries=0)
+def parse_messages(env: str, messages: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+    """The objects the batch asks for, and the messages left on the queue (with why).
+
+    Returns:
+        ``{"batch", "bucket", "queue_url", "keys", "message_ids", "bad"}``;
+        ``message_ids`` are the messages every model's success will delete.
+    """
+    ti = get_current_context()["ti"]
+    received = list(messages or [])
+    try:
+        cfg = load_config(env)
+        aws = Aws(cfg.aws_conn_id, cfg.variable)
+        aws.check_connection()
+        url = queue_url(aws.sqs, cfg.queue)
+        batch = parse_batch(received, cfg.bucket,
+                            exists=lambda keys: existing_keys(aws.s3, cfg.bucket, keys),
+                            check_key=_check_key)
+        letters = dead_letter(aws.sqs, url)
+    except ConfigError as err:
+        fail(ti, str(err))
+    except Exception as err:
+        if not error_code(err):
+            raise
+        fail(ti, f"reading the batch failed: {describe_error(err)} (bucket {cfg.bucket}, "
+                 f"queue {cfg.queue})")
+    left = f"{len(batch.bad)} left on the queue" if batch.bad else "none left on the queue"
+    lines = [f"{len(received)} message(s): {len(batch.message_ids)} usable "
+             f"({len(batch.keys)} object(s)), {left}"]
+    lines += _bad_lines(batch.bad, letters.max_receive_count, letters.queue)
+    if batch.bad or letters.depth > 0:
+        lines.append(letters.describe())
+    report_message(ti, lines)
+    return {"batch": batch_id(batch.message_ids), "bucket": cfg.bucket, "queue_url": url,
+            "keys": batch.keys, "message_ids": batch.message_ids,
+            "bad": [{"message_id": b.message_id, "reason": b.reason,
+                     "receive_count": b.receive_count} for b in batch.bad]}
+
+
+@task.short_circuit(ignore_downstream_trigger_rules=False, retries=0)
+def skip_if_empty(batch: Mapping[str, Any]) -> bool:
+    """Go on only when the batch has objects to process (the report still runs)."""
+    ti = get_current_context()["ti"]
+    if not batch.get("keys"):
+        report_message(ti, "nothing to process: every model is skipped")
+        return False
+    return True
+
+
+def batch_messages(batch: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None
+                   ) -> list[Mapping[str, Any]]:
+    """The received messages that belong to the batch (those a success deletes)."""
+    wanted = set(batch.get("message_ids") or [])
+    return [m for m in messages or [] if m.get("MessageId") in wanted]
+
+
+@task(retries=2)
+def delete_messages(env: str, batch: Mapping[str, Any],
+                    messages: Sequence[Mapping[str, Any]] | None) -> None:
+    """Delete the batch's messages (every model succeeded); stale receipt handles are reported."""
+    ti = get_current_context()["ti"]
+    chosen = batch_messages(batch, messages)
+    try:
+        cfg = load_config(env)
+        aws = Aws(cfg.aws_conn_id, cfg.variable)
+        result = delete_batch(aws.sqs, str(batch["queue_url"]), chosen)
+    except ConfigError as err:
+        fail(ti, str(err))
+    lines = [f"deleted {len(result.deleted)} of {len(chosen)} message(s)"]
+    if result.stale:
+        lines.append(f"{len(result.stale)} receipt handle(s) went stale (the message was "
+                     "received again after its visibility timeout); it comes back and its "
+                     "finished work is skipped:")
+        lines += [f"  message {m}: {why}" for m, why in result.stale.items()]
+    if result.failed:
+        lines += [f"  message {m} not deleted: {why}" for m, why in result.failed.items()]
+        report_message(ti, lines)
+        raise RuntimeError(f"{len(result.failed)} message(s) could not be deleted: "
+                           + "; ".join(result.failed.values()))
+    report_message(ti, lines)

@@ -1,0 +1,97 @@
+"""The first task of each model: keep the batch invisible, build its requests, upload them.
+
+Before a model runs, the batch's messages get another
+``visibility_timeout_seconds`` of invisibility, so a long run does not hand
+them to the next one. The requests are the local pipeline's
+(:meth:`serving.pipeline.Graph.build_requests`): one S3-reference record per
+input object, with fixed output keys; records whose output exists are left
+out. The rest go to S3 as one JSON-lines object per model and batch, under a
+key that names its content, so a transform job always reads what it was
+created with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import get_current_context, task
+from config import ConfigError, PipelineConfig, load_config
+from operators.aws import Aws, describe_error, error_code
+from operators.batch import batch_messages, existing_keys
+from operators.models import model_graph
+from operators.report import fail
+from operators.sqs import extend_visibility
+
+__all__ = ["prepare_requests", "run_prefix"]
+
+log = logging.getLogger("smserve.requests")
+
+
+def run_prefix(cfg: PipelineConfig, dag_id: str, run_id: str, batch: str) -> str:
+    """Where one run's request files and transform outputs go (``<work>/<dag>/<run>-<batch>/``)."""
+    run = hashlib.sha256(f"{dag_id}\n{run_id}".encode()).hexdigest()[:12]
+    return f"{cfg.work_prefix.rstrip('/')}/{dag_id}/{run}-{batch[:8]}/"
+
+
+def _model_failed(ti: Any, model: str, records: int, reason: str) -> None:
+    fail(ti, f"{model}: {reason}", report={
+        "model": model, "status": "failed", "records": records, "written": 0, "skipped": 0,
+        "failed": records, "reason": reason, "job": None, "started": None, "ended": None,
+        "seconds": None})
+
+
+@task(task_id="requests", retries=2)
+def prepare_requests(model: str, env: str, batch: Mapping[str, Any],
+                     messages: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+    """Extend the batch's visibility, build ``model``'s requests, upload the pending ones.
+
+    Returns:
+        ``{"model", "batch", "records", "pending", "exist", "request_uri",
+        "output_uri"}``: what the transform task needs (``request_uri`` is
+        None when every output exists).
+    """
+    context = get_current_context()
+    ti = context["ti"]
+    keys = list(batch.get("keys") or [])
+    try:
+        cfg = load_config(env)
+        aws = Aws(cfg.aws_conn_id, cfg.variable)
+        aws.check_connection()
+    except ConfigError as err:
+        _model_failed(ti, model, len(keys), str(err))
+    bucket = str(batch["bucket"])
+    try:
+        lost = extend_visibility(aws.sqs, str(batch["queue_url"]),
+                                 batch_messages(batch, messages),
+                                 cfg.visibility_timeout_seconds)
+        if lost:
+            log.warning("%d message(s) could not be kept invisible (their receipt handle "
+                           "went stale): %s", len(lost), ", ".join(lost))
+        from serving.s3refs import dumps_records
+
+        records = model_graph().build_requests(model, bucket, keys, prefix=cfg.output_prefix)
+        found = existing_keys(aws.s3, bucket, [r.output_path for r in records])
+        pending = [r for r in records if r.output_path not in found]
+        body = dumps_records(pending)
+        base = run_prefix(cfg, ti.dag_id, ti.run_id, str(batch["batch"])) + f"{model}/"
+        request_uri = None
+        if pending:
+            digest = hashlib.sha256(body).hexdigest()[:12]
+            key = f"{base}requests/{digest}.jsonl"
+            aws.s3.put_object(Bucket=bucket, Key=key, Body=body,
+                              ContentType="application/jsonlines")
+            request_uri = f"s3://{bucket}/{key}"
+    except Exception as err:
+        if not error_code(err) and not isinstance(err, ValueError):
+            raise
+        _model_failed(ti, model, len(keys), f"building the requests failed: "
+                                            f"{describe_error(err)}")
+    log.info("%s: %d record(s), %d to run, %d output(s) exist%s", model, len(records),
+                len(pending), len(records) - len(pending),
+                f"; requests in {request_uri}" if request_uri else "")
+    return {"model": model, "batch": str(batch["batch"]), "records": len(records),
+            "pending": len(pending), "exist": len(records) - len(pending),
+            "request_uri": request_uri, "output_uri": f"s3://{bucket}/{base}out/"}

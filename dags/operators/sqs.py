@@ -1,0 +1,284 @@
+"""The SQS side of a run: buffer messages, keep them invisible while models run, delete them.
+
+:class:`SqsBufferingSensor` collects up to ``max_messages`` (more than SQS's
+10 per call) or whatever has arrived after ``max_wait_seconds``, and pushes
+them as XCom ``messages``, the shape the provider's ``SqsSensor`` uses. It
+never deletes: a message leaves the queue only in :func:`delete_batch`,
+after every model succeeded; until then a failed run's messages come back
+after their visibility timeout, and after the queue's ``maxReceiveCount``
+SQS moves them to the dead-letter queue.
+
+The sensor runs in ``reschedule`` mode and holds nothing between pokes: a
+poke that is not ready only looks at ``ApproximateNumberOfMessages``; the
+poke that is ready receives, at most 10 messages per call, until it has
+``max_messages`` or the queue is drained, so a full batch of N messages
+costs ``ceil(N / 10)`` receive calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator
+from config import ConfigError, PipelineConfig, load_config
+from operators.aws import Aws, describe_error, error_code
+from operators.report import fail, report_message
+
+__all__ = [
+    "DeadLetter",
+    "DeleteResult",
+    "SqsBufferingSensor",
+    "collect_messages",
+    "dead_letter",
+    "delete_batch",
+    "extend_visibility",
+    "queue_url",
+]
+
+log = logging.getLogger("smserve.sqs")
+
+#: SQS's most entries per receive, batch send, batch change and batch delete.
+SQS_BATCH = 10
+_STALE = frozenset({"ReceiptHandleIsInvalid", "InvalidParameterValue",
+                    "AWS.SimpleQueueService.ReceiptHandleIsInvalid"})
+
+
+def queue_url(sqs: Any, queue: str) -> str:
+    """The URL of ``queue`` (a URL is returned as is).
+
+    Raises:
+        ConfigError: no such queue.
+    """
+    if queue.startswith(("https://", "http://")):
+        return queue
+    try:
+        url: str = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    except Exception as err:
+        if error_code(err) in ("AWS.SimpleQueueService.NonExistentQueue",
+                               "QueueDoesNotExist"):
+            raise ConfigError(f"SQS queue {queue!r} does not exist; create it (with a redrive "
+                              "policy to a dead-letter queue), or fix 'queue' in the "
+                              "Variable") from err
+        raise
+    return url
+
+
+def _chunks(items: Sequence[Any], size: int = SQS_BATCH) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+@dataclass(frozen=True)
+class Received:
+    """What one collection got.
+
+    Attributes:
+        messages: the messages, as ``ReceiveMessage`` gives them, each once.
+        calls: ``ReceiveMessage`` calls made.
+    """
+
+    messages: list[dict[str, Any]]
+    calls: int
+
+
+def collect_messages(sqs: Any, url: str, max_messages: int, *, visibility_timeout: int,
+                     wait_seconds: int = 1, expected: int | None = None) -> Received:
+    """Receive up to ``max_messages``, at most 10 per call, without deleting any.
+
+    Stops at ``max_messages``, at an empty answer, or once it has at least
+    ``expected`` messages (what the queue said it held) and a call returned
+    fewer than asked: no receive is spent to find out that the queue is empty.
+
+    Args:
+        sqs: a boto3 SQS client.
+        url: the queue.
+        max_messages: the most to take.
+        visibility_timeout: seconds each message stays invisible to others.
+        wait_seconds: long-poll wait of each call.
+        expected: messages the queue held (``ApproximateNumberOfMessages``).
+    """
+    got: dict[str, dict[str, Any]] = {}
+    calls = 0
+    while len(got) < max_messages:
+        want = min(SQS_BATCH, max_messages - len(got))
+        answer = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=want, WaitTimeSeconds=wait_seconds,
+            VisibilityTimeout=visibility_timeout,
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"])
+        calls += 1
+        batch = answer.get("Messages") or []
+        for message in batch:
+            got.setdefault(message["MessageId"], message)
+        if not batch:
+            break
+        if expected is not None and len(got) >= expected and len(batch) < want:
+            break
+    return Received(list(got.values()), calls)
+
+
+def approximate_count(sqs: Any, url: str) -> int:
+    """``ApproximateNumberOfMessages`` of the queue (visible messages)."""
+    answer = sqs.get_queue_attributes(QueueUrl=url,
+                                      AttributeNames=["ApproximateNumberOfMessages"])
+    return int(answer.get("Attributes", {}).get("ApproximateNumberOfMessages", 0))
+
+
+class SqsBufferingSensor(BaseSensorOperator):
+    """Wait for a batch of messages: ``max_messages`` of them, or what came in ``max_wait_seconds``.
+
+    Pushes the messages (possibly none) as XCom ``messages`` (the provider's
+    ``SqsSensor`` shape: a list of ``ReceiveMessage`` entries) and deletes
+    none. The queue, the batch size, the wait and the visibility timeout come
+    from the environment's Variable when it runs (see ``config.py``);
+    ``poke_interval_seconds`` sets the time between pokes.
+
+    Args:
+        env: the settings' environment (``main``, ``dev``).
+        **kwargs: for ``BaseSensorOperator`` (``mode`` is ``reschedule``).
+    """
+
+    ui_color = "#f2e6f1"
+
+    def __init__(self, *, env: str, **kwargs: Any) -> None:
+        kwargs.setdefault("mode", "reschedule")
+        kwargs.setdefault("timeout", 24 * 3600)
+        kwargs.setdefault("poke_interval", 30)
+        super().__init__(**kwargs)
+        self.env = env
+
+    def poke(self, context: Any) -> bool:
+        """Collect and push the batch when it is full or the wait is over; otherwise wait."""
+        ti = context["ti"]
+        try:
+            cfg = load_config(self.env)
+            self.poke_interval = cfg.poke_interval_seconds
+            aws = Aws(cfg.aws_conn_id, cfg.variable)
+            aws.check_connection()
+            url = queue_url(aws.sqs, cfg.queue)
+        except ConfigError as err:
+            fail(ti, str(err))
+        started = ti.get_first_reschedule_date(context) or datetime.now(timezone.utc)
+        waited = (datetime.now(timezone.utc) - started).total_seconds()
+        try:
+            visible = approximate_count(aws.sqs, url)
+            if visible < cfg.max_messages and waited < cfg.max_wait_seconds:
+                log.info("%d message(s) visible on %s; waiting for %d or %.0f s more",
+                         visible, url, cfg.max_messages, cfg.max_wait_seconds - waited)
+                return False
+            begun = time.monotonic()
+            received = collect_messages(aws.sqs, url, cfg.max_messages,
+                                        visibility_timeout=cfg.visibility_timeout_seconds,
+                                        wait_seconds=cfg.receive_wait_seconds, expected=visible)
+        except Exception as err:
+            if not error_code(err):
+                raise
+            fail(ti, f"SQS refused {url}: {describe_error(err)}")
+        ti.xcom_push(key="messages", value=received.messages)
+        report_message(ti, f"received {len(received.messages)} message(s) from {url} in "
+                           f"{received.calls} receive call(s) ({time.monotonic() - begun:.2f} s), "
+                           f"after waiting {waited:.1f} s (batch of up to {cfg.max_messages}, "
+                           f"or what came in {cfg.max_wait_seconds:g} s)")
+        return True
+
+
+def _entries(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    return [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+
+
+def extend_visibility(sqs: Any, url: str, messages: Sequence[Mapping[str, Any]],
+                      seconds: int) -> list[str]:
+    """Keep ``messages`` invisible for ``seconds`` more; returns the ids that could not be.
+
+    A message whose receipt handle went stale (its visibility ran out and
+    someone received it again) cannot be extended; it is returned, not raised.
+    """
+    lost: list[str] = []
+    for chunk in _chunks(list(messages)):
+        entries = [{**e, "VisibilityTimeout": seconds} for e in _entries(chunk)]
+        answer = sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+        for failure in answer.get("Failed") or []:
+            lost.append(chunk[int(failure["Id"])]["MessageId"])
+    return lost
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """What deleting a batch did.
+
+    Attributes:
+        deleted: ids of the messages deleted.
+        stale: id -> why, for messages whose receipt handle no longer works
+            (they were received again after their visibility timeout; the
+            next run skips their finished work).
+        failed: id -> why, for other refusals.
+    """
+
+    deleted: list[str]
+    stale: dict[str, str]
+    failed: dict[str, str]
+
+
+def delete_batch(sqs: Any, url: str, messages: Sequence[Mapping[str, Any]]) -> DeleteResult:
+    """Delete ``messages`` (10 per call); stale receipt handles are reported, not raised."""
+    deleted: list[str] = []
+    stale: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for chunk in _chunks(list(messages)):
+        answer = sqs.delete_message_batch(QueueUrl=url, Entries=_entries(chunk))
+        for ok in answer.get("Successful") or []:
+            deleted.append(chunk[int(ok["Id"])]["MessageId"])
+        for bad in answer.get("Failed") or []:
+            message_id = chunk[int(bad["Id"])]["MessageId"]
+            why = f"{bad.get('Code', '?')}: {bad.get('Message', '')}".strip(": ")
+            (stale if bad.get("Code") in _STALE else failed)[message_id] = why
+    return DeleteResult(deleted, stale, failed)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """The queue's redrive policy and its dead-letter queue.
+
+    Attributes:
+        max_receive_count: receives after which SQS moves a message (0: no policy).
+        queue: the dead-letter queue's name ("" without a policy).
+        depth: messages on it (-1: unknown).
+    """
+
+    max_receive_count: int = 0
+    queue: str = ""
+    depth: int = -1
+
+    def describe(self) -> str:
+        """One line about the dead-letter queue."""
+        if not self.max_receive_count:
+            return ("the queue has no redrive policy: a message that cannot be used comes "
+                    "back every run; give the queue a dead-letter queue")
+        held = f", which holds {self.depth} message(s)" if self.depth >= 0 else ""
+        return (f"after {self.max_receive_count} receive(s) SQS moves a message to the "
+                f"dead-letter queue {self.queue}{held}")
+
+
+def dead_letter(sqs: Any, url: str) -> DeadLetter:
+    """The redrive policy of the queue at ``url`` and how many messages its dead-letter queue holds."""
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
+    raw = attributes.get("Attributes", {}).get("RedrivePolicy")
+    if not raw:
+        return DeadLetter()
+    policy = json.loads(raw)
+    arn = str(policy.get("deadLetterTargetArn", ""))
+    name = arn.rsplit(":", 1)[-1]
+    count = int(policy.get("maxReceiveCount", 0))
+    try:
+        parts = arn.split(":")
+        dlq = sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=parts[4])["QueueUrl"]
+        depth = approximate_count(sqs, dlq)
+    except Exception as err:  # no permission on the DLQ: say what we know
+        log.warning("cannot read the dead-letter queue %s: %s", arn, describe_error(err))
+        depth = -1
+    return DeadLetter(count, name, depth)

@@ -1,0 +1,273 @@
+"""One model's batch transform job: create it once, adopt it on a retry, wait without a worker.
+
+The job's name is a function of the DAG run, the model, the batch and the
+task's try (:func:`job_name`), so every poke and every retry knows which jobs
+are its own. Each poke of :class:`BatchTransformOperator` (a sensor in
+``reschedule`` mode: no worker slot is held while SageMaker works):
+
+1. ``DescribeTransformJob`` for the names of this try and the earlier ones:
+   a ``Completed`` one is adopted (no new job; its outputs are counted), an
+   ``InProgress`` one is waited for;
+2. this try's job ``Failed`` or ``Stopped``: report why, fail (no retry: the
+   same records would fail again; the messages come back by themselves);
+3. nothing left to do (every output exists): report it, done;
+4. no job yet: ``CreateTransformJob`` with the model's ``model.toml`` settings.
+
+When it ends it pushes the model's report (the local pipeline's per-model
+dict: written, skipped, failed, why, the job's name and time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, NoReturn
+
+from airflow.sdk import BaseSensorOperator
+from config import ConfigError, PipelineConfig, load_config
+from operators.aws import Aws, describe_error, error_code
+from operators.models import model_graph
+from operators.report import fail, report_message
+
+__all__ = ["JOB_NAME", "BatchTransformOperator", "job_name", "transform_request"]
+
+log = logging.getLogger("smserve.transform")
+
+#: SageMaker's rule for transform job names.
+JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+RUNNING = ("InProgress", "Stopping")
+_MISSING = ("ResourceNotFound",)
+
+
+def job_name(dag_id: str, run_id: str, model: str, batch: str, attempt: int) -> str:
+    """The transform job of one try of one model on one batch of one DAG run.
+
+    ``smserve-<model>-<hash of DAG, run, model and batch>-<try>``: at most 57
+    characters, a valid SageMaker name for any DAG id, run id and model name.
+    """
+    digest = hashlib.sha256(f"{dag_id}\n{run_id}\n{model}\n{batch}".encode()).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", model).strip("-")[:30].strip("-") or "model"
+    return f"smserve-{slug}-{digest}-{attempt}"
+
+
+def transform_request(name: str, cfg: PipelineConfig, model: str, work: Mapping[str, Any],
+                      tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``CreateTransformJob`` request for ``model``'s pending records (settings from model.toml)."""
+    spec = model_graph()[model]
+    request: dict[str, Any] = {
+        "TransformJobName": name,
+        "ModelName": cfg.sagemaker_model(model),
+        "BatchStrategy": spec.batch_strategy,
+        "MaxPayloadInMB": spec.max_payload_mb,
+        "MaxConcurrentTransforms": spec.max_concurrent_transforms,
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                            "S3Uri": work["request_uri"]}},
+            "ContentType": spec.content_type,
+            "SplitType": spec.split_type,
+        },
+        "TransformOutput": {"S3OutputPath": f"{work['output_uri']}{name}/",
+                            "Accept": spec.accept, "AssembleWith": spec.assemble_with},
+        "TransformResources": {"InstanceType": spec.instance_type,
+                               "InstanceCount": spec.instance_count},
+    }
+    if tags:
+        request["Tags"] = [{"Key": k, "Value": v[:256]} for k, v in tags.items()]
+    return request
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def count_answers(s3: Any, output_uri: str) -> tuple[int, int, int]:
+    """``(written, skipped, other)`` answers in the ``.out`` objects under ``output_uri``."""
+    from serving.transform.spec import parse_s3_uri
+
+    bucket, prefix = parse_s3_uri(output_uri, "S3OutputPath")
+    written = skipped = other = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            for line in body.splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    status = json.loads(line).get("status")
+                except (ValueError, AttributeError):
+                    status = None
+                if status == "written":
+                    written += 1
+                elif status == "skipped":
+                    skipped += 1
+                else:
+                    other += 1
+    return written, skipped, other
+
+
+class BatchTransformOperator(BaseSensorOperator):
+    """Run one model's pending records as a SageMaker batch transform job; see the module doc.
+
+    Args:
+        model: the model (a folder of ``models/``).
+        env: the settings' environment (``main``, ``dev``).
+        work: what the model's ``requests`` task returned (an ``XComArg``).
+        **kwargs: for ``BaseSensorOperator`` (``mode`` is ``reschedule``; the
+            poll interval and the time limit come from the Variable).
+    """
+
+    template_fields = ("work",)
+    ui_color = "#e8f0e0"
+
+    def __init__(self, *, model: str, env: str, work: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("mode", "reschedule")
+        kwargs.setdefault("poke_interval", 30)
+        kwargs.setdefault("timeout", 6 * 3600)
+        kwargs.setdefault("retries", 2)
+        kwargs.setdefault("retry_delay", timedelta(seconds=30))
+        super().__init__(**kwargs)
+        self.model = model
+        self.env = env
+        self.work = work
+
+    # --- one poke ------------------------------------------------------------------------
+
+    def poke(self, context: Any) -> bool:
+        """Adopt, wait for, or create the job; True once it completed (or nothing was to do)."""
+        ti = context["ti"]
+        work: Mapping[str, Any] = self.work
+        try:
+            cfg = load_config(self.env)
+            self.poke_interval = cfg.transform_poll_seconds
+            self.timeout = cfg.transform_timeout_seconds
+            aws = Aws(cfg.aws_conn_id, cfg.variable)
+            aws.check_connection()
+        except ConfigError as err:
+            self._failed(ti, work, str(err), None)
+        names = [job_name(ti.dag_id, ti.run_id, self.model, str(work["batch"]), attempt)
+                 for attempt in range(1, max(1, int(ti.try_number)) + 1)]
+        described = {name: self._describe(aws, name) for name in names}
+        for name, found in described.items():
+            if found and found["TransformJobStatus"] == "Completed":
+                self._done(ti, aws, work, found, adopted=name != names[-1])
+                return True
+        for name, found in described.items():
+            if found and found["TransformJobStatus"] in RUNNING:
+                log.info("transform job %s is %s", name, found["TransformJobStatus"])
+                return False
+        current = described[names[-1]]
+        if current is not None:
+            status = current["TransformJobStatus"]
+            reason = current.get("FailureReason") or "no FailureReason given"
+            self._failed(ti, work, f"transform job {names[-1]} {status.lower()}: {reason}",
+                         current, aws)
+        if not work.get("pending") or not work.get("request_uri"):
+            exist = int(work.get("exist", 0))
+            report_message(ti, {
+                "model": self.model, "status": "skipped", "records": work.get("records", 0),
+                "written": 0, "skipped": exist, "failed": 0,
+                "reason": f"all {exist} output(s) exist; no transform job started",
+                "job": None, "started": None, "ended": None, "seconds": None})
+            return True
+        self._create(ti, aws, cfg, work, names[-1])
+        return False
+
+    # --- the parts -------------------------------------------------------------------------
+
+    def _describe(self, aws: Aws, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = aws.sagemaker_hook.describe_transform_job(name)
+        except Exception as err:
+            code = error_code(err)
+            text = describe_error(err)
+            if code in _MISSING or (code == "ValidationException"
+                                    and "Could not find" in text):
+                return None
+            raise
+        return found
+
+    def _create(self, ti: Any, aws: Aws, cfg: PipelineConfig, work: Mapping[str, Any],
+                name: str) -> None:
+        tags = {"smserve:dag": ti.dag_id, "smserve:run": ti.run_id, "smserve:model": self.model}
+        request = transform_request(name, cfg, self.model, work, tags)
+        try:
+            aws.sagemaker_hook.create_transform_job(request, wait_for_completion=False)
+        except Exception as err:
+            code, text = error_code(err), describe_error(err)
+            if code == "ResourceInUse":  # another poke created it a moment ago
+                return
+            if code == "ValidationException" and "Could not find model" in text:
+                self._failed(ti, work, (
+                    f"SageMaker model {request['ModelName']} does not exist; create it from "
+                    f"`smserve package models/{self.model}` (on the embedded stack: python -m "
+                    f"local_test.airflow_setup): {text}"), None)
+            if code:
+                self._failed(ti, work, f"CreateTransformJob {name} was refused: {text}", None)
+            raise
+        log.info("created transform job %s for %d record(s) of %s (model %s, %s x %s)", name,
+                 work["pending"], self.model, request["ModelName"],
+                 request["TransformResources"]["InstanceCount"],
+                 request["TransformResources"]["InstanceType"])
+
+    def _done(self, ti: Any, aws: Aws, work: Mapping[str, Any], found: Mapping[str, Any],
+              adopted: bool) -> None:
+        name = found["TransformJobName"]
+        written, skipped, other = count_answers(aws.s3,
+                                                found["TransformOutput"]["S3OutputPath"])
+        records = int(work.get("records", 0))
+        skipped += max(0, records - written - skipped - other)
+        started, ended = _epoch(found.get("TransformStartTime")), \
+            _epoch(found.get("TransformEndTime"))
+        report: dict[str, Any] = {
+            "model": self.model, "status": "done", "records": records, "written": written,
+            "skipped": skipped, "failed": other, "reason": None, "job": name,
+            "started": started, "ended": ended,
+            "seconds": ended - started if started is not None and ended is not None else None}
+        if adopted:
+            report["note"] = (f"adopted transform job {name}, which an earlier try started; "
+                              "no new job")
+        if other:
+            report.update(status="failed", reason=(
+                f"{other} answer(s) of {name} are not {{\"status\": \"written\" | "
+                "\"skipped\"}; the model must answer with serving.s3refs.response()"))
+            fail(ti, f"{self.model}: {report['reason']}", report)
+        report_message(ti, report)
+
+    def _failed(self, ti: Any, work: Mapping[str, Any], reason: str,
+                found: Mapping[str, Any] | None, aws: Aws | None = None) -> NoReturn:
+        pending = int(work.get("pending", 0))
+        written = 0
+        if aws is not None and work.get("request_uri"):
+            written = self._written(aws, str(work["request_uri"]))
+        started = _epoch((found or {}).get("TransformStartTime"))
+        ended = _epoch((found or {}).get("TransformEndTime"))
+        fail(ti, f"{self.model}: {reason}", {
+            "model": self.model, "status": "failed", "records": work.get("records", 0),
+            "written": written, "skipped": int(work.get("exist", 0)),
+            "failed": pending - written, "reason": reason,
+            "job": (found or {}).get("TransformJobName"), "started": started, "ended": ended,
+            "seconds": ended - started if started is not None and ended is not None else None})
+
+    @staticmethod
+    def _written(aws: Aws, request_uri: str) -> int:
+        """Outputs of the request file's records that exist (a failed job may write some)."""
+        from operators.batch import existing_keys
+        from serving.s3refs import parse_records
+        from serving.transform.spec import parse_s3_uri
+
+        try:
+            bucket, key = parse_s3_uri(request_uri, "request")
+            body = aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            records = parse_records(body, "application/jsonlines")
+            return len(existing_keys(aws.s3, bucket, [r.output_path for r in records]))
+        except Exception as err:  # counting is a courtesy; the failure is what matters
+            log.warning("cannot count the outputs of %s: %s", request_uri, describe_error(err))
+            return 0
