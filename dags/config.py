@@ -19,9 +19,9 @@ key                            meaning                                      defa
 ``bucket`` *                   our bucket: copies, requests, outputs
 ``queue`` *                    SQS queue (name or URL) of new objects
 ``camera_angles``              one sync task per angle                      ``["front", "rear"]``
-``source_prefix``              key prefix per month and angle               ``videos/{year:04d}/{month:02d}/{angle}/``
+``source_prefix``              key prefix per month and angle (see below)   ``videos/...``
 ``output_prefix``              where model outputs go                       ``results/``
-``work_prefix``                request files and transform outputs          ``smserve-work/airflow/``
+``work_prefix``                request files and transform outputs          ``smserve-work/...``
 ``sagemaker_model_prefix``     SageMaker model = prefix + name (``_``→``-``)  ``smserve-``
 ``max_messages``               messages per inference run (> 10 is fine)    100
 ``max_wait_seconds``           run with what arrived after this long        120
@@ -32,6 +32,9 @@ key                            meaning                                      defa
 ``transform_timeout_seconds``  a transform task gives up after this long    21600
 ``aws_conn_id``                Airflow connection (null: boto3's defaults)  ``aws_default``
 =============================  ===========================================  ================
+
+``source_prefix`` is ``videos/{year:04d}/{month:02d}/{angle}/`` by default (filled
+in per month and camera angle); ``work_prefix`` is ``smserve-work/airflow/``.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ class PipelineConfig:
         return VARIABLE_PREFIX + self.env
 
     def sagemaker_model(self, model: str) -> str:
-        """The SageMaker model that runs ``model`` (``frame_features`` -> ``smserve-frame-features``)."""
+        """The SageMaker model of ``model`` (``frame_features``: ``smserve-frame-features``)."""
         return self.sagemaker_model_prefix + model.replace("_", "-")
 
     def month_prefix(self, year: int, month: int, angle: str) -> str:
@@ -103,6 +106,8 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "transform_poll_seconds": (int, float), "transform_timeout_seconds": (int, float),
     "aws_conn_id": (str, type(None)),
 }
+_WORDS: dict[type, str] = {str: "a string", list: "a list", int: "a whole number",
+                           float: "a number", type(None): "null"}
 _RANGES: dict[str, tuple[float, float]] = {
     "max_messages": (1, 10_000), "max_wait_seconds": (0, 12 * 3600),
     "poke_interval_seconds": (0.1, 3600), "receive_wait_seconds": (0, 20),
@@ -118,8 +123,8 @@ def _fail(variable: str, message: str) -> ConfigError:
 def _check(variable: str, key: str, value: Any) -> Any:
     kinds = _KINDS[key]
     if isinstance(value, bool) or not isinstance(value, kinds):
-        wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-        raise _fail(variable, f"{key} = {json.dumps(value)} is not a {wanted}")
+        wanted = " or ".join(_WORDS[k] for k in kinds)
+        raise _fail(variable, f"{key} = {json.dumps(value)} is not {wanted}")
     if key in _RANGES:
         low, high = _RANGES[key]
         if not low <= value <= high:

@@ -31,6 +31,12 @@ Exit status and last line:
 - ``2``: bad arguments, or the model folder cannot be loaded.
 
 ``--json PATH`` also writes the figures as JSON.
+
+``--allow-numpy2`` is for GPU machines whose cupy needs numpy 2 (cupy 14, a
+CUDA 13 driver stack) where cupy-cuda12x 13.x cannot be installed: it stubs
+the two numpy 1 names Chainer 7.8.1 touches at import (``numpy.distutils``,
+``numpy.sctypes``) so Chainer runs there. The check is then GPU against CPU
+on that machine's stack, not on the image's.
 """
 
 from __future__ import annotations
@@ -70,6 +76,31 @@ class Figures:
     chainer_version: str | None = None
     numpy_version: str | None = None
     reason: str | None = None
+
+
+def allow_numpy2() -> None:
+    """Let Chainer 7.8.1 import under numpy 2 / Python 3.12 (see ``--allow-numpy2``)."""
+    import importlib.util
+    import types
+
+    import numpy as np
+
+    if importlib.util.find_spec("numpy.distutils") is None:
+        # gone in numpy 2 and on Python 3.12; chainer only asks it about macOS's BLAS
+        info = types.ModuleType("numpy.distutils.system_info")
+        setattr(info, "get_info", lambda name: {})  # noqa: B010
+        package = types.ModuleType("numpy.distutils")
+        setattr(package, "system_info", info)  # noqa: B010
+        sys.modules["numpy.distutils"] = package
+        sys.modules["numpy.distutils.system_info"] = info
+    if not hasattr(np, "sctypes"):  # removed in numpy 2; chainer reads it at import
+        setattr(np, "sctypes", {  # noqa: B010 - not in numpy 2's stubs
+            "int": [np.int8, np.int16, np.int32, np.int64],
+            "uint": [np.uint8, np.uint16, np.uint32, np.uint64],
+            "float": [np.float16, np.float32, np.float64],
+            "complex": [np.complex64, np.complex128],
+            "others": [bool, object, bytes, str, np.void],
+        })
 
 
 def gpu_unavailable_reason() -> str | None:
@@ -207,7 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--require-gpu", action="store_true",
                         help=f"exit {EXIT_SKIPPED_REQUIRED} instead of 0 when there is no GPU")
+    parser.add_argument("--allow-numpy2", action="store_true",
+                        help="let Chainer 7.8.1 import under numpy 2 (cupy 14 machines)")
     args = parser.parse_args(argv)
+    if args.allow_numpy2:
+        allow_numpy2()
 
     if str(ROOT) not in sys.path:  # `python local_test/gpu_check.py` from anywhere
         sys.path.insert(0, str(ROOT))

@@ -22,15 +22,29 @@ step, missing or expired AWS credentials, a push the registry refused).
 
 from __future__ import annotations
 
-import base64
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from serving import __version__
+from serving._ecr import (
+    RegistryLogin,
+    aws_error,
+    ensure_repository,
+    registry_login,
+    repository_settings,
+)
+from serving._image_stream import Progress, Quiet, follow_build, follow_push, one_line
 from serving.errors import ConfigError, ImageError
+
+__all__ = [
+    "FLAVORS", "PLATFORM", "Progress", "PushResult", "Quiet", "RegistryLogin", "build",
+    "build_plan", "check_flavor", "check_repository", "check_tag", "connect", "context_files",
+    "default_tag", "dockerfile_for", "engine_available", "ensure_repository", "image_uri",
+    "local_image", "push", "push_plan", "registry_login",
+]
 
 FLAVORS: tuple[str, ...] = ("cpu", "gpu")
 #: SageMaker runs x86-64 images; build for it on any machine (an arm64 laptop too).
@@ -39,48 +53,6 @@ PLATFORM = "linux/amd64"
 REPOSITORY_PATTERN = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*")
 #: Docker's (and ECR's) tag rule.
 TAG_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_AUTH_CODES = {"UnrecognizedClientException", "InvalidClientTokenId", "InvalidSignatureException",
-               "AuthFailure", "SignatureDoesNotMatch"}
-_EXPIRED_CODES = {"ExpiredToken", "ExpiredTokenException", "RequestExpired"}
-_DENIED_CODES = {"AccessDenied", "AccessDeniedException"}
-
-
-class Progress(Protocol):
-    """Where long work reports: whole lines, and a bar that redraws in place."""
-
-    def line(self, text: str) -> None:
-        """One line of output (a build step, a state change)."""
-
-    def bar(self, done: int, total: int, text: str) -> None:
-        """Progress of the current step: ``done`` of ``total`` bytes, described by ``text``."""
-
-
-class Quiet:
-    """A :class:`Progress` that discards everything."""
-
-    def line(self, text: str) -> None:
-        """Discard ``text``."""
-
-    def bar(self, done: int, total: int, text: str) -> None:
-        """Discard the update."""
-
-
-@dataclass(frozen=True)
-class RegistryLogin:
-    """What ``GetAuthorizationToken`` gave: the registry and how to log in to it."""
-
-    username: str
-    password: str = ""
-    registry: str = ""
-    endpoint: str = ""
-
-    def auth_config(self) -> dict[str, str]:
-        """The Docker SDK's ``auth_config`` (sent as the ``X-Registry-Auth`` header)."""
-        return {"username": self.username, "password": self.password,
-                "serveraddress": self.registry}
-
-    def __repr__(self) -> str:  # never show the password
-        return f"RegistryLogin(username={self.username!r}, registry={self.registry!r})"
 
 
 @dataclass(frozen=True)
@@ -209,7 +181,7 @@ def _engine_reason(err: BaseException) -> str:
         found = re.findall(pattern, text)
         if found:
             return str(found[-1]).strip()
-    return _one_line(text)[:200] or type(err).__name__
+    return one_line(text)[:200] or type(err).__name__
 
 
 def engine_available(environ: Mapping[str, str], timeout: float = 5.0) -> bool:
@@ -253,116 +225,12 @@ def build(flavor: str, tag: str, context_dir: Path, client: Any, progress: Progr
         stream = client.api.build(path=str(context_dir), dockerfile=relative, tag=name, rm=True,
                                   forcerm=True, decode=True, platform=platform,
                                   buildargs=dict(build_args or {}))
-        image_id = _follow_build(stream, progress, flavor)
+        image_id = follow_build(stream, progress, flavor)
     except (APIError, DockerException, OSError) as err:
-        raise ImageError(f"docker build of {name} failed: {_one_line(str(err))}; fix it and "
+        raise ImageError(f"docker build of {name} failed: {one_line(str(err))}; fix it and "
                          f"rerun: smserve image build --flavor {flavor} --tag {tag}") from err
     progress.line(f"built {name}" + (f" ({image_id})" if image_id else ""))
     return image_id or name
-
-
-def _follow_build(events: Iterable[Mapping[str, Any]], progress: Progress, flavor: str) -> str:
-    image_id = ""
-    step = ""
-    for event in events:
-        if "error" in event or "errorDetail" in event:
-            detail = event.get("errorDetail") or {}
-            message = _one_line(str(detail.get("message") or event.get("error") or "unknown"))
-            where = f" at {step}" if step else ""
-            raise ImageError(f"docker build failed{where}: {message}; fix the Dockerfile or the "
-                             f"context and rerun: smserve image build --flavor {flavor}")
-        text = event.get("stream")
-        if isinstance(text, str):
-            for line in text.splitlines():
-                if line.strip():
-                    if line.startswith("Step "):
-                        step = line.split(" : ", 1)[0]
-                    progress.line(line.rstrip())
-        elif "status" in event:  # pulling a base image
-            status = " ".join(str(event[k]) for k in ("id", "status") if event.get(k))
-            if "progressDetail" not in event or not event.get("progressDetail"):
-                progress.line(status)
-        aux = event.get("aux")
-        if isinstance(aux, Mapping) and aux.get("ID"):
-            image_id = str(aux["ID"])
-    return image_id
-
-
-# --- ECR ----------------------------------------------------------------------------------
-
-
-def _aws_error(err: Exception, action: str, retry: str) -> ImageError:
-    """One line for a failed AWS call, saying what to fix."""
-    from botocore.exceptions import (
-        ClientError,
-        NoCredentialsError,
-        PartialCredentialsError,
-        TokenRetrievalError,
-        UnauthorizedSSOTokenError,
-    )
-
-    if isinstance(err, NoCredentialsError | PartialCredentialsError):
-        return ImageError(f"no AWS credentials to {action}; set AWS_PROFILE, or "
-                          f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and rerun: {retry}")
-    if isinstance(err, TokenRetrievalError | UnauthorizedSSOTokenError):
-        return ImageError(f"the AWS credentials have expired ({_one_line(str(err))}); refresh "
-                          f"them (aws sso login) and rerun: {retry}")
-    if isinstance(err, ClientError):
-        code = str(err.response.get("Error", {}).get("Code", ""))
-        text = _one_line(str(err.response.get("Error", {}).get("Message", "")) or str(err))
-        if code in _EXPIRED_CODES:
-            return ImageError(f"the AWS credentials have expired ({code}); refresh them "
-                              f"(aws sso login, or new session credentials) and rerun: {retry}")
-        if code in _AUTH_CODES:
-            return ImageError(f"AWS does not accept these credentials ({code}: {text}); check "
-                              f"AWS_PROFILE / AWS_ACCESS_KEY_ID and rerun: {retry}")
-        if code in _DENIED_CODES:
-            return ImageError(f"not allowed to {action} ({text}); the caller needs the ECR "
-                              "permissions CreateRepository, DescribeRepositories, "
-                              "GetAuthorizationToken and the layer-upload ones")
-        return ImageError(f"AWS refused to {action}: {code}: {text}")
-    return ImageError(f"could not {action}: {_one_line(str(err))}; check the network and "
-                      f"AWS_ENDPOINT_URL, then rerun: {retry}")
-
-
-def ensure_repository(ecr: Any, name: str) -> tuple[dict[str, Any], bool]:
-    """The repository ``name``, created if missing (scan on push, immutable tags).
-
-    Returns:
-        ``(repository description, whether it was created now)``.
-    """
-    try:
-        found = ecr.describe_repositories(repositoryNames=[name])["repositories"]
-        return dict(found[0]), False
-    except ecr.exceptions.RepositoryNotFoundException:
-        pass
-    try:
-        created = ecr.create_repository(
-            repositoryName=name,
-            imageScanningConfiguration={"scanOnPush": True},
-            imageTagMutability="IMMUTABLE",
-        )
-        return dict(created["repository"]), True
-    except ecr.exceptions.RepositoryAlreadyExistsException:  # created meanwhile
-        return dict(ecr.describe_repositories(repositoryNames=[name])["repositories"][0]), False
-
-
-def registry_login(ecr: Any) -> RegistryLogin:
-    """Decode ``GetAuthorizationToken``: user and password, and the registry's address."""
-    data = ecr.get_authorization_token()["authorizationData"][0]
-    try:
-        decoded = base64.b64decode(data["authorizationToken"], validate=True).decode()
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ImageError("ECR returned an authorization token that is not base64 "
-                         "'user:password'") from err
-    username, sep, password = decoded.partition(":")
-    if not sep or not username:
-        raise ImageError("ECR returned an authorization token without 'user:password'")
-    endpoint = str(data.get("proxyEndpoint") or "")
-    registry = re.sub(r"^[a-z]+://", "", endpoint).rstrip("/")
-    if not registry:
-        raise ImageError("ECR returned no proxyEndpoint with the authorization token")
-    return RegistryLogin(username, password, registry, endpoint)
 
 
 # --- push ---------------------------------------------------------------------------------
@@ -413,15 +281,15 @@ def push(flavor: str, repository: str, region: str | None, tag: str, clients: An
                          f"--flavor {flavor} --tag {tag}") from None
     except (APIError, DockerException, OSError) as err:
         raise ImageError(f"the Docker engine could not look up {source}: "
-                         f"{_one_line(str(err))}") from err
+                         f"{one_line(str(err))}") from err
 
     ecr = _ecr_client(clients, region)
     try:
         described, created = ensure_repository(ecr, repository)
         login = registry_login(ecr)
     except (BotoCoreError, ClientError) as err:
-        raise _aws_error(err, "use ECR", retry) from err
-    settings = ("created" if created else "exists") + _repository_settings(described)
+        raise aws_error(err, "use ECR", retry) from err
+    settings = ("created" if created else "exists") + repository_settings(described)
     progress.line(f"ECR repository {repository}: {settings}")
     progress.line(f"logged in to {login.registry} as {login.username}")
 
@@ -433,96 +301,13 @@ def push(flavor: str, repository: str, region: str | None, tag: str, clients: An
         progress.line(f"tagged {source} as {uri}")
         stream = docker_client.api.push(target, tag=tag, stream=True, decode=True,
                                         auth_config=login.auth_config())
-        digest = _follow_push(stream, progress, uri, tag)
+        digest = follow_push(stream, progress, uri, tag)
     except ImageError:
         raise
     except (APIError, DockerException, OSError) as err:
-        raise ImageError(f"pushing {uri} failed: {_one_line(str(err))}; rerun: {retry}") from err
+        raise ImageError(f"pushing {uri} failed: {one_line(str(err))}; rerun: {retry}") from err
     progress.line(f"pushed {uri}" + (f" ({digest})" if digest else ""))
     return PushResult(uri, digest, created)
-
-
-def _repository_settings(repo: Mapping[str, Any]) -> str:
-    scan = bool((repo.get("imageScanningConfiguration") or {}).get("scanOnPush"))
-    mutability = str(repo.get("imageTagMutability") or "MUTABLE").lower()
-    return f" (tags {mutability}, scan on push {'on' if scan else 'off'})"
-
-
-def _refused(message: str, uri: str, tag: str) -> str:
-    low = message.lower()
-    if "already exists" in low or "immutable" in low:
-        return (f"the registry refused {uri}: {message}; tags are immutable there: build and "
-                f"push a new tag (--tag), not {tag} again")
-    if "denied" in low or "unauthorized" in low or "authentication" in low:
-        return (f"the registry refused {uri}: {message}; check that the credentials may push "
-                "to this repository (ecr:InitiateLayerUpload, ecr:PutImage...) and rerun")
-    return f"the registry refused {uri}: {message}; fix that and rerun the push"
-
-
-def _follow_push(events: Iterable[Mapping[str, Any]], progress: Progress, uri: str,
-                 tag: str) -> str | None:
-    layers = _LayerProgress()
-    digest: str | None = None
-    for event in events:
-        if "error" in event or "errorDetail" in event:
-            detail = event.get("errorDetail") or {}
-            message = _one_line(str(detail.get("message") or event.get("error") or "unknown"))
-            raise ImageError(_refused(message, uri, tag))
-        aux = event.get("aux")
-        if isinstance(aux, Mapping) and aux.get("Digest"):
-            digest = str(aux["Digest"])
-        lines, bar = layers.update(event)
-        for line in lines:
-            progress.line(line)
-        if bar is not None:
-            progress.bar(bar[0], bar[1], layers.describe())
-    return digest
-
-
-class _LayerProgress:
-    """Folds the engine's per-layer push events into totals for one bar."""
-
-    def __init__(self) -> None:
-        self.sizes: dict[str, int] = {}
-        self.sent: dict[str, int] = {}
-        self.done: set[str] = set()
-        self.existing: set[str] = set()
-        self._last: tuple[int, int] = (-1, -1)
-
-    def describe(self) -> str:
-        """``pushed 3/7 layers (2 already there)``."""
-        layers = set(self.sizes) | set(self.sent) | self.done | self.existing
-        extra = f", {len(self.existing)} already there" if self.existing else ""
-        return f"{len(self.done)}/{len(layers)} layers pushed{extra}"
-
-    def update(self, event: Mapping[str, Any]) -> tuple[list[str], tuple[int, int] | None]:
-        """What to report for ``event``: lines to print, and ``(done, total)`` bytes or None."""
-        layer = str(event.get("id") or "")
-        status = str(event.get("status") or "")
-        detail = event.get("progressDetail") or {}
-        if not layer:
-            keep = status and not status.startswith("The push refers")
-            return ([status] if keep else []), None
-        if status == "Pushing" and isinstance(detail, Mapping):
-            if detail.get("total"):
-                self.sizes[layer] = int(detail["total"])
-            self.sent[layer] = int(detail.get("current") or 0)
-        elif status == "Pushed":
-            self.done.add(layer)
-            self.sent[layer] = self.sizes.get(layer, self.sent.get(layer, 0))
-        elif status == "Layer already exists":
-            self.existing.add(layer)
-            self.done.add(layer)
-        else:
-            self.sizes.setdefault(layer, 0)
-        total = sum(self.sizes.values())
-        done = min(total, sum(self.sent.values()))
-        percent = (100 * done // total) if total else 0
-        key = (percent, len(self.done))
-        if key == self._last:
-            return [], None
-        self._last = key
-        return [], (done, total)
 
 
 # --- dry run ------------------------------------------------------------------------------
@@ -571,7 +356,3 @@ def push_plan(flavor: str, repository: str, region: str, tag: str,
     ]
 
 
-def _one_line(text: str) -> str:
-    """``text`` on one line: whitespace collapsed, at most 400 characters."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= 400 else flat[:397] + "..."

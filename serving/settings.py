@@ -25,6 +25,7 @@ Variables (SageMaker's own, then ours):
 ``SMSERVE_CONTAINER_STARTUP_TIMEOUT``  seconds the embedded SageMaker API waits for a job's
                                        container to pass ``/ping`` (600)
 ``SMSERVE_RUN_DIR``                    the server's private run directory (set by ``serve``)
+``SMSERVE_CONTAINER_RUNNER``           local transform containers: process (default) or docker
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION``  region (us-east-1)
 ``AWS_ENDPOINT_URL[_<SERVICE>]``       endpoint overrides (the embedded stack)
 =====================================  =========================================
@@ -80,6 +81,15 @@ def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
     raise ConfigError(f"{key}={raw!r} is not a boolean; use true or false")
 
 
+def _choice(env: Mapping[str, str], key: str, default: str, options: tuple[str, ...]) -> str:
+    raw = (env.get(key) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in options:
+        raise ConfigError(f"{key}={env.get(key)!r} is not one of {', '.join(options)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the toolkit reads from its environment, typed."""
@@ -100,6 +110,7 @@ class Settings:
     startup_timeout: int = 600
     container_startup_timeout: int = 600
     run_dir: Path | None = None
+    container_runner: str = "process"
     region: str = "us-east-1"
     endpoint_url: str | None = None
     service_endpoints: Mapping[str, str] = field(default_factory=dict)
@@ -138,6 +149,8 @@ class Settings:
             container_startup_timeout=_int(env, "SMSERVE_CONTAINER_STARTUP_TIMEOUT", 600,
                                            low=1) or 600,
             run_dir=Path(env["SMSERVE_RUN_DIR"]) if env.get("SMSERVE_RUN_DIR") else None,
+            container_runner=_choice(env, "SMSERVE_CONTAINER_RUNNER", "process",
+                                     ("process", "docker")),
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
             service_endpoints=endpoints,

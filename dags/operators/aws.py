@@ -14,7 +14,7 @@ from typing import Any
 
 from config import ConfigError
 
-__all__ = ["Aws", "error_code", "describe_error"]
+__all__ = ["Aws", "describe_error", "error_code"]
 
 
 def error_code(err: BaseException) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
-__all__ = ["Batch", "BadMessage", "batch_id", "object_refs", "parse_batch"]
+__all__ = ["BadMessage", "Batch", "batch_id", "object_refs", "parse_batch"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Batch:
 
 
 def batch_id(message_ids: Sequence[str]) -> str:
-    """A short, stable id of a set of messages (the same messages, in any order, give the same id)."""
+    """A short, stable id of a set of messages (the same ones, in any order, give the same id)."""
     return hashlib.sha256("\n".join(sorted(message_ids)).encode()).hexdigest()[:16]
 
 

@@ -87,7 +87,7 @@ def fail(ti: Any, message: str, report: Any = None) -> NoReturn:
 
 def is_model_report(value: Any) -> bool:
     """True for a model's report (the local pipeline's per-model dict)."""
-    return isinstance(value, Mapping) and _MODEL_KEYS <= set(value)
+    return isinstance(value, Mapping) and set(value) >= _MODEL_KEYS
 
 
 def _lines(value: Any) -> list[str]:

@@ -22,11 +22,12 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
-from config import ConfigError, PipelineConfig, load_config
+from config import ConfigError, load_config
+
 from operators.aws import Aws, describe_error, error_code
 from operators.report import fail, report_message
 
@@ -163,8 +164,8 @@ class SqsBufferingSensor(BaseSensorOperator):
             url = queue_url(aws.sqs, cfg.queue)
         except ConfigError as err:
             fail(ti, str(err))
-        started = ti.get_first_reschedule_date(context) or datetime.now(timezone.utc)
-        waited = (datetime.now(timezone.utc) - started).total_seconds()
+        started = ti.get_first_reschedule_date(context) or datetime.now(UTC)
+        waited = (datetime.now(UTC) - started).total_seconds()
         try:
             visible = approximate_count(aws.sqs, url)
             if visible < cfg.max_messages and waited < cfg.max_wait_seconds:
@@ -265,7 +266,7 @@ class DeadLetter:
 
 
 def dead_letter(sqs: Any, url: str) -> DeadLetter:
-    """The redrive policy of the queue at ``url`` and how many messages its dead-letter queue holds."""
+    """The redrive policy of the queue at ``url``, and how full its dead-letter queue is."""
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
     raw = attributes.get("Attributes", {}).get("RedrivePolicy")
     if not raw:

@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 from airflow.sdk import BaseSensorOperator
 from config import ConfigError, PipelineConfig, load_config
+
 from operators.aws import Aws, describe_error, error_code
 from operators.models import model_graph
 from operators.report import fail, report_message
@@ -56,7 +57,7 @@ def job_name(dag_id: str, run_id: str, model: str, batch: str, attempt: int) -> 
 
 def transform_request(name: str, cfg: PipelineConfig, model: str, work: Mapping[str, Any],
                       tags: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The ``CreateTransformJob`` request for ``model``'s pending records (settings from model.toml)."""
+    """The ``CreateTransformJob`` request for ``model``'s pending records (from model.toml)."""
     spec = model_graph()[model]
     request: dict[str, Any] = {
         "TransformJobName": name,

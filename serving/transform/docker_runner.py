@@ -393,3 +393,35 @@ class DockerRunner:
                     f"{where} did not answer /ping with 200 within {self.startup_timeout:g} s "
                     f"(last: {state}). Last log lines:\n{container.log_tail()}")
             time.sleep(self.poll_interval)
+
+
+#: Values of the proposed ``SMSERVE_CONTAINER_RUNNER`` setting.
+RUNNER_KINDS = ("process", "docker")
+
+
+def choose_runner(kind: str, flavor: str, environ: Mapping[str, str], *,
+                  tag: str | None = None, log: Callable[[str], None] | None = None) -> Any:
+    """The container runner a local transform uses: ``process`` or ``docker``.
+
+    Args:
+        kind: ``process`` (``smserve serve`` in a subprocess) or ``docker`` (the
+            image ``smserve-<flavor>:<tag>`` on the engine ``environ`` names).
+        flavor: the model's image, ``cpu`` or ``gpu`` (``model.toml``'s ``image``).
+        environ: the runner's environment (settings, AWS endpoint, DOCKER_HOST).
+        tag: the image tag (default: the smserve version).
+        log: receives the containers' output lines.
+
+    Raises:
+        ConfigError: an unknown kind or flavor.
+        ImageError: ``docker`` with no reachable engine.
+    """
+    from serving.errors import ConfigError
+
+    if kind == "process":
+        from serving.transform.runner import ProcessRunner
+
+        return ProcessRunner(env=environ, log=log)
+    if kind == "docker":
+        return DockerRunner.for_flavor(flavor, environ, tag, log=log)
+    raise ConfigError(f"SMSERVE_CONTAINER_RUNNER={kind!r} is not a runner; use "
+                      f"{' or '.join(RUNNER_KINDS)}")

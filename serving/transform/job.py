@@ -56,7 +56,8 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
                   log: Callable[[str], None] | None = None,
                   progress: Callable[[Progress], None] | None = None,
                   model_environment: Mapping[str, str] | None = None,
-                  plane_options: Mapping[str, Any] | None = None) -> JobResult:
+                  plane_options: Mapping[str, Any] | None = None,
+                  image: str = "cpu") -> JobResult:
     """Run ``spec`` against ``model`` on local containers.
 
     Args:
@@ -71,6 +72,8 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
         model_environment: the model's container environment (the job's
             ``Environment`` goes on top of it).
         plane_options: extra keyword arguments for :class:`DataPlane`.
+        image: the model's image flavor (``cpu``/``gpu``), for the docker
+            runner (``SMSERVE_CONTAINER_RUNNER=docker``).
 
     Returns:
         the result, when every object succeeded.
@@ -85,9 +88,10 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
     say = log or (lambda _line: None)
     if runner is None:
         from serving.settings import Settings
+        from serving.transform.docker_runner import choose_runner
 
         env = {**Settings.from_environ().environ, **clients.settings.environ}
-        runner = ProcessRunner(env=env, log=log)
+        runner = choose_runner(clients.settings.container_runner, image, env, log=log)
     options = dict(plane_options or {})
     workdir = Path(tempfile.mkdtemp(prefix="smserve-job-"))
     containers: list[Container] = []

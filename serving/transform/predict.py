@@ -63,7 +63,8 @@ def predict(model: str | Path, requests: Sequence[Any], clients: ClientFactory, 
             max_payload_mb: int = 6, max_concurrent: int | None = None,
             invocations_timeout: int | None = None, invocations_max_retries: int | None = None,
             environment: Mapping[str, str] | None = None,
-            model_environment: Mapping[str, str] | None = None) -> list[Any]:
+            model_environment: Mapping[str, str] | None = None,
+            image: str = "cpu") -> list[Any]:
     """Run ``requests`` through ``model`` as a local batch transform.
 
     Args:
@@ -86,6 +87,7 @@ def predict(model: str | Path, requests: Sequence[Any], clients: ClientFactory, 
         invocations_max_retries: ``InvocationsMaxRetries`` (None: 3).
         environment: the job's ``Environment``.
         model_environment: the model's container environment.
+        image: the model's image flavor (``cpu``/``gpu``; the docker runner uses it).
 
     Returns:
         the decoded answers, one per request record, in request order.
@@ -109,7 +111,7 @@ def predict(model: str | Path, requests: Sequence[Any], clients: ClientFactory, 
         invocations_timeout=invocations_timeout,
         invocations_max_retries=invocations_max_retries, environment=environment)
     run_transform(spec, model, clients, runner, log=log, progress=progress,
-                  model_environment=model_environment)
+                  model_environment=model_environment, image=image)
     outputs = transfer.outputs(output_uri)
     out_name = INPUT_NAME + ".out"
     if out_name not in outputs:

@@ -49,6 +49,8 @@ import json, os, signal, time
 def model_fn(model_dir):
     if os.environ.get("FAULTY_LOAD") == "hang":
         time.sleep(3600)
+    if os.environ.get("FAULTY_LOAD") == "raise":
+        raise FileNotFoundError("weights.npz is not in the archive")
     return "faulty"
 
 def transform_fn(model, body, content_type, accept):
@@ -517,6 +519,24 @@ def test_a_container_that_never_passes_ping_fails_the_job(
                              "check: ")
     assert "within 6 s" in reason and "SMSERVE_CONTAINER_STARTUP_TIMEOUT" in reason
     assert "never-ready/i-" in reason
+    _no_process_left(tag)
+
+
+def test_a_model_that_fails_to_load_fails_the_job_with_its_reason(
+        sm: Any, s3: Any, bucket: str, faulty_url: str, tag: str) -> None:
+    s3.put_object(Bucket=bucket, Key="broken/a.jsonl", Body=_lines([{"id": 0}]))
+    sm.create_model(ModelName="broken-load", PrimaryContainer={
+        "Image": "x", "ModelDataUrl": faulty_url, "Environment": {"FAULTY_LOAD": "raise"}})
+    name = "broken-" + uuid.uuid4().hex[:8]
+    sm.create_transform_job(**_job(name, "broken-load", f"s3://{bucket}/broken/",
+                                   f"s3://{bucket}/broken-out/"))
+    described = _wait(sm, name)
+    assert described["TransformJobStatus"] == "Failed"
+    reason = described["FailureReason"]
+    assert reason.startswith("AlgorithmError: the container did not pass the /ping health "
+                             "check: ")
+    assert "exited with code" in reason
+    assert "model_fn" in reason and "weights.npz is not in the archive" in reason, reason
     _no_process_left(tag)
 
 

@@ -176,3 +176,15 @@ def test_the_real_cpu_image_serves_a_model(request: pytest.FixtureRequest) -> No
     with running_image(ROOT / "models" / "frame_features", "cpu",
                        harness_environ(stack, environ)) as containers:
         assert _healthy(containers[0].url)
+
+
+def test_choose_runner(engine: FakeEngine) -> None:
+    from serving.errors import ConfigError
+    from serving.transform.docker_runner import choose_runner
+    from serving.transform.runner import ProcessRunner
+
+    assert isinstance(choose_runner("process", "cpu", {"PATH": "/bin"}), ProcessRunner)
+    docker = choose_runner("docker", "gpu", {"DOCKER_HOST": engine.url}, tag="2.0")
+    assert isinstance(docker, DockerRunner) and docker.image == "smserve-gpu:2.0" and docker.gpu
+    with pytest.raises(ConfigError, match="SMSERVE_CONTAINER_RUNNER='k8s' is not a runner"):
+        choose_runner("k8s", "cpu", {})

@@ -33,3 +33,13 @@ def test_gpu_and_cpu_features_agree(capsys: pytest.CaptureFixture[str]) -> None:
     assert figures.status == "passed", figures
     assert figures.max_abs_diff is not None and figures.max_abs_diff <= gpu_check.TOLERANCE
     assert figures.gpu_frames_per_s and figures.cpu_frames_per_s
+
+
+def test_allow_numpy2_leaves_numpy_1_alone() -> None:
+    import sys
+
+    import numpy as np
+
+    before = (getattr(np, "sctypes", None), sys.modules.get("numpy.distutils"))
+    gpu_check.allow_numpy2()
+    assert (getattr(np, "sctypes", None), sys.modules.get("numpy.distutils")) == before

@@ -14,6 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from serving import __version__, images
+from serving._ecr import aws_error
 from serving.aws import ClientFactory
 from serving.cli import main
 from serving.errors import ConfigError, ImageError
@@ -191,7 +192,7 @@ def test_missing_credentials_are_one_line_saying_what_to_set(
 def test_aws_errors_become_one_line_saying_what_to_fix(code: str, expected: str) -> None:
     err = ClientError({"Error": {"Code": code, "Message": "The security token\nis bad"}},
                       "GetAuthorizationToken")
-    message = str(images._aws_error(err, "use ECR", "smserve image push ..."))
+    message = str(aws_error(err, "use ECR", "smserve image push ..."))
     assert expected in message
     assert "\n" not in message
 

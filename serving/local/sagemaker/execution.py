@@ -27,7 +27,7 @@ from serving.errors import ConfigError, ServerStartError, TransformError
 from serving.local.sagemaker.artifacts import fetch_model
 from serving.local.sagemaker.logs import JobLog
 from serving.transform.dataplane import DataPlane
-from serving.transform.listing import list_inputs
+from serving.transform.listing import InputObject, list_inputs
 from serving.transform.params import container_environment
 from serving.transform.result import MAX_FAILURE_REASON, JobResult
 from serving.transform.runner import Container, ProcessRunner
@@ -171,7 +171,7 @@ class TransformRun:
             except TransformError as err:
                 return Outcome("Failed", _cut(err.message))
             try:  # no input: fail before paying for a container start
-                list_inputs(self.clients.client("s3"), spec)
+                objects = list_inputs(self.clients.client("s3"), spec, log=say)
             except TransformError as err:
                 return Outcome("Failed", _cut(f"ClientError: {err.message}"))
             if self.stopping:
@@ -181,10 +181,11 @@ class TransformRun:
             except ServerStartError as err:
                 if self.stopping:
                     return Outcome("Stopped")
+                say(err.message)
                 return Outcome("Failed", self._start_failure(err))
             if self._on_running is not None:
                 self._on_running()
-            return self._transform(containers)
+            return self._transform(containers, objects)
         finally:
             for container in self._spawned():
                 container.stop(grace=STOP_GRACE)
@@ -199,7 +200,7 @@ class TransformRun:
                       + ", ".join(self.log.instance_ids))
         return runner.start(model_dir, environment, count=self.spec.instance_count)
 
-    def _transform(self, containers: list[Container]) -> Outcome:
+    def _transform(self, containers: list[Container], objects: list[InputObject]) -> Outcome:
         plane = DataPlane(self.clients.client("s3"), [c.url for c in containers], self.spec,
                           log=self.log.data)
         with self._lock:
@@ -208,7 +209,7 @@ class TransformRun:
         if stopping:
             return Outcome("Stopped")
         try:
-            result = plane.run()
+            result = plane.run(objects)
         except (TransformError, ConfigError) as err:
             if self.stopping:
                 return Outcome("Stopped")
@@ -251,7 +252,15 @@ class TransformRun:
         return "".join(parts)
 
     def _start_failure(self, err: ServerStartError) -> str:
-        text = err.message.split("Last log lines:", 1)[0].strip()
+        text, _, tail_lines = err.message.partition("Last log lines:")
+        text = text.strip()
+        said = [line.strip() for line in tail_lines.splitlines()
+                if line.strip().startswith("smserve: error:")]
+        if said:  # the server's own word on why (a model_fn that raised, a bad handler)
+            text += f" The container said: {said[-1].removeprefix('smserve: error:').strip()}"
+        for container in self._spawned():  # paths as the container sees them
+            text = text.replace(str(container.base_dir), "/opt/ml")
+        text = text if text.endswith((".", ";")) else text + "."
         streams = ", ".join(self.log.container_stream(i)
                             for i in range(len(self.log.instance_ids)))
         tail = (f" The container log is in /aws/sagemaker/TransformJobs {streams}; fix the "

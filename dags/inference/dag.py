@@ -1,0 +1,80 @@
+"""``inference_main`` (every 10 minutes) and ``inference_dev`` (manual): SQS batch -> models -> S3.
+
+One function builds both; they differ only in the environment whose
+Variable names the bucket and the queue (see ``config.py``)::
+
+    wait_for_messages -> parse_messages -> skip_if_empty
+        -> frame_features.requests -> frame_features.transform
+               -> scene_classifier.requests -> scene_classifier.transform  -\\
+        -> clip_stats.requests -> clip_stats.transform ---------------------+-> delete_messages
+                                                                                 -> report
+
+- ``wait_for_messages`` buffers up to ``max_messages`` messages, or what
+  came in ``max_wait_seconds`` (reschedule mode; deletes nothing);
+- ``parse_messages`` turns them into input objects and sets aside the ones
+  it cannot use (they stay on the queue, and reach the dead-letter queue);
+  ``skip_if_empty`` skips every model when nothing is left;
+- one task group per model, from ``models/*/model.toml`` and ``depends_on``
+  (the graph the local pipeline run uses): ``requests`` extends the batch's
+  visibility timeout and uploads the records whose output is missing;
+  ``transform`` runs them as a batch transform job with a deterministic name
+  (a retry adopts a job that already finished); models with no path between
+  them run at the same time;
+- ``delete_messages`` runs only when every model succeeded;
+- ``report`` always runs, logs one summary, and fails the run when a model
+  (or anything else) failed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import DAG, TaskGroup, XComArg
+from operators.batch import delete_messages, parse_messages, skip_if_empty
+from operators.models import model_graph
+from operators.report import reporter
+from operators.requests import prepare_requests
+from operators.sqs import SqsBufferingSensor
+from operators.transform import BatchTransformOperator
+from operators.wrap import Wrapper, wrap
+
+DEFAULT_ARGS = {"owner": "smserve", "retry_delay": timedelta(seconds=30)}
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def build_inference_dag(dag_id: str, env: str, schedule: timedelta | None,
+                        description: str) -> DAG:
+    """The inference DAG of environment ``env``, with one task group per model."""
+    graph = model_graph()
+    order = graph.order()
+    used = {dep for name in order for dep in graph.dependencies(name)}
+    with DAG(dag_id, description=description, schedule=schedule, start_date=START,
+             catchup=False, max_active_runs=1, default_args=DEFAULT_ARGS,
+             tags=["smserve", env], doc_md=__doc__) as dag:
+        sensor = SqsBufferingSensor(task_id="wait_for_messages", env=env)
+        messages = XComArg(sensor, key="messages")
+        batch = parse_messages(env, messages)
+        gate = skip_if_empty(batch)
+        groups: dict[str, TaskGroup] = {}
+        for name in order:
+            spec = graph[name]
+            with TaskGroup(group_id=name, tooltip=f"{name}: {spec.instance_count} x "
+                                                  f"{spec.instance_type}") as group:
+                work = prepare_requests(name, env, batch, messages)
+                BatchTransformOperator(task_id="transform", model=name, env=env, work=work)
+            groups[name] = group
+        for name in order:
+            for dep in graph.dependencies(name):
+                groups[dep] >> groups[name]
+        models = Wrapper([groups[n] for n in order if not graph.dependencies(n)],
+                         [groups[n] for n in order if n not in used])
+        (wrap(sensor) >> batch >> gate >> models
+         >> delete_messages(env, batch, messages)
+         >> reporter({n: list(graph.dependencies(n)) for n in order})())
+    return dag
+
+
+inference_main = build_inference_dag("inference_main", "main", timedelta(minutes=10),
+                                     "Run every model on a batch of queued videos")
+inference_dev = build_inference_dag("inference_dev", "dev", None,
+                                    "The inference DAG on the dev bucket and queue (manual)")

@@ -1,0 +1,143 @@
+"""The DAG files: they import cleanly, fast and without I/O, and build the graphs as designed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local_test.airflow_setup import DAGS
+
+pytestmark = pytest.mark.integration
+
+DAG_IDS = {"sync_data_main", "sync_data_dev", "inference_main", "inference_dev"}
+
+
+def _edges(dag: Any) -> set[tuple[str, str]]:
+    return {(t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids}
+
+
+def _upstream(dag: Any, task_id: str) -> set[str]:
+    return set(dag.get_task(task_id).get_flat_relative_ids(upstream=True))
+
+
+def test_the_dag_folder_defines_the_four_dags_and_nothing_else(dags: dict[str, Any]) -> None:
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    bag = BundleDagBag(dag_folder=DAGS, bundle_path=DAGS, bundle_name="dags-folder")
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == DAG_IDS
+    parsed = sorted(str(Path(s.file)) for s in bag.dagbag_stats)
+    assert parsed == ["inference/dag.py", "sync/dag.py"], \
+        "only the DAG files are parsed (.airflowignore keeps operators/ out)"
+
+
+@pytest.mark.parametrize("dag_id", ["inference_main", "inference_dev"])
+def test_inference_graph_follows_the_model_graph(dags: dict[str, Any], dag_id: str) -> None:
+    dag = dags[dag_id]
+    assert _edges(dag) == {
+        ("wait_for_messages", "parse_messages"),
+        ("wait_for_messages", "frame_features.requests"),
+        ("wait_for_messages", "scene_classifier.requests"),
+        ("wait_for_messages", "clip_stats.requests"),
+        ("wait_for_messages", "delete_messages"),
+        ("parse_messages", "skip_if_empty"),
+        ("parse_messages", "frame_features.requests"),
+        ("parse_messages", "scene_classifier.requests"),
+        ("parse_messages", "clip_stats.requests"),
+        ("parse_messages", "delete_messages"),
+        ("skip_if_empty", "frame_features.requests"),
+        ("skip_if_empty", "clip_stats.requests"),
+        ("frame_features.requests", "frame_features.transform"),
+        ("frame_features.transform", "scene_classifier.requests"),
+        ("scene_classifier.requests", "scene_classifier.transform"),
+        ("clip_stats.requests", "clip_stats.transform"),
+        ("scene_classifier.transform", "delete_messages"),
+        ("clip_stats.transform", "delete_messages"),
+        ("delete_messages", "report"),
+    }
+    # independent models have no path between them, so they run at the same time
+    assert "frame_features.transform" not in _upstream(dag, "clip_stats.transform")
+    assert "clip_stats.transform" not in _upstream(dag, "scene_classifier.transform")
+    # deletion waits for every model; the report sees every task
+    assert {"frame_features.transform", "scene_classifier.transform",
+            "clip_stats.transform"} <= _upstream(dag, "delete_messages")
+    assert _upstream(dag, "report") == {t.task_id for t in dag.tasks} - {"report"}
+    assert dag.get_task("report").trigger_rule == "all_done"
+    assert dag.get_task("delete_messages").trigger_rule == "all_success"
+    assert dag.get_task("wait_for_messages").mode == "reschedule"
+    assert dag.get_task("frame_features.transform").mode == "reschedule"
+    assert set(dag.task_group.children) >= {"frame_features", "scene_classifier", "clip_stats"}
+    assert dag.max_active_runs == 1 and dag.catchup is False
+
+
+@pytest.mark.parametrize("dag_id", ["sync_data_main", "sync_data_dev"])
+def test_sync_graph_maps_one_task_per_camera_angle(dags: dict[str, Any], dag_id: str) -> None:
+    dag = dags[dag_id]
+    assert _edges(dag) == {
+        ("camera_angles", "sync_current_month"), ("camera_angles", "sync_previous_month"),
+        ("sync_current_month", "report"), ("sync_previous_month", "report")}
+    for task_id in ("sync_current_month", "sync_previous_month"):
+        assert type(dag.get_task(task_id)).__name__.endswith("MappedOperator")
+    assert dag.get_task("report").trigger_rule == "all_done"
+    assert dag.max_active_runs == 1 and dag.catchup is False
+
+
+def test_schedules(dags: dict[str, Any]) -> None:
+    assert dags["sync_data_main"].schedule == "@hourly"
+    assert dags["inference_main"].schedule == timedelta(minutes=10)
+    for dag_id in ("sync_data_dev", "inference_dev"):
+        assert dags[dag_id].schedule is None
+
+
+_PARSE = textwrap.dedent("""
+    import json, socket, sys, time
+
+    calls = []
+    def refuse(what):
+        def call(*args, **kwargs):
+            calls.append(what)
+            raise RuntimeError(what + " at import")
+        return call
+
+    socket.socket.connect = refuse("socket.connect")
+    socket.create_connection = refuse("socket.create_connection")
+    socket.getaddrinfo = refuse("socket.getaddrinfo")
+    from airflow.sdk import BaseHook, Variable
+    Variable.get = refuse("Variable.get")
+    BaseHook.get_connection = refuse("BaseHook.get_connection")
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    dags = sys.argv[1]
+    bag = BundleDagBag(dag_folder=dags, bundle_path=dags, bundle_name="dags-folder")
+    print(json.dumps({
+        "errors": {str(k): str(v) for k, v in bag.import_errors.items()},
+        "dags": sorted(bag.dag_ids),
+        "seconds": {str(s.file): s.duration.total_seconds() for s in bag.dagbag_stats},
+        "calls": calls,
+        "aws_sdk_imported": [m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore")],
+    }))
+""")
+
+
+def test_dag_files_import_in_well_under_a_second_and_do_no_io(tmp_path: Path) -> None:
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path),
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}"}
+    env.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
+    done = subprocess.run([sys.executable, "-c", _PARSE, str(DAGS)], env=env, text=True,
+                          capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["errors"] == {}
+    assert set(found["dags"]) == DAG_IDS
+    assert found["calls"] == [], "a DAG file touched the network, a Variable or a connection"
+    assert found["aws_sdk_imported"] == [], "DAG files must not import boto3 at parse time"
+    for path, seconds in found["seconds"].items():
+        assert seconds < 0.5, f"{path} took {seconds:.2f} s to import"
