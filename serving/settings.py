@@ -15,6 +15,7 @@ Variables (SageMaker's own, then ours):
 ``SAGEMAKER_MODEL_SERVER_WORKERS``     worker processes (model server default)
 ``SAGEMAKER_MAX_PAYLOAD_IN_MB``        largest request body, MB; 0 = no limit (MMS: 6,553,500 bytes)
 ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``  accept used when a request has none
+``SAGEMAKER_MODEL_SERVER_VMARGS``      JVM flags for the model server (tuned for start-up)
 ``SAGEMAKER_BATCH``                    ``true`` inside a batch transform
 ``SMSERVE_BIND_HOST``                  interface to bind (127.0.0.1; images: 0.0.0.0)
 ``SMSERVE_ALLOWED_BUCKETS``            buckets requests may name (comma list; ``*`` = any)
@@ -45,6 +46,10 @@ MB = 1024 * 1024
 #: What "no limit" (``SAGEMAKER_MAX_PAYLOAD_IN_MB=0``) means to the model server:
 #: the largest body Netty's aggregator takes.
 UNLIMITED_PAYLOAD = 2**31 - 1
+#: JVM flags for multi-model-server's front end: it is a thin HTTP relay, so a
+#: fast start (C1 only, serial GC, class-data sharing) beats peak JIT speed.
+DEFAULT_VMARGS = ("-XX:-UseContainerSupport -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "
+                  "-Xshare:auto -Xss512k")
 
 
 def _int(env: Mapping[str, str], key: str, default: int | None, *, low: int = 0,
@@ -102,6 +107,7 @@ class Settings:
     model_server_workers: int | None = None
     max_payload_mb: int | None = None
     default_accept: str = "application/json"
+    model_server_vmargs: str = DEFAULT_VMARGS
     batch: bool = False
     allowed_buckets: tuple[str, ...] = ()
     output_prefixes: tuple[str, ...] = ("",)
@@ -140,6 +146,7 @@ class Settings:
             model_server_workers=_int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", None, low=1),
             max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", None, low=0, high=100),
             default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or "application/json",
+            model_server_vmargs=env.get("SAGEMAKER_MODEL_SERVER_VMARGS") or DEFAULT_VMARGS,
             batch=_bool(env, "SAGEMAKER_BATCH", False),
             allowed_buckets=_list(env, "SMSERVE_ALLOWED_BUCKETS", ()),
             output_prefixes=_list(env, "SMSERVE_OUTPUT_PREFIXES", ("",)),

@@ -61,8 +61,18 @@ class HandlerService(DefaultHandlerService):
             log.error("model failed to load from %s:\n%s", model_dir, trace)
             self._mark(MODEL_ERROR_FILE, f"{err}\n\n{trace}")
             raise
+        self._warm_up()
         self._mark(MODEL_READY_FILE, str(model_dir))
         log.info("model loaded from %s", model_dir)
+
+    def _warm_up(self) -> None:
+        """Build the S3 client now, not in the first request (importing boto3 takes seconds)."""
+        module = self._handlers.module if self._handlers is not None else None
+        if module is not None and any(getattr(v, "__name__", "") == "serving.s3refs"
+                                      for v in vars(module).values()):
+            from serving import s3refs
+
+            s3refs.runtime()
 
     def _mark(self, name: str, text: str) -> None:
         if self._settings.run_dir is not None:

@@ -32,7 +32,7 @@ _LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
     </File>
   </Appenders>
   <Loggers>
-    <Logger name="ACCESS_LOG" level="info" additivity="false">
+    <Logger name="ACCESS_LOG" level="${env:SMSERVE_ACCESS_LOG:-off}" additivity="false">
       <AppenderRef ref="access_log"/>
     </Logger>
     <Logger name="io.netty" level="error"/>
@@ -41,6 +41,8 @@ _LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
     <Logger name="MMS_METRICS" level="off"/>
     <Logger name="MODEL_LOG" level="info"/>
     <Logger name="com.amazonaws.ml.mms" level="info"/>
+    <!-- one line per request ("Backend response time"): off the hot path -->
+    <Logger name="com.amazonaws.ml.mms.wlm.WorkerThread" level="warn"/>
     <Root level="warn">
       <AppenderRef ref="STDOUT"/>
     </Root>
@@ -72,7 +74,7 @@ def properties(settings: Settings, port: int) -> str:
         model_server_workers=settings.model_server_workers,
         inference_http_port=port,
         management_http_port=port,
-        vmargs="-XX:-UseContainerSupport -Xss512k",
+        vmargs=settings.model_server_vmargs,
         # MMS answers an oversize body with a bare 413; give it room so that
         # our handler answers bodies up to twice the limit with a JSON 413
         # that names the limit (beyond that, MMS's own 413 remains).
