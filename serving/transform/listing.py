@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from serving.errors import TransformError
+from serving.errors import ConfigError, TransformError
 from serving.transform.spec import TransformJobSpec, parse_s3_uri
 
 RELATIVE_TO = ("prefix", "folder")
@@ -134,7 +134,11 @@ def _from_manifest(s3: Any, spec: TransformJobSpec) -> list[InputObject]:
     if (not isinstance(doc, list) or not doc or not isinstance(doc[0], dict)
             or not isinstance(doc[0].get("prefix"), str)):
         raise TransformError(f"manifest {uri} must be {shape}", uri=uri)
-    bucket, prefix = parse_s3_uri(doc[0]["prefix"], f"manifest {uri} prefix")
+    try:
+        bucket, prefix = parse_s3_uri(doc[0]["prefix"], f"manifest {uri} prefix")
+    except ConfigError as err:
+        # The manifest is input, not the request: it fails the job with a reason.
+        raise TransformError(err.message, key=uri) from err
     seen: set[str] = set()
     out = []
     for index, entry in enumerate(doc[1:], start=1):

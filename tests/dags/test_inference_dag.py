@@ -63,6 +63,7 @@ def test_a_failing_model_skips_its_downstream_and_keeps_the_messages(make_pipeli
     pipeline.queue(pipeline.seed(2))
 
     result = pipeline.run()
+    print(result.summary)
 
     assert result.state == "failed", result.summary
     assert result.states["frame_features.transform"] == "failed"
@@ -107,6 +108,7 @@ def test_a_retried_transform_task_adopts_the_job_it_started(
     since = _now()
 
     result = pipeline.run()
+    print(result.summary)
 
     assert result.state == "success", result.summary
     assert len(crashed) == 1
@@ -123,6 +125,7 @@ def test_no_messages_skips_every_model_and_still_reports(make_pipeline: Any) -> 
     pipeline = make_pipeline(models=False)
 
     result = pipeline.run()
+    print(result.summary)
 
     assert result.state == "success", result.summary
     assert result.states["skip_if_empty"] == "success"
@@ -142,6 +145,7 @@ def test_the_sensor_buffers_more_than_ten_and_waits_for_a_full_batch(
     pipeline.queue(keys)
 
     result = pipeline.run()
+    print(result.summary)
 
     assert "received 25 message(s)" in result.summary
     assert "in 3 receive call(s)" in result.summary
@@ -159,6 +163,7 @@ def test_bad_messages_stay_on_the_queue_and_the_good_ones_are_processed(
     pipeline.queue(["videos/2026/11/front/deleted-after-queueing.npy"])
 
     result = pipeline.run()
+    print(result.summary)
 
     assert result.state == "success", result.summary
     assert "5 message(s): 1 usable (1 object(s)), 4 left on the queue" in result.summary
@@ -198,6 +203,7 @@ def test_a_missing_connection_fails_clearly_and_deletes_nothing(
     monkeypatch.delenv("AIRFLOW_CONN_AWS_DEFAULT")
 
     result = pipeline.run()
+    print(result.summary)
 
     assert result.state == "failed"
     assert result.states["wait_for_messages"] == "failed"
@@ -222,6 +228,7 @@ def test_a_bad_setting_names_the_key(make_pipeline: Any) -> None:
     pipeline = make_pipeline(models=False, max_messages="lots")
 
     result = pipeline.run()
+    print(result.summary)
 
     assert result.state == "failed"
     assert 'Airflow Variable smserve_dev: max_messages = "lots" is not a whole number' \
