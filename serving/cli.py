@@ -169,7 +169,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Two Chainer models as local batch transforms on the embedded stack."""
     from serving.demo import run_demo
 
-    return run_demo(Path(args.models), clips=args.clips, verbose=args.verbose)
+    return run_demo(Path(args.models), clips=args.clips, verbose=args.verbose, api=args.api)
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description=cmd_demo.__doc__)
     p.add_argument("--models", default="models", help="folder of model folders")
     p.add_argument("--clips", type=_positive, default=6, help="sample clips to make")
+    p.add_argument("--api", action="store_true",
+                   help="run the models through the embedded stack's SageMaker API "
+                        "(CreateModel, CreateTransformJob) with boto3")
     p.add_argument("-v", "--verbose", action="store_true", help="print container logs")
     p.set_defaults(func=cmd_demo)
     _register_plugins(sub)

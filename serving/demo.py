@@ -30,7 +30,8 @@ RESULTS = "results/"
 CLASSIFIER = "scene_classifier"
 
 
-def summary_lines(report: PipelineReport, graph: Graph) -> list[str]:
+def summary_lines(report: PipelineReport, graph: Graph,
+                  runs_on: str = "local process") -> list[str]:
     """One line per model: records, what happened to them, how long it took."""
     lines = []
     for m in report.models:
@@ -38,7 +39,7 @@ def summary_lines(report: PipelineReport, graph: Graph) -> list[str]:
         what = ", ".join(f"{n} {status}" for n, status in counts if n) or "nothing to do"
         if m.seconds is not None:
             how = (f"{m.seconds:.1f} s, batch transform on {graph[m.model].instance_type} "
-                   "-> local process")
+                   f"-> {runs_on}")
         else:
             how = m.reason or m.status
         lines.append(f"  {m.model:<18} {m.records} records: {what}  ({how})")
@@ -58,8 +59,12 @@ def _table(clients: ClientFactory, graph: Graph, keys: Sequence[str]) -> list[st
 
 
 def run_demo(models_root: Path, clips: int = 6, verbose: bool = False,
-             echo: Callable[[str], None] = print) -> int:
-    """The whole demo; returns the exit status."""
+             echo: Callable[[str], None] = print, api: bool = False) -> int:
+    """The whole demo; returns the exit status.
+
+    With ``api``, each model runs through the embedded stack's SageMaker API
+    (``CreateModel``, ``CreateTransformJob``) with plain boto3, as on AWS.
+    """
     from local_test.clips import upload_clips
 
     graph = load_graph(models_root)
@@ -79,11 +84,19 @@ def run_demo(models_root: Path, clips: int = 6, verbose: bool = False,
         echo(f"model graph (from models/*/model.toml depends_on): {' -> '.join(graph.order())}")
         echo("")
         uri = f"s3://{BUCKET}/{INPUT_PREFIX}"
+        jobs = None
+        if api:
+            from serving.transform.sagemaker import SageMakerJobs
+
+            jobs = SageMakerJobs(clients, poll=0.25)
+            echo("through the SageMaker API: CreateModel + CreateTransformJob on "
+                 f"{stack.endpoint_url}, as boto3 does on AWS")
         echo(f"run 1: smserve pipeline run --input {uri} (one batch transform per model)")
         first = run_pipeline(graph, clients, uri, echo=echo, live=live, verbose=verbose,
-                             output_prefix=RESULTS)
+                             output_prefix=RESULTS, jobs=jobs)
         echo("")
-        for line in summary_lines(first, graph):
+        runs_on = "CreateTransformJob on the stack" if api else "local process"
+        for line in summary_lines(first, graph, runs_on):
             echo(line)
         if not first.ok:
             echo(f"unexpected: {', '.join(first.failed_models)} failed")
@@ -96,9 +109,9 @@ def run_demo(models_root: Path, clips: int = 6, verbose: bool = False,
         echo("run 2: the same input again; every output exists, so every model is skipped "
              "and no transform job starts")
         again = run_pipeline(graph, clients, uri, echo=echo, live=live, verbose=verbose,
-                             output_prefix=RESULTS, show_plan=False)
+                             output_prefix=RESULTS, show_plan=False, jobs=jobs)
         echo("")
-        for line in summary_lines(again, graph):
+        for line in summary_lines(again, graph, runs_on):
             echo(line)
         redone = [m.model for m in again.models if m.status != "skipped" or m.job]
         echo("")

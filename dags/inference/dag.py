@@ -40,6 +40,8 @@ from operators.wrap import Wrapper, wrap
 
 DEFAULT_ARGS = {"owner": "smserve", "retry_delay": timedelta(seconds=30)}
 START = datetime(2026, 1, 1, tzinfo=UTC)
+NOT_RUN = {"delete_messages": "the batch's messages stay on the queue; they come back after "
+                              "their visibility timeout and finished work is skipped"}
 
 
 def build_inference_dag(dag_id: str, env: str, schedule: timedelta | None,
@@ -70,7 +72,7 @@ def build_inference_dag(dag_id: str, env: str, schedule: timedelta | None,
                          [groups[n] for n in order if n not in used])
         (wrap(sensor) >> batch >> gate >> models
          >> delete_messages(env, batch, messages)
-         >> reporter({n: list(graph.dependencies(n)) for n in order})())
+         >> reporter({n: list(graph.dependencies(n)) for n in order}, not_run=NOT_RUN)())
     return dag
 
 

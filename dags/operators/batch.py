@@ -13,6 +13,7 @@ from typing import Any
 
 from airflow.sdk import get_current_context, task
 from config import ConfigError, load_config
+
 from operators.aws import Aws, describe_error, error_code
 from operators.messages import BadMessage, batch_id, parse_batch
 from operators.report import fail, report_message
@@ -55,7 +56,7 @@ def _bad_lines(bad: Sequence[BadMessage], max_receive_count: int, dlq: str) -> l
             fate = f" (receive {b.receive_count} of {max_receive_count}"
             fate += f"; SQS moves it to {dlq} on the next receive)" \
                 if b.receive_count >= max_receive_count else ")"
-        lines.append(f"  message {b.message_id}: {b.reason}{fate}")
+        lines.append(f"message {b.message_id}: {b.reason}{fate}")
     return lines
 
 
@@ -138,9 +139,9 @@ def delete_messages(env: str, batch: Mapping[str, Any],
         lines.append(f"{len(result.stale)} receipt handle(s) went stale (the message was "
                      "received again after its visibility timeout); it comes back and its "
                      "finished work is skipped:")
-        lines += [f"  message {m}: {why}" for m, why in result.stale.items()]
+        lines += [f"message {m}: {why}" for m, why in result.stale.items()]
     if result.failed:
-        lines += [f"  message {m} not deleted: {why}" for m, why in result.failed.items()]
+        lines += [f"message {m} not deleted: {why}" for m, why in result.failed.items()]
         report_message(ti, lines)
         raise RuntimeError(f"{len(result.failed)} message(s) could not be deleted: "
                            + "; ".join(result.failed.values()))

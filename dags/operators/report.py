@@ -82,7 +82,7 @@ def fail(ti: Any, message: str, report: Any = None) -> NoReturn:
     from airflow.sdk.exceptions import AirflowFailException
 
     report_message(ti, message if report is None else report)
-    raise AirflowFailException(message)
+    raise AirflowFailException(message) from None
 
 
 def is_model_report(value: Any) -> bool:
@@ -195,7 +195,8 @@ def _table(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def summarize(title: str, outcomes: Sequence[TaskOutcome],
-              models: Mapping[str, Sequence[str]] | None = None) -> tuple[list[str], list[str]]:
+              models: Mapping[str, Sequence[str]] | None = None,
+              not_run: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
     """The summary of a run, and what failed.
 
     Args:
@@ -203,6 +204,7 @@ def summarize(title: str, outcomes: Sequence[TaskOutcome],
         outcomes: the upstream tasks, in order.
         models: model -> the models it depends on, for a DAG with model task
             groups (``<model>.<task>``); their reports become a table.
+        not_run: task id -> what it means that the task did not run.
 
     Returns:
         ``(lines, problems)``: the summary, and one short line per failure
@@ -229,8 +231,9 @@ def summarize(title: str, outcomes: Sequence[TaskOutcome],
             first = _lines(texts[0])[0] if texts else "see the task's log"
             problems.append(f"{outcome.task_id} failed: {first}")
         lines = [line for text in texts for line in _lines(text)]
-        if not lines:
-            lines = ["not run"] if state in ("upstream_failed", "skipped") else []
+        if not lines and state in ("upstream_failed", "skipped"):
+            hint = (not_run or {}).get(outcome.task_id)
+            lines = [f"not run: {hint}" if hint else "not run"]
         head = f"  {outcome.task_id} [{state}]"
         if not lines:
             body.append(head)
@@ -266,11 +269,13 @@ def collect(ti: Any, task_ids: Iterable[str]) -> list[TaskOutcome]:
 
 
 def reporter(models: Mapping[str, Sequence[str]] | None = None,
+             not_run: Mapping[str, str] | None = None,
              task_id: str = "report") -> Callable[[], Any]:
     """The ``report`` task: gathers every upstream report, logs one summary, fails on failure.
 
     Args:
         models: model -> its dependencies, for a DAG with one task group per model.
+        not_run: task id -> what it means when that task did not run.
         task_id: the task's id.
 
     Returns:
@@ -280,13 +285,14 @@ def reporter(models: Mapping[str, Sequence[str]] | None = None,
     from airflow.sdk import TriggerRule, get_current_context, task
 
     deps = {name: list(d) for name, d in (models or {}).items()}
+    hints = dict(not_run or {})
 
     @task(task_id=task_id, trigger_rule=TriggerRule.ALL_DONE, retries=0)
     def report() -> None:
         context = get_current_context()
         ti = context["ti"]
         outcomes = collect(ti, upstream_task_ids(context["task"]))
-        lines, problems = summarize(f"{ti.dag_id} {ti.run_id}", outcomes, deps)
+        lines, problems = summarize(f"{ti.dag_id} {ti.run_id}", outcomes, deps, hints)
         text = "\n".join(lines)
         log.info("\n%s", text)
         ti.xcom_push(key=SUMMARY_KEY, value=text)

@@ -24,6 +24,7 @@ from typing import Any
 
 from airflow.sdk import get_current_context, task
 from config import ConfigError, load_config
+
 from operators.aws import Aws, describe_error, error_code
 from operators.report import fail, report_message
 from operators.sqs import SQS_BATCH, queue_url
@@ -69,7 +70,7 @@ class SyncResult:
             return [f"{self.source}: no objects (nothing to copy)"]
         head = (f"{self.source}: {self.listed} object(s): {len(self.copied)} copied and "
                 f"queued, {self.unchanged} unchanged, {len(self.failed)} failed")
-        return [head, *(f"  {k}: {why}" for k, why in self.failed.items())]
+        return [head, *(f"{k}: {why}" for k, why in self.failed.items())]
 
 
 def _listing(s3: Any, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:

@@ -85,6 +85,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="the folder of model folders (default: models)")
     run.add_argument("--output-prefix", default="results/", metavar="PREFIX",
                      help="where outputs go: PREFIX<model>/<input key> (default: results/)")
+    run.add_argument("--api", action="store_true",
+                     help="run each model through the SageMaker API (CreateModel, "
+                          "CreateTransformJob) at AWS_ENDPOINT_URL: `smserve local up`'s, "
+                          "or AWS's")
+    run.add_argument("--role-arn", default=None, metavar="ARN",
+                     help="with --api: ExecutionRoleArn for CreateModel (default: a local "
+                          "placeholder the embedded stack accepts)")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="print the jobs' and containers' log lines")
     run.set_defaults(func=cmd_run)
@@ -124,11 +131,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     bucket, _ = parse_s3_uri(args.input, "--input")
     graph = load_graph(args.models_dir)
     settings, notes = run_settings(bucket)
+    jobs = None
+    if args.api:
+        from serving.transform.sagemaker import LOCAL_ROLE, SageMakerJobs
+
+        jobs = SageMakerJobs(ClientFactory(settings), role_arn=args.role_arn or LOCAL_ROLE)
     report = run_pipeline(
         graph, ClientFactory(settings), args.input, models=args.models,
         overwrite=args.overwrite, gpu_memory_mb=args.gpu_memory_mb,
         cpu_count=args.cpu_workers, dry_run=args.dry_run, live=sys.stdout.isatty(),
-        verbose=args.verbose, output_prefix=args.output_prefix, notes=notes,
+        verbose=args.verbose, output_prefix=args.output_prefix, notes=notes, jobs=jobs,
         echo=lambda line: print(line, flush=True))
     if not args.dry_run:
         print()

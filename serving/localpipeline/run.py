@@ -41,6 +41,7 @@ from serving.pipeline import DEFAULT_PREFIX, Graph
 from serving.s3refs import dumps_records
 from serving.transform.result import MAX_FAILURE_REASON
 from serving.transform.runner import ProcessRunner
+from serving.transform.sagemaker import SageMakerJobs, predict_via_api
 from serving.transform.spec import parse_s3_uri
 
 #: Where the transforms' request files and ``.out`` objects go.
@@ -69,11 +70,16 @@ class TransformRunner:
         runner: starts the containers (default: one per job, see
             :func:`serving.transform.run_transform`).
         log: receives job and container log lines (None: dropped).
+        jobs: run each model through the SageMaker API (``CreateModel``,
+            ``CreateTransformJob``: the embedded stack's, or AWS's) instead of
+            starting its containers here.
     """
 
     def __init__(self, graph: Graph, clients: ClientFactory, bucket: str, *,
                  work_prefix: str = WORK_PREFIX, runner: ProcessRunner | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 jobs: SageMakerJobs | None = None) -> None:
+        self.jobs = jobs
         self.graph = graph
         self.clients = clients
         self.bucket = bucket
@@ -92,14 +98,21 @@ class TransformRunner:
             sink = log
             log = lambda line: sink(f"[{work.model}] {line}")  # noqa: E731
         try:
-            answers = predict(
-                spec.folder, list(work.pending), self.clients, self.bucket,
-                work_prefix=self.work_prefix, job_name=name, runner=self.runner, log=log,
-                progress=lambda p: progress(p.records_done, p.records_total),
-                model_name=spec.name.replace("_", "-"), instance_count=spec.instance_count,
-                batch_strategy=spec.batch_strategy, max_payload_mb=spec.max_payload_mb,
-                max_concurrent=spec.max_concurrent_transforms,
-                model_environment=spec.container_environment())
+            if self.jobs is not None:
+                answers = predict_via_api(
+                    self.jobs, spec, list(work.pending), self.bucket, name,
+                    work_prefix=self.work_prefix,
+                    progress=(lambda status: log(f"job {name}: {status}")) if log else None)
+            else:
+                answers = predict(
+                    spec.folder, list(work.pending), self.clients, self.bucket,
+                    work_prefix=self.work_prefix, job_name=name, runner=self.runner, log=log,
+                    progress=lambda p: progress(p.records_done, p.records_total),
+                    model_name=spec.name.replace("_", "-"),
+                    instance_count=spec.instance_count,
+                    batch_strategy=spec.batch_strategy, max_payload_mb=spec.max_payload_mb,
+                    max_concurrent=spec.max_concurrent_transforms,
+                    model_environment=spec.container_environment(), image=spec.image)
         except Exception as err:
             return self._failed(work, name, err)
         statuses = [a.get("status") if isinstance(a, dict) else None for a in answers]
@@ -140,7 +153,7 @@ def run_pipeline(graph: Graph, clients: ClientFactory, input_uri: str, *,
                  output_prefix: str = DEFAULT_PREFIX, work_prefix: str = WORK_PREFIX,
                  runner: ProcessRunner | None = None, run_model: RunModel | None = None,
                  resources: Resources | None = None, notes: Sequence[str] = (),
-                 show_plan: bool = True,
+                 show_plan: bool = True, jobs: SageMakerJobs | None = None,
                  clock: Callable[[], float] = time.monotonic) -> PipelineReport:
     """Run the model graph on the objects under ``input_uri``, one local transform per model.
 
@@ -163,6 +176,7 @@ def run_pipeline(graph: Graph, clients: ClientFactory, input_uri: str, *,
         resources: the budgets (default: from ``gpu_memory_mb``/``cpu_count``/the machine).
         notes: lines printed with the plan (defaults the caller chose).
         show_plan: print the plan (the request counts and the view are always printed).
+        jobs: run the models through the SageMaker API (see :class:`TransformRunner`).
         clock: monotonic seconds.
 
     Prints the plan, the request counts and the live view through ``echo``; a
@@ -203,7 +217,8 @@ def run_pipeline(graph: Graph, clients: ClientFactory, input_uri: str, *,
         echo(report_message(report))
         return report
     run_model = run_model or TransformRunner(sub, clients, bucket, work_prefix=work_prefix,
-                                             runner=runner, log=echo if verbose else None)
+                                             runner=runner, log=echo if verbose else None,
+                                             jobs=jobs)
     finished = {name: _nothing_to_do(w) for name, w in work.items() if not w.pending}
     echo("")
     view = LiveView(chosen.order, echo, live=live and not verbose, clock=clock)
