@@ -275,10 +275,6 @@ def test_two_instances_share_the_objects(factory: ClientFactory) -> None:
     assert sorted(line.split("]")[0] for line in ready) == ["[container 0", "[container 1"]
     ports = {line.rsplit("http://127.0.0.1:", 1)[1].split()[0] for line in ready}
     assert len(ports) == 2
-    for index in (0, 1):
-        answered = [line for line in lines
-                    if line.startswith(f"[container {index}]") and "Backend response time" in line]
-        handled = sum(o.requests for o in result.objects if o.container == index)
-        assert len(answered) >= 1 + handled, (index, answered)
+    # ...and each answered the objects the data plane sent it (records_done above).
     assert _keys(s3, bucket, "out/") == {f"out/part-{i}.jsonl.out" for i in range(4)}
     assert _keys(s3, bucket, "results/") == {_request(bucket, c).output_path for c in clips}
