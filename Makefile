@@ -5,12 +5,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration bench clean help
+.PHONY: demo demo-airflow test lint unit integration bench clean help
 
 help:
 	@echo "make demo   - run two Chainer models as batch transforms on the embedded local stack"
 	@echo "make test   - lint, type-check and run the whole test suite"
 	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make demo-airflow - the sync and inference DAGs end to end (dag.test) on the local stack"
 
 $(STAMP): pyproject.toml
 	@command -v java >/dev/null || { echo "multi-model-server needs a Java runtime (17 works): apt-get install -y openjdk-17-jre-headless"; exit 1; }
@@ -24,9 +25,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/smserve demo
 
+demo-airflow: $(STAMP)
+	$(BIN)/python -m local_test.airflow_demo
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	# the two DAG files are both named dag.py: one mypy pass each
+	MYPYPATH=dags $(BIN)/mypy dags/config.py dags/operators dags/sync/dag.py dags/operators_test tests/dags local_test/airflow_setup.py local_test/airflow_demo.py
+	MYPYPATH=dags $(BIN)/mypy dags/inference/dag.py
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
@@ -37,6 +44,9 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/serving_overhead.py
 	$(BIN)/python bench/transform_throughput.py
+	$(BIN)/python bench/local_transform.py
+	$(BIN)/python bench/pipeline_local.py
+	$(BIN)/python bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

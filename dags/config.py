@@ -120,9 +120,10 @@ def _fail(variable: str, message: str) -> ConfigError:
     return ConfigError(f"Airflow Variable {variable}: {message}")
 
 
-def _check(variable: str, key: str, value: Any) -> Any:
+def _check(variable: str, key: str, given: object) -> Any:
     kinds = _KINDS[key]
-    if isinstance(value, bool) or not isinstance(value, kinds):
+    value: Any = given
+    if isinstance(value, bool) or not isinstance(given, kinds):
         wanted = " or ".join(_WORDS[k] for k in kinds)
         raise _fail(variable, f"{key} = {json.dumps(value)} is not {wanted}")
     if key in _RANGES:

@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DAGS = ROOT / "dags"
 MODELS = ROOT / "models"
 ROLE_NAME = "smserve-sagemaker-execution"
+#: Where :func:`isolated_home` keeps the folder it made (shared by every conftest of a run).
+TEST_HOME_VARIABLE = "SMSERVE_AIRFLOW_TEST_HOME"
 _TRUST = {"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"},
     "Action": "sts:AssumeRole"}]}
@@ -100,6 +102,20 @@ def airflow_environ(home: Path, endpoint_url: str | None = None, region: str = "
     if quiet:
         env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     return env
+
+
+def isolated_home() -> Path:
+    """One private Airflow home for this process (tests): made on the first call, env set.
+
+    Call it before the first ``import airflow``; later calls return the same folder.
+    """
+    existing = os.environ.get(TEST_HOME_VARIABLE)
+    if existing:
+        return Path(existing)
+    home = Path(tempfile.mkdtemp(prefix="smserve-airflow-tests-"))
+    os.environ[TEST_HOME_VARIABLE] = str(home)
+    os.environ.update(airflow_environ(home))
+    return home
 
 
 def start_airflow(home: Path | None = None, endpoint_url: str | None = None,
@@ -409,6 +425,7 @@ __all__ = [
     "create_models",
     "create_queues",
     "create_resources",
+    "isolated_home",
     "load_dags",
     "migrate",
     "queue_objects",

@@ -28,6 +28,7 @@ Variable names the bucket and the queue (see ``config.py``)::
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from airflow.sdk import DAG, TaskGroup, XComArg
 from operators.batch import delete_messages, parse_messages, skip_if_empty
@@ -54,8 +55,9 @@ def build_inference_dag(dag_id: str, env: str, schedule: timedelta | None,
              catchup=False, max_active_runs=1, default_args=DEFAULT_ARGS,
              tags=["smserve", env], doc_md=__doc__) as dag:
         sensor = SqsBufferingSensor(task_id="wait_for_messages", env=env)
-        messages = XComArg(sensor, key="messages")
-        batch = parse_messages(env, messages)
+        # XComArgs stand for the values the tasks get when they run
+        messages: Any = XComArg(sensor, key="messages")
+        batch: Any = parse_messages(env, messages)
         gate = skip_if_empty(batch)
         groups: dict[str, TaskGroup] = {}
         for name in order:

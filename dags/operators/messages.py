@@ -136,13 +136,14 @@ def parse_batch(messages: Sequence[Mapping[str, Any]], bucket: str,
         found = exists(sorted({k for keys in wanted.values() for k in keys}))
     usable: list[str] = []
     keys: dict[str, None] = {}
-    for message, message_keys in wanted.items():
+    counts = {str(m.get("MessageId", "?")): _receive_count(m) for m in messages}
+    for message_id, message_keys in wanted.items():
         missing = [k for k in message_keys if found is not None and k not in found]
         if missing:
-            count = next(_receive_count(m) for m in messages if m.get("MessageId") == message)
-            bad.append(BadMessage(message, f"s3://{bucket}/{missing[0]} does not exist (was "
-                                           "it deleted after the message was sent?)", count))
+            bad.append(BadMessage(message_id, f"s3://{bucket}/{missing[0]} does not exist (was "
+                                              "it deleted after the message was sent?)",
+                                  counts[message_id]))
             continue
-        usable.append(message)
+        usable.append(message_id)
         keys.update(dict.fromkeys(message_keys))
     return Batch(list(keys), usable, bad)

@@ -257,6 +257,21 @@ def _states(ti: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in run.items()}
 
 
+#: Which state a mapped task shows when its instances differ: the worst one.
+_RANK = ("failed", "upstream_failed", "up_for_retry", "running", "skipped", "success")
+
+
+def task_state(states: Mapping[str, str], task_id: str) -> str | None:
+    """The state of ``task_id``; a mapped task's instances come as ``<task_id>_<index>``."""
+    if task_id in states:
+        return states[task_id]
+    found = [v for k, v in states.items()
+             if k.startswith(task_id + "_") and k[len(task_id) + 1:].isdigit()]
+    if not found:
+        return None
+    return min(found, key=lambda s: _RANK.index(s) if s in _RANK else len(_RANK))
+
+
 def collect(ti: Any, task_ids: Iterable[str]) -> list[TaskOutcome]:
     """The state and the ``report`` XComs (every map index) of each of ``task_ids``."""
     states = _states(ti)
@@ -264,7 +279,7 @@ def collect(ti: Any, task_ids: Iterable[str]) -> list[TaskOutcome]:
     for task_id in task_ids:
         pulled = ti.xcom_pull(task_ids=[task_id], key=REPORT_KEY)
         reports = [r for r in (pulled or []) if r is not None]
-        outcomes.append(TaskOutcome(task_id, states.get(task_id), reports))
+        outcomes.append(TaskOutcome(task_id, task_state(states, task_id), reports))
     return outcomes
 
 

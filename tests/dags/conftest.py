@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,10 +24,10 @@ import pytest
 
 from local_test.airflow_setup import (
     PipelineResources,
-    airflow_environ,
     aws_connection,
     create_models,
     create_resources,
+    isolated_home,
     load_dags,
     migrate,
     queue_objects,
@@ -41,8 +40,7 @@ from serving.aws import ClientFactory
 from serving.local.stack import LocalStack
 from serving.settings import Settings
 
-HOME = Path(tempfile.mkdtemp(prefix="smserve-airflow-tests-"))
-os.environ.update(airflow_environ(HOME))
+HOME = isolated_home()
 
 #: Short waits for tests: a batch is whatever is queued, pokes every second.
 FAST = {"max_wait_seconds": 0, "poke_interval_seconds": 1, "transform_poll_seconds": 0.5,

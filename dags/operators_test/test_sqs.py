@@ -1,0 +1,125 @@
+"""The buffering sensor, visibility, deletion and the dead-letter queue, against the stack's SQS."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from _support import FakeTI, Resources, send
+
+pytestmark = pytest.mark.integration
+
+
+def _depth(sqs: Any, url: str) -> tuple[int, int]:
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), \
+        int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def test_collect_takes_more_than_ten_at_ten_per_call_and_deletes_none(
+        clients: Any, resources: Resources) -> None:
+    from operators.sqs import collect_messages
+
+    sqs = clients.client("sqs")
+    sent = send(sqs, resources.queue_url, 35)
+    got = collect_messages(sqs, resources.queue_url, 30, visibility_timeout=60,
+                           wait_seconds=0, expected=35)
+    assert len(got.messages) == 30 and got.calls == 3
+    assert {m["MessageId"] for m in got.messages} <= set(sent)
+    assert all(m["Attributes"]["ApproximateReceiveCount"] == "1" for m in got.messages)
+    assert _depth(sqs, resources.queue_url) == (5, 30), "received, invisible, not deleted"
+
+    rest = collect_messages(sqs, resources.queue_url, 30, visibility_timeout=60,
+                            wait_seconds=0, expected=5)
+    assert len(rest.messages) == 5 and rest.calls == 1, "a short answer ends the collection"
+
+
+def test_the_sensor_waits_then_returns_a_partial_batch_in_the_sqs_sensor_shape(
+        clients: Any, resources: Resources) -> None:
+    from operators.sqs import SqsBufferingSensor
+
+    sqs = clients.client("sqs")
+    send(sqs, resources.queue_url, 12, bucket=resources.bucket)
+    sensor = SqsBufferingSensor(task_id="wait_for_messages", env="dev")
+    assert sensor.mode == "reschedule"
+    resources.configure(max_messages=50, max_wait_seconds=300, poke_interval_seconds=7)
+    ti = FakeTI()
+    assert sensor.poke({"ti": ti}) is False, "12 of 50, and the wait is not over"
+    assert sensor.poke_interval == 7, "the poke interval comes from the Variable"
+    assert "messages" not in ti.xcoms
+    assert _depth(sqs, resources.queue_url) == (12, 0), "waiting receives nothing"
+
+    ti.first_reschedule = datetime.now(UTC) - timedelta(seconds=301)
+    assert sensor.poke({"ti": ti}) is True
+    messages = ti.xcoms["messages"]
+    assert len(messages) == 12
+    assert {"MessageId", "ReceiptHandle", "Body", "MD5OfBody"} <= set(messages[0])
+    assert "received 12 message(s)" in ti.xcoms["report"]
+    assert "in 2 receive call(s)" in ti.xcoms["report"]
+    assert _depth(sqs, resources.queue_url) == (0, 12)
+
+
+def test_the_sensor_returns_at_once_when_the_batch_is_full(clients: Any,
+                                                           resources: Resources) -> None:
+    from operators.sqs import SqsBufferingSensor
+
+    send(clients.client("sqs"), resources.queue_url, 20)
+    resources.configure(max_messages=20, max_wait_seconds=3600)
+    ti = FakeTI()
+    assert SqsBufferingSensor(task_id="s", env="dev").poke({"ti": ti}) is True
+    assert len(ti.xcoms["messages"]) == 20
+    assert "in 2 receive call(s)" in ti.xcoms["report"]
+
+
+def test_the_sensor_fails_clearly_without_a_connection(resources: Resources,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+    from operators.sqs import SqsBufferingSensor
+
+    monkeypatch.delenv("AIRFLOW_CONN_AWS_DEFAULT")
+    ti = FakeTI()
+    with pytest.raises(AirflowFailException, match="'aws_default' is not defined"):
+        SqsBufferingSensor(task_id="s", env="dev").poke({"ti": ti})
+    assert "AIRFLOW_CONN_AWS_DEFAULT" in ti.xcoms["report"]
+
+
+def test_an_unknown_queue_is_a_clear_failure(resources: Resources) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+    from operators.sqs import SqsBufferingSensor
+
+    resources.configure(queue="no-such-queue")
+    with pytest.raises(AirflowFailException, match="SQS queue 'no-such-queue' does not exist"):
+        SqsBufferingSensor(task_id="s", env="dev").poke({"ti": FakeTI()})
+
+
+def test_visibility_extension_and_deletion_report_stale_receipt_handles(
+        clients: Any, resources: Resources) -> None:
+    from operators.sqs import collect_messages, delete_batch, extend_visibility
+
+    sqs = clients.client("sqs")
+    send(sqs, resources.queue_url, 3)
+    got = collect_messages(sqs, resources.queue_url, 10, visibility_timeout=30,
+                           wait_seconds=0).messages
+    assert extend_visibility(sqs, resources.queue_url, got, 600) == []
+    stale = {**got[0], "ReceiptHandle": "not-a-receipt-handle-any-more"}
+    result = delete_batch(sqs, resources.queue_url, [stale, *got[1:]])
+    assert sorted(result.deleted) == sorted(m["MessageId"] for m in got[1:])
+    assert list(result.stale) == [got[0]["MessageId"]]
+    assert "ReceiptHandleIsInvalid" in result.stale[got[0]["MessageId"]]
+    assert result.failed == {}
+    assert _depth(sqs, resources.queue_url) == (0, 1), "only the processed ones are gone"
+
+
+def test_dead_letter_reads_the_redrive_policy(clients: Any, resources: Resources) -> None:
+    from operators.sqs import dead_letter
+
+    sqs = clients.client("sqs")
+    sqs.send_message(QueueUrl=resources.dead_letter_url, MessageBody="old poison")
+    found = dead_letter(sqs, resources.queue_url)
+    assert found.max_receive_count == 3
+    assert found.queue.endswith("-dlq") and found.depth == 1
+    assert "after 3 receive(s) SQS moves a message to the dead-letter queue" in found.describe()
+    bare = sqs.create_queue(QueueName=f"{found.queue}-bare")["QueueUrl"]
+    assert "no redrive policy" in dead_letter(sqs, bare).describe()
