@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, TaskGroup, XComArg
+
 from operators.batch import delete_messages, parse_messages, skip_if_empty
 from operators.models import model_graph
 from operators.report import reporter

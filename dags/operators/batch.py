@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow.sdk import get_current_context, task
-from config import ConfigError, load_config
 
+from config import ConfigError, load_config
 from operators.aws import Aws, describe_error, error_code
 from operators.messages import BadMessage, batch_id, parse_batch
 from operators.report import fail, report_message

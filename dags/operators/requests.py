@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import get_current_context, task
+
 from config import ConfigError, PipelineConfig, load_config
 from operators.aws import Aws, describe_error, error_code
 from operators.batch import batch_messages, existing_keys

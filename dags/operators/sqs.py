@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
-from config import ConfigError, load_config
 
+from config import ConfigError, load_config
 from operators.aws import Aws, describe_error, error_code
 from operators.report import fail, report_message
 

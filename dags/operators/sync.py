@@ -23,8 +23,8 @@ from datetime import datetime
 from typing import Any
 
 from airflow.sdk import get_current_context, task
-from config import ConfigError, load_config
 
+from config import ConfigError, load_config
 from operators.aws import Aws, describe_error, error_code
 from operators.report import fail, report_message
 from operators.sqs import SQS_BATCH, queue_url

@@ -28,8 +28,8 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from airflow.sdk import BaseSensorOperator
-from config import ConfigError, PipelineConfig, load_config
 
+from config import ConfigError, PipelineConfig, load_config
 from operators.aws import Aws, describe_error, error_code
 from operators.models import model_graph
 from operators.report import fail, report_message
@@ -260,9 +260,10 @@ class BatchTransformOperator(BaseSensorOperator):
     @staticmethod
     def _written(aws: Aws, request_uri: str) -> int:
         """Outputs of the request file's records that exist (a failed job may write some)."""
-        from operators.batch import existing_keys
         from serving.s3refs import parse_records
         from serving.transform.spec import parse_s3_uri
+
+        from operators.batch import existing_keys
 
         try:
             bucket, key = parse_s3_uri(request_uri, "request")

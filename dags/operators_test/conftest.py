@@ -26,9 +26,9 @@ for path in (str(DAGS), str(ROOT)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from _support import Resources  # noqa: E402
-
 from local_test.airflow_setup import isolated_home  # noqa: E402
+
+from _support import Resources  # noqa: E402
 
 HOME = isolated_home()
 os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")

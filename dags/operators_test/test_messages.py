@@ -58,9 +58,9 @@ def test_parse_batch_keeps_the_usable_messages_and_sets_the_rest_aside() -> None
 
 
 def test_a_key_that_cannot_become_an_output_key_is_set_aside() -> None:
-    from operators.messages import parse_batch
-
     from serving.pipeline import output_key
+
+    from operators.messages import parse_batch
 
     batch = parse_batch([_message('{"bucket": "b", "key": "../escape.npy"}')], "b",
                         check_key=lambda key: output_key("m", key))

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
 from _support import FakeTI, Resources, send
 
 pytestmark = pytest.mark.integration
@@ -76,6 +77,7 @@ def test_the_sensor_returns_at_once_when_the_batch_is_full(clients: Any,
 def test_the_sensor_fails_clearly_without_a_connection(resources: Resources,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk.exceptions import AirflowFailException
+
     from operators.sqs import SqsBufferingSensor
 
     monkeypatch.delenv("AIRFLOW_CONN_AWS_DEFAULT")
@@ -87,6 +89,7 @@ def test_the_sensor_fails_clearly_without_a_connection(resources: Resources,
 
 def test_an_unknown_queue_is_a_clear_failure(resources: Resources) -> None:
     from airflow.sdk.exceptions import AirflowFailException
+
     from operators.sqs import SqsBufferingSensor
 
     resources.configure(queue="no-such-queue")

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+
 from _support import Resources
 
 pytestmark = pytest.mark.integration
@@ -32,9 +33,9 @@ def _messages(sqs: Any, url: str) -> list[dict[str, Any]]:
 
 
 def test_new_objects_are_copied_and_queued_once(clients: Any, resources: Resources) -> None:
-    from operators.sync import SOURCE_ETAG, sync_prefix
-
     from local_test.clips import upload_clips
+
+    from operators.sync import SOURCE_ETAG, sync_prefix
 
     s3, sqs = clients.client("s3"), clients.client("sqs")
     external = f"{resources.bucket}-ext"
@@ -73,9 +74,9 @@ def test_an_empty_prefix_copies_nothing(clients: Any, resources: Resources) -> N
 
 def test_a_copy_whose_message_cannot_be_sent_is_taken_back(clients: Any,
                                                           resources: Resources) -> None:
-    from operators.sync import sync_prefix
-
     from local_test.clips import upload_clips
+
+    from operators.sync import sync_prefix
 
     s3 = clients.client("s3")
     keys = upload_clips(s3, f"{resources.bucket}-ext", PREFIX, 2)

@@ -7,6 +7,7 @@ import time
 from typing import Any, cast
 
 import pytest
+
 from _support import FakeTI, Resources
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(
@@ -56,9 +57,10 @@ def model(clients: Any, resources: Resources) -> Any:
 
 def _work(clients: Any, resources: Resources, ti: FakeTI, count: int) -> dict[str, Any]:
     from airflow.sdk.execution_time.context import set_current_context
-    from operators.requests import prepare_requests
 
     from local_test.clips import upload_clips
+
+    from operators.requests import prepare_requests
 
     keys = upload_clips(clients.client("s3"), resources.bucket, "videos/2026/11/top/", count)
     batch = {"batch": "b" * 16, "bucket": resources.bucket, "queue_url": resources.queue_url,
@@ -129,6 +131,7 @@ def test_create_wait_then_a_retry_adopts_and_a_rerun_skips(
 def test_a_failed_job_fails_the_task_with_its_reason(clients: Any, resources: Resources,
                                                      model: Any) -> None:
     from airflow.sdk.exceptions import AirflowFailException
+
     from operators.transform import BatchTransformOperator
 
     model(SMSERVE_ALLOWED_BUCKETS="another-bucket")
@@ -147,6 +150,7 @@ def test_a_failed_job_fails_the_task_with_its_reason(clients: Any, resources: Re
 def test_a_missing_sagemaker_model_says_how_to_create_it(clients: Any,
                                                         resources: Resources) -> None:
     from airflow.sdk.exceptions import AirflowFailException
+
     from operators.transform import BatchTransformOperator
 
     ti = FakeTI(run_id="manual__nomodel")

@@ -21,6 +21,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG
+
 from operators.report import reporter
 from operators.sync import camera_angles, sync_month
 from operators.wrap import wrap
