@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import psutil
 import pytest
 from botocore.exceptions import ClientError
 
@@ -33,12 +32,12 @@ from serving.package import build_archive
 from serving.pipeline import build_requests
 from serving.settings import Settings
 from serving.transform.transfer import encode_records
+from tests.helpers import TAG_VAR, kill_tagged
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 FEATURES = ROOT / "models" / "frame_features"
-TAG_VAR = "SMSERVE_TEST_TAG"
 GROUP = "/aws/sagemaker/TransformJobs"
 JSONL = "application/jsonlines"
 
@@ -124,30 +123,8 @@ def bucket(s3: Any) -> str:
     return name
 
 
-def _tagged(tag: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get(TAG_VAR) == tag:
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
 def _no_process_left(tag: str, wait: float = 10.0) -> None:
-    deadline = time.monotonic() + wait
-    left = _tagged(tag)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = _tagged(tag)
-    described = []
-    for proc in left:
-        try:
-            described.append(f"{proc.pid}: {' '.join(proc.cmdline())[:160]}")
-            proc.kill()
-        except psutil.Error:
-            continue
+    described = kill_tagged(tag, wait, width=160)
     assert not described, "container processes left running:\n" + "\n".join(described)
 
 
@@ -329,7 +306,7 @@ def test_unknown_model_and_unknown_job(sm: Any, bucket: str) -> None:
     code, message = _refused(sm.describe_model, ModelName="no-such-model")
     assert code == "ValidationException" and "Could not find model" in message
     code, message = _refused(sm.describe_transform_job, TransformJobName="no-such-job")
-    assert code == "ResourceNotFound" and "no-such-job" in message
+    assert code == "ValidationException" and "no-such-job" in message
     code, _ = _refused(sm.stop_transform_job, TransformJobName="no-such-job")
     assert code == "ResourceNotFound"
 

@@ -54,6 +54,9 @@ def test_errors_have_the_service_json_shape(client: Client) -> None:
     assert doc == {"__type": "ValidationException", "message": 'Could not find model '
                    '"arn:aws:sagemaker:us-east-1:123456789012:model/absent".'}
     status, doc = call(client, "DescribeTransformJob", {"TransformJobName": "absent"})
+    assert (status, doc["__type"]) == (400, "ValidationException")
+    assert "absent" in doc["message"]
+    status, doc = call(client, "StopTransformJob", {"TransformJobName": "absent"})
     assert (status, doc["__type"]) == (400, "ResourceNotFound")
     assert "absent" in doc["Message"]
     status, doc = call(client, "CreateEndpoint", {})

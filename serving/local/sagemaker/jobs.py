@@ -191,8 +191,18 @@ class JobStore:
         return {"TransformJobArn": job_arn}
 
     def describe(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """``DescribeTransformJob``."""
-        job = self.get(request["TransformJobName"])
+        """``DescribeTransformJob``.
+
+        An unknown name answers ``ValidationException`` ("Could not find
+        requested job"), as the service does, although the API model lists
+        ``ResourceNotFound``: clients such as Airflow's
+        ``SageMakerTransformOperator`` rely on it to tell "no such job yet".
+        """
+        name = request["TransformJobName"]
+        try:
+            job = self.get(name)
+        except ResourceNotFound as err:
+            raise ValidationException(str(err)) from err
         with self._lock:
             return job.describe()
 
