@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: the embedded stack, the environment, statistics.
+"""Shared pieces of the benchmarks: set-up, the embedded stack, the environment, statistics.
 
 Not a benchmark itself. The scripts import it as ``_common`` (``bench/`` is
 ``sys.path[0]`` when a script runs as ``python bench/NAME.py``).
@@ -6,6 +6,7 @@ Not a benchmark itself. The scripts import it as ``_common`` (``bench/`` is
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -17,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,22 @@ def say(line: str = "") -> None:
     print(line, flush=True)
 
 
+def start_script(doc: str | None, *, worker_threads: bool = False) -> argparse.ArgumentParser:
+    """What a script's ``main()`` does first; returns its argument parser, with ``--stack``.
+
+    Args:
+        doc: the script's docstring; its first paragraph describes the parser.
+        worker_threads: :func:`match_worker_threads` too (for in-process comparisons).
+    """
+    prepare_process()
+    if worker_threads:
+        match_worker_threads()
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--stack", choices=("process", "thread"), default="process",
+                        help="the embedded stack in its own process (default) or a thread here")
+    return parser
+
+
 def load_average() -> float | None:
     """The 1-minute load average (other work on a shared machine), or None."""
     try:
@@ -69,6 +86,29 @@ def machine() -> str:
     return (f"{os.cpu_count()} CPUs, {platform.python_implementation()} "
             f"{platform.python_version()}, {platform.system()} {platform.release()}, "
             f"load average {load}")
+
+
+class Run:
+    """One run of a script: the machine line it starts with, its clock, its JSON line.
+
+    Made at the start: prints ``NAME: machine: ...`` and notes the load average.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.load_at_start = load_average()
+        self.started = time.perf_counter()
+        say(f"{name}: machine: {machine()}")
+
+    def seconds(self) -> float:
+        """Seconds since the run started."""
+        return time.perf_counter() - self.started
+
+    def finish(self, figures: Mapping[str, Any]) -> None:
+        """Print the JSON line: the script's name, ``figures``, the CPUs and load averages."""
+        say(json_line({"bench": self.name, **figures, "cpus": os.cpu_count(),
+                       "load_average_1m": {"start": self.load_at_start,
+                                           "end": load_average()}}))
 
 
 # --- the embedded stack ---------------------------------------------------------------------
@@ -202,6 +242,51 @@ def use_environ(env: Mapping[str, str]) -> None:
     s3refs.reset_runtime()
 
 
+@dataclass
+class Setup:
+    """The embedded stack with the bench bucket made: its environment, settings and clients."""
+
+    stack: Stack
+    env: dict[str, str]
+    settings: Any  # serving.settings.Settings
+    clients: Any  # serving.aws.ClientFactory
+
+    @property
+    def s3(self) -> Any:
+        """An S3 client for the stack."""
+        return self.clients.client("s3")
+
+
+@contextlib.contextmanager
+def bench_stack(mode: str = "process", extra: Mapping[str, str] | None = None, *,
+                in_process: bool = True) -> Iterator[Setup]:
+    """:func:`embedded_stack`, the :func:`bench_environ` on it (with ``extra``), the bucket made.
+
+    Args:
+        in_process: make that environment this process's too (:func:`use_environ`),
+            for scripts that run handlers here.
+    """
+    from serving.aws import ClientFactory
+    from serving.settings import Settings
+
+    with embedded_stack(mode) as stack:
+        env = bench_environ(stack, extra)
+        if in_process:
+            use_environ(env)
+        settings = Settings.from_environ(env)
+        clients = ClientFactory(settings)
+        clients.client("s3").create_bucket(Bucket=BUCKET)
+        yield Setup(stack, env, settings, clients)
+
+
+def jsonl_objects(lines: Sequence[bytes], objects: int) -> list[bytes]:
+    """``lines`` (in order, as evenly as they go) as ``objects`` JSON-lines bodies."""
+    bodies: list[list[bytes]] = [[] for _ in range(objects)]
+    for i, line in enumerate(lines):
+        bodies[i * objects // len(lines)].append(line)
+    return [b"\n".join(part) + b"\n" for part in bodies]
+
+
 # --- statistics ------------------------------------------------------------------------------
 
 
@@ -221,6 +306,17 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
     ms = [s * 1000.0 for s in seconds]
     return {"median": statistics.median(ms), "p90": percentile(ms, 90),
             "mean": statistics.fmean(ms), "min": min(ms)}
+
+
+def union_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """Length of the union of ``[start, end]`` intervals."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
 
 
 def r3(value: float) -> float:

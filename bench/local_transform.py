@@ -58,14 +58,12 @@ from _common import (
     BUCKET,
     MODELS,
     OUTPUT_PREFIX,
-    bench_environ,
-    embedded_stack,
-    json_line,
-    machine,
-    prepare_process,
+    Run,
+    bench_stack,
+    jsonl_objects,
     r3,
     say,
-    use_environ,
+    start_script,
 )
 
 GOAL_EFFICIENCY = 0.7
@@ -92,13 +90,10 @@ def upload_features(s3: Any, count: int) -> list[str]:
 
 def request_objects(keys: Sequence[str], records: int, objects: int, tag: str) -> list[bytes]:
     """``records`` request records as ``objects`` JSON-lines bodies."""
-    bodies: list[list[bytes]] = [[] for _ in range(objects)]
-    for i in range(records):
-        line = json.dumps({"bucket": BUCKET, "inputs": {"features": keys[i % len(keys)]},
-                           "output_path": f"{OUTPUT_PREFIX}{WORK}{tag}/rec-{i:05d}.json",
-                           "overwrite": True}).encode()
-        bodies[i * objects // records].append(line)
-    return [b"\n".join(lines) + b"\n" for lines in bodies]
+    return jsonl_objects([json.dumps({
+        "bucket": BUCKET, "inputs": {"features": keys[i % len(keys)]},
+        "output_path": f"{OUTPUT_PREFIX}{WORK}{tag}/rec-{i:05d}.json",
+        "overwrite": True}).encode() for i in range(records)], objects)
 
 
 def written(s3: Any, prefix: str) -> int:
@@ -362,8 +357,7 @@ def api_job(args: argparse.Namespace, clients: Any, keys: Sequence[str], number:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    prepare_process()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = start_script(__doc__)
     parser.add_argument("--records", type=int, default=2000, help="records in the big job")
     parser.add_argument("--objects", type=int, default=10, help="its JSON-lines objects")
     parser.add_argument("--concurrency", type=int, default=2, help="MaxConcurrentTransforms")
@@ -372,23 +366,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--small-records", type=int, default=10, help="records in the small job")
     parser.add_argument("--small-rounds", type=int, default=3, help="small jobs to run")
     parser.add_argument("--features", type=int, default=8, help="distinct feature arrays")
-    parser.add_argument("--stack", choices=("process", "thread"), default="process")
     args = parser.parse_args(argv)
     if args.objects < 1 or args.records < args.objects or args.rounds < 1:
         parser.error("need --objects >= 1, --records >= --objects and --rounds >= 1")
 
-    from serving.aws import ClientFactory
-    from serving.settings import Settings
-
-    say(f"local_transform: machine: {machine()}")
-    wall = time.perf_counter()
+    bench = Run("local_transform")
     log: list[str] = []
-    with embedded_stack(args.stack) as stack:
-        env = bench_environ(stack)
-        use_environ(env)
-        clients = ClientFactory(Settings.from_environ(env))
-        clients.client("s3").create_bucket(Bucket=BUCKET)
-        keys = upload_features(clients.client("s3"), args.features)
+    with bench_stack(args.stack) as setup:
+        stack, env, clients = setup.stack, setup.env, setup.clients
+        keys = upload_features(setup.s3, args.features)
         say(f"embedded stack ({stack.mode}) on {stack.endpoint_url}; {MODEL}; {args.records} "
             f"records in {args.objects} objects, MultiRecord 6 MB, MaxConcurrentTransforms "
             f"{args.concurrency}")
@@ -431,9 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{'met' if goals['small_job'] else 'MISSED'})")
     say("SageMaker API:  " + (f"{api_s:8.2f} s CreateTransformJob -> Completed" if api_s
                                else f"not measured: {api_note}")
-        + f" ({time.perf_counter() - wall:.0f} s in all)")
-    say(json_line({
-        "bench": "local_transform",
+        + f" ({bench.seconds():.0f} s in all)")
+    bench.finish({
         "model": MODEL,
         "records": args.records,
         "objects": args.objects,
@@ -458,8 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "goal_efficiency": GOAL_EFFICIENCY,
         "goal_small_job_s": GOAL_SMALL_JOB_S,
         "goals_met": goals,
-        "cpus": os.cpu_count(),
-    }))
+    })
     return 0
 
 

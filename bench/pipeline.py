@@ -30,35 +30,32 @@ The last line of stdout is one JSON object with the figures.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import math
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _common import embedded_stack, json_line, load_average, machine, prepare_process, r3, say
+from _common import (
+    embedded_stack,
+    json_line,
+    load_average,
+    machine,
+    r3,
+    say,
+    start_script,
+    union_seconds,
+)
 
 MODELS = ("frame_features", "scene_classifier", "clip_stats")
 #: Tasks whose time is our own work (not waiting on SQS or a transform job).
 WORK_TASKS = ("parse_messages", "skip_if_empty", "delete_messages", "report")
-
-
-def union_seconds(intervals: Iterable[tuple[float, float]]) -> float:
-    """Length of the union of ``[start, end]`` intervals."""
-    total, end = 0.0, float("-inf")
-    for start, stop in sorted(intervals):
-        if stop <= end:
-            continue
-        total += stop - max(start, end)
-        end = stop
-    return total
 
 
 @contextmanager
@@ -112,12 +109,9 @@ def task_spans(dag_run: Any) -> dict[str, tuple[float, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when it ran (whether or not the goal was met)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = start_script(__doc__)
     parser.add_argument("--clips", type=int, default=100, help="queued clips (100)")
-    parser.add_argument("--stack", choices=("process", "thread"), default="process",
-                        help="the embedded stack in its own process (default) or a thread here")
     args = parser.parse_args(argv)
-    prepare_process()
     bin_dir = str(Path(sys.executable).parent)
     os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")

@@ -27,8 +27,6 @@ The last line of stdout is one JSON object with the figures.
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import sys
 import threading
@@ -42,28 +40,15 @@ from _common import (
     BUCKET,
     MODELS,
     OUTPUT_PREFIX,
-    bench_environ,
-    embedded_stack,
-    json_line,
-    machine,
-    prepare_process,
+    Run,
+    bench_stack,
     r3,
     say,
+    start_script,
+    union_seconds,
 )
 
 INPUT_PREFIX = "clips/"
-
-
-def union_seconds(intervals: Iterable[tuple[float, float]]) -> float:
-    """Length of the union of ``[start, end]`` intervals."""
-    total = 0.0
-    end = float("-inf")
-    for lo, hi in sorted(intervals):
-        if hi <= end:
-            continue
-        total += hi - max(lo, end)
-        end = hi
-    return total
 
 
 def timing_runner(env: Mapping[str, str]) -> tuple[Any, threading.local,
@@ -129,34 +114,26 @@ class Round:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the figures, then one JSON line."""
-    prepare_process()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = start_script(__doc__)
     parser.add_argument("--clips", type=int, default=6, help="input clips")
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds of (pipeline, each model alone); medians are reported")
     parser.add_argument("--models-dir", default=str(MODELS), help="folder of model folders")
-    parser.add_argument("--stack", choices=("process", "thread"), default="process",
-                        help="run the embedded stack in its own process (default) or a thread")
     args = parser.parse_args(argv)
 
     from local_test.clips import upload_clips
-    from serving.aws import ClientFactory
     from serving.localpipeline import ModelWork, TransformRunner, load_graph, run_pipeline
     from serving.localpipeline.scheduler import ModelResult, ProgressFn
-    from serving.settings import Settings
 
-    say(f"machine: {machine()}")
+    bench = Run("pipeline_local")
     graph = load_graph(args.models_dir)
     names = graph.order()
     say(f"pipeline: {' -> '.join(names)} (groups: "
         f"{' | '.join(', '.join(g) for g in graph.levels())}), {args.clips} clips, "
         f"{args.rounds} round(s)")
     rounds: list[Round] = []
-    with embedded_stack(args.stack) as stack:
-        settings = Settings.from_environ(bench_environ(stack))
-        clients = ClientFactory(settings)
-        s3 = clients.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
+    with bench_stack(args.stack, in_process=False) as setup:
+        settings, clients, s3 = setup.settings, setup.clients, setup.s3
         runner, current, marks = timing_runner(settings.environ)
         transforms = TransformRunner(graph, clients, BUCKET, runner=runner)
 
@@ -224,8 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"wall / sum alone:          {ratio:7.2f}    (each round's own ratio; the median)")
     say(f"outside the models:        {wall - data_plane:7.2f} s  ({outside:.0%} of wall time; "
         f"container starts {starts:.2f} s, planning and existence checks {planning:.2f} s)")
-    say(json_line({
-        "bench": "pipeline_local",
+    bench.finish({
         "clips": args.clips,
         "rounds": len(rounds),
         "models": names,
@@ -240,8 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "planning_s": r3(planning),
         "outside_share": r3(outside),
         "per_model": per_model,
-        "cpus": os.cpu_count(),
-    }))
+    })
     return 0
 
 

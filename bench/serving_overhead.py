@@ -25,10 +25,8 @@ The last line of stdout is one JSON object with the figures.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -43,17 +41,12 @@ from _common import (
     BUCKET,
     MODELS,
     OUTPUT_PREFIX,
-    bench_environ,
-    embedded_stack,
-    json_line,
-    load_average,
-    machine,
-    match_worker_threads,
-    prepare_process,
+    Run,
+    bench_stack,
     r3,
     say,
+    start_script,
     summary_ms,
-    use_environ,
 )
 
 GOAL_OVERHEAD_MS = 2.0
@@ -212,31 +205,19 @@ def report(result: Result) -> dict[str, dict[str, float]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    prepare_process()
-    match_worker_threads()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = start_script(__doc__, worker_threads=True)
     parser.add_argument("--records", type=int, default=200, help="measured records per model")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured records first")
     parser.add_argument("--clips", type=int, default=8, help="distinct clips the records name")
     parser.add_argument("--workers", type=int, default=1,
                         help="model server workers (SAGEMAKER_MODEL_SERVER_WORKERS)")
-    parser.add_argument("--stack", choices=("process", "thread"), default="process",
-                        help="embedded stack in its own process (default) or a thread here")
     args = parser.parse_args(argv)
 
     from local_test.clips import upload_clips
-    from serving.aws import ClientFactory
-    from serving.settings import Settings
 
-    load_at_start = load_average()
-    say(f"serving_overhead: machine: {machine()}")
-    wall = time.perf_counter()
-    with embedded_stack(args.stack) as stack:
-        env = bench_environ(stack, {"SAGEMAKER_MODEL_SERVER_WORKERS": str(args.workers)})
-        use_environ(env)
-        settings = Settings.from_environ(env)
-        s3 = ClientFactory(settings).client("s3")
-        s3.create_bucket(Bucket=BUCKET)
+    bench = Run("serving_overhead")
+    with bench_stack(args.stack, {"SAGEMAKER_MODEL_SERVER_WORKERS": str(args.workers)}) as setup:
+        stack, settings, s3 = setup.stack, setup.settings, setup.s3
         keys = upload_clips(s3, BUCKET, INPUT_PREFIX, args.clips)
         total = args.warmup + args.records
         bodies = [json.dumps({
@@ -265,9 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"summary: frame_features overhead {overhead:.3f} ms (server/in-process "
         f"{ff['server']['median'] / ff['inproc']['median']:.2f}x), echo overhead "
         f"{echo_overhead:.3f} ms; goal <= {GOAL_OVERHEAD_MS:g} ms: "
-        f"{'met' if goal_met else 'MISSED'} ({time.perf_counter() - wall:.0f} s)")
-    say(json_line({
-        "bench": "serving_overhead",
+        f"{'met' if goal_met else 'MISSED'} ({bench.seconds():.0f} s)")
+    bench.finish({
         "records": args.records,
         "warmup": args.warmup,
         "workers": args.workers,
@@ -291,9 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "connections": {"frame_features": features.connects, "echo": echo.connects},
         "goal_overhead_ms": GOAL_OVERHEAD_MS,
         "goal_met": goal_met,
-        "cpus": os.cpu_count(),
-        "load_average_1m": {"start": load_at_start, "end": load_average()},
-    }))
+    })
     return 0
 
 

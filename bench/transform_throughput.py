@@ -42,7 +42,6 @@ The last line of stdout is one JSON object with the figures.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import itertools
 import json
@@ -61,17 +60,13 @@ from _common import (
     BUCKET,
     MODELS,
     OUTPUT_PREFIX,
-    bench_environ,
-    embedded_stack,
-    json_line,
-    load_average,
-    machine,
-    match_worker_threads,
-    prepare_process,
+    Run,
+    bench_stack,
+    jsonl_objects,
     r3,
     say,
+    start_script,
     stop_process_group,
-    use_environ,
 )
 
 from serving.transform import ProcessRunner
@@ -121,13 +116,10 @@ class Figures:
 
 def request_objects(keys: Sequence[str], records: int, objects: int) -> list[bytes]:
     """``records`` request records as ``objects`` JSON-lines bodies, one record per line."""
-    bodies: list[list[bytes]] = [[] for _ in range(objects)]
-    for i in range(records):
-        line = json.dumps({"bucket": BUCKET, "inputs": {"video": keys[i % len(keys)]},
-                           "output_path": f"{OUTPUT_PREFIX}bench/throughput/rec-{i:05d}.npy",
-                           "overwrite": True}).encode()
-        bodies[i * objects // records].append(line)
-    return [b"\n".join(lines) + b"\n" for lines in bodies]
+    return jsonl_objects([json.dumps({
+        "bucket": BUCKET, "inputs": {"video": keys[i % len(keys)]},
+        "output_path": f"{OUTPUT_PREFIX}bench/throughput/rec-{i:05d}.npy",
+        "overwrite": True}).encode() for i in range(records)], objects)
 
 
 def same_batches(objects: Sequence[bytes], strategy: str, max_payload_mb: int) -> list[bytes]:
@@ -269,16 +261,12 @@ def _phases(marks: Mapping[str, float]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    prepare_process()
-    match_worker_threads()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = start_script(__doc__, worker_threads=True)
     parser.add_argument("--records", type=int, default=500, help="request records (>= 500)")
     parser.add_argument("--objects", type=int, default=10, help="JSON-lines input objects")
     parser.add_argument("--clips", type=int, default=8, help="distinct clips the records name")
     parser.add_argument("--rounds", type=int, default=2,
                         help="transform jobs (in-process runs: one more, around them)")
-    parser.add_argument("--stack", choices=("process", "thread"), default="process",
-                        help="embedded stack in its own process (default) or a thread here")
     parser.add_argument("--cold-start-mms-workers", action="store_true",
                         help="also time the cold start with multi-model-server's default "
                              "workers (one per CPU) instead of the model's cpu_workers")
@@ -287,14 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("need --objects >= 1 and --records >= --objects")
 
     from local_test.clips import upload_clips
-    from serving.aws import ClientFactory
     from serving.handler import load_handlers
     from serving.modelspec import discover
-    from serving.settings import Settings
 
-    load_at_start = load_average()
-    say(f"transform_throughput: machine: {machine()}")
-    wall = time.perf_counter()
+    bench = Run("transform_throughput")
     spec = discover(MODELS)[MODEL]
     spec_kwargs = {"batch_strategy": spec.batch_strategy, "max_payload_mb": spec.max_payload_mb,
                    "max_concurrent": spec.max_concurrent_transforms,
@@ -306,15 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      else spec.environment)
     figures = Figures()
     log: list[str] = []
-    with embedded_stack(args.stack) as stack:
-        env = bench_environ(stack)
-        use_environ(env)
+    with bench_stack(args.stack) as setup:
+        stack, env, settings, clients, s3 = (setup.stack, setup.env, setup.settings,
+                                             setup.clients, setup.s3)
         workers = int(model_env.get("SAGEMAKER_MODEL_SERVER_WORKERS")
                       or env.get("SAGEMAKER_MODEL_SERVER_WORKERS") or os.cpu_count() or 1)
-        settings = Settings.from_environ(env)
-        clients = ClientFactory(settings)
-        s3 = clients.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
         keys = upload_clips(s3, BUCKET, CLIP_PREFIX, args.clips)
         objects = request_objects(keys, args.records, args.objects)
         for number, body in enumerate(objects):
@@ -394,9 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"model-server worker: {workers})")
     say(f"cold start:        {cold:8.2f} s  (goal <= {GOAL_COLD_START_S:g} s: "
         f"{'met' if cold_ok else 'MISSED'}); in the transform: healthy after {healthy:.2f} s, "
-        f"first batch answered after {first_batch:.2f} s ({time.perf_counter() - wall:.0f} s)")
-    say(json_line({
-        "bench": "transform_throughput",
+        f"first batch answered after {first_batch:.2f} s ({bench.seconds():.0f} s)")
+    bench.finish({
         "records": args.records,
         "objects": args.objects,
         "requests": len(batches),
@@ -417,9 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "goal_efficiency": GOAL_EFFICIENCY,
         "goal_cold_start_s": GOAL_COLD_START_S,
         "goals_met": {"efficiency": eff_ok, "cold_start": cold_ok},
-        "cpus": os.cpu_count(),
-        "load_average_1m": {"start": load_at_start, "end": load_average()},
-    }))
+    })
     return 0
 
 

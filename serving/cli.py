@@ -15,32 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from serving import __version__
+from serving.commands._args import count, port
 from serving.errors import ConfigError, SmserveError
 
 if TYPE_CHECKING:
     from serving.settings import Settings
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port (1..65535)")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
 
 
 def _settings(**overrides: str) -> Settings:
@@ -206,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description=cmd_serve.__doc__)
     p.add_argument("model_dir", nargs="?", help="model folder (default: /opt/ml/model, "
                    "or $SAGEMAKER_BASE_DIR/model)")
-    p.add_argument("--port", type=_port, default=None,
+    p.add_argument("--port", type=port, default=None,
                    help="port to listen on (default: $SAGEMAKER_BIND_TO_PORT or 8080)")
     p.set_defaults(func=cmd_serve)
 
@@ -230,13 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-type", default=None, choices=["None", "Line", "RecordIO",
                                                           "TFRecord"])
     p.add_argument("--batch-strategy", default=None, choices=["MultiRecord", "SingleRecord"])
-    p.add_argument("--max-payload-mb", type=_positive, default=None,
+    p.add_argument("--max-payload-mb", type=count, default=None,
                    help="MaxPayloadInMB (0 = no limit)")
-    p.add_argument("--max-concurrent", type=_positive, default=None,
+    p.add_argument("--max-concurrent", type=count, default=None,
                    help="MaxConcurrentTransforms per container")
     p.add_argument("--assemble-with", default=None, choices=["None", "Line"])
     p.add_argument("--compression", default="None", choices=["None", "Gzip"])
-    p.add_argument("--instance-count", type=_positive, default=None,
+    p.add_argument("--instance-count", type=count, default=None,
                    help="containers to run (InstanceCount)")
     p.add_argument("-v", "--verbose", action="store_true", help="print container logs")
     p.set_defaults(func=cmd_transform)
@@ -245,13 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     local = p.add_subparsers(dest="local_command", metavar="ACTION", required=True)
     up = local.add_parser("up", help="run S3/SQS/ECR/IAM/STS/Logs and SageMaker on 127.0.0.1",
                           description=cmd_local_up.__doc__)
-    up.add_argument("--port", type=_port, default=None, help="port (default: a free one)")
+    up.add_argument("--port", type=port, default=None, help="port (default: a free one)")
     up.set_defaults(func=cmd_local_up)
 
     p = sub.add_parser("demo", help="run the example models on the embedded stack",
                        description=cmd_demo.__doc__)
     p.add_argument("--models", default="models", help="folder of model folders")
-    p.add_argument("--clips", type=_positive, default=6, help="sample clips to make")
+    p.add_argument("--clips", type=count, default=6, help="sample clips to make")
     p.add_argument("--api", action="store_true",
                    help="run the models through the embedded stack's SageMaker API "
                         "(CreateModel, CreateTransformJob) with boto3")

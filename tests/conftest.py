@@ -7,9 +7,11 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from serving import s3refs
 from serving.aws import ClientFactory
 from serving.local.stack import LocalStack
 from serving.settings import Settings
@@ -55,6 +57,18 @@ def settings(stack: LocalStack) -> Settings:
 def clients(settings: Settings, aws_env: dict[str, str]) -> ClientFactory:
     """A client factory for the stack."""
     return ClientFactory(settings)
+
+
+@pytest.fixture()
+def handler_s3(clients: ClientFactory, aws_env: dict[str, str],
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """S3 on the stack, with the handlers' process-wide runtime pointed at it."""
+    monkeypatch.setenv("SMSERVE_ALLOWED_BUCKETS", "*")
+    s3refs.reset_runtime()
+    try:
+        yield clients.client("s3")
+    finally:
+        s3refs.reset_runtime()
 
 
 @pytest.fixture()

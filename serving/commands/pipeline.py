@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from serving.commands._args import count, positive
 from serving.settings import Settings
 
 DESCRIPTION = """\
@@ -30,23 +31,6 @@ examples:
   smserve pipeline run --input s3://my-bucket/videos/2026/11/ --dry-run
   smserve pipeline run --input s3://my-bucket/videos/2026/11/ --models scene_classifier
 """
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
 
 
 def _names(text: str) -> list[str]:
@@ -71,11 +55,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      "exist already (default: every model)")
     run.add_argument("--overwrite", action="store_true",
                      help="redo records whose output exists")
-    run.add_argument("--gpu-memory-mb", type=_count, default=None, metavar="N",
+    run.add_argument("--gpu-memory-mb", type=count, default=None, metavar="N",
                      help="GPU memory the models may declare at once (default: what GPU 0 "
                      "reports free through cupy; 0 without a GPU: GPU models then run on "
                      "CPU, one at a time)")
-    run.add_argument("--cpu-workers", type=_positive, default=None, metavar="N",
+    run.add_argument("--cpu-workers", type=positive, default=None, metavar="N",
                      help="CPU workers the models may ask for at once (default: the "
                      "machine's CPU count)")
     run.add_argument("--dry-run", action="store_true",

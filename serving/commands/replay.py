@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from serving.commands._args import whole_number
+
 if TYPE_CHECKING:
     from serving.local.sagemaker.replay import JobInfo
     from serving.transform.batching import Batch
@@ -111,10 +113,7 @@ def _send_all(args: argparse.Namespace, info: JobInfo, model_dir: Path,
 
 
 def _record(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a record index") from None
+    value = whole_number(text, "a record index")
     if value < 0:
         raise argparse.ArgumentTypeError("a record index is 0 or more")
     return value

@@ -35,18 +35,16 @@ import contextlib
 import os
 import re
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from serving.errors import ServerStartError
 from serving.ports import free_port
-from serving.transform._health import ping
+from serving.transform.runner import ProcessRunner, StartGroup, start_all, wait_healthy
 
 CONTAINER_PORT = 8080
 MODEL_MOUNT = "/opt/ml/model"
@@ -281,48 +279,29 @@ class DockerRunner:
             raise ServerStartError(f"model directory {model_dir} does not exist",
                                    model_dir=str(model_dir))
         network = self.resolved_network()
-        started: list[DockerContainer] = []
-        lock = threading.Lock()
-        abort = threading.Event()
-
-        def one(index: int) -> None:
-            container = self._start_one(model_dir, dict(environment or {}), index, network,
-                                        abort)
-            with lock:
-                started.append(container)
-
-        try:
-            with ThreadPoolExecutor(max(1, count), thread_name_prefix="docker-start") as pool:
-                futures = [pool.submit(one, i) for i in range(count)]
-                first: BaseException | None = None
-                for future in futures:
-                    try:
-                        future.result()
-                    except Exception as err:
-                        abort.set()
-                        first = first or err
-                if first is not None:
-                    raise first
-        except BaseException:
-            abort.set()
-            for container in started:
-                container.stop(grace=2.0)
-            raise
-        return sorted(started, key=lambda c: c.index)
+        return start_all(count, lambda index, group: self._start_one(
+            model_dir, dict(environment or {}), index, network, group),
+            thread_name_prefix="docker-start")
 
     def _start_one(self, model_dir: Path, environment: dict[str, str], index: int,
-                   network: str, abort: threading.Event) -> DockerContainer:
+                   network: str, group: StartGroup[DockerContainer]) -> DockerContainer:
         for attempt in range(2):
             container = None
             try:
                 container = self._create(model_dir, environment, index, network)
-                self._wait_healthy(container, abort)
+                group.add(container)
+                wait_healthy(container, group.abort,
+                             where=f"container {container.index} ({self.image}, "
+                                   f"port {container.port})",
+                             startup_timeout=self.startup_timeout,
+                             ping_timeout=self.ping_timeout, poll_interval=self.poll_interval)
                 return container
             except ServerStartError as err:
                 if container is not None:
                     container.stop(grace=2.0)
+                    group.discard(container)
                 clash = any(marker in str(err).lower() for marker in _PORT_CLASH)
-                if not clash or attempt or abort.is_set():
+                if not clash or attempt or group.abort.is_set():
                     raise
                 if self.log:
                     self.log(f"[container {index}] its port was taken; retrying on another")
@@ -371,29 +350,6 @@ class DockerRunner:
                                    f"{self.image}: {' '.join(str(err).split())}") from err
         return DockerContainer(index, created, host_port, grace=self.stop_grace, log=self.log)
 
-    def _wait_healthy(self, container: DockerContainer, abort: threading.Event) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        where = f"container {container.index} ({self.image}, port {container.port})"
-        state = "no answer yet"
-        while True:
-            code = container.exit_code()
-            if code is not None:
-                raise ServerStartError(
-                    f"{where} exited with code {code} before answering /ping; the model "
-                    f"failed to load or the server could not start. Last log lines:\n"
-                    f"{container.log_tail()}", exit_code=code)
-            if abort.is_set():
-                raise ServerStartError(f"{where}: start abandoned because another container "
-                                       "failed to start")
-            ready, state = ping(container.port, self.ping_timeout)
-            if ready:
-                return
-            if time.monotonic() >= deadline:
-                raise ServerStartError(
-                    f"{where} did not answer /ping with 200 within {self.startup_timeout:g} s "
-                    f"(last: {state}). Last log lines:\n{container.log_tail()}")
-            time.sleep(self.poll_interval)
-
 
 #: Values of the proposed ``SMSERVE_CONTAINER_RUNNER`` setting.
 RUNNER_KINDS = ("process", "docker")
@@ -418,8 +374,6 @@ def choose_runner(kind: str, flavor: str, environ: Mapping[str, str], *,
     from serving.errors import ConfigError
 
     if kind == "process":
-        from serving.transform.runner import ProcessRunner
-
         return ProcessRunner(env=environ, log=log)
     if kind == "docker":
         return DockerRunner.for_flavor(flavor, environ, tag, log=log)

@@ -19,10 +19,13 @@ JavaScript), inclusive with ``inclusive_end=True``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from serving.errors import ConfigError, TransformError
+
+_T = TypeVar("_T")
 
 MAX_EXPRESSION = 63
 SUBSET = "$, .name, *, ['a','b'], [i,j] (negative counts from the end), [start:end]"
@@ -215,30 +218,27 @@ class _Parser:
             self.close()
             return _Wildcard()
         if self.peek() == "'":
-            names: list[str] = []
-            while True:
-                match = _QUOTED.match(self.text, self.pos)
-                if not match:
-                    raise self.fail("a name in single quotes")
-                names.append(match.group(1))
-                self.pos = match.end()
-                self.spaces()
-                if self.peek() != ",":
-                    break
-                self.pos += 1
-                self.spaces()
-            self.close()
-            return _Names(tuple(names))
-        items: list[int | _Slice] = []
-        while True:
-            items.append(self.item())
-            self.spaces()
-            if self.peek() != ",":
-                break
+            return _Names(self.listed(self.quoted))
+        return _Indexes(self.listed(self.item))
+
+    def listed(self, one: Callable[[], _T]) -> tuple[_T, ...]:
+        """``one()``, again after each ``,``, up to and with the closing ``]``."""
+        items = [one()]
+        self.spaces()
+        while self.peek() == ",":
             self.pos += 1
             self.spaces()
+            items.append(one())
+            self.spaces()
         self.close()
-        return _Indexes(tuple(items))
+        return tuple(items)
+
+    def quoted(self) -> str:
+        match = _QUOTED.match(self.text, self.pos)
+        if not match:
+            raise self.fail("a name in single quotes")
+        self.pos = match.end()
+        return match.group(1)
 
     def item(self) -> int | _Slice:
         match = _INT.match(self.text, self.pos)

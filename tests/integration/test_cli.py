@@ -28,7 +28,6 @@ from typing import Any
 
 import boto3
 import numpy as np
-import psutil
 import pytest
 
 from local_test.clips import upload_clips
@@ -37,12 +36,12 @@ from serving.cli import build_parser
 from serving.local.stack import LocalStack
 from serving.pipeline import output_key
 from serving.ports import free_port
+from tests.helpers import TAG_VAR, kill_tagged
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
-TAG_VAR = "SMSERVE_TEST_TAG"
 #: The command line of a test's own crash in the CLI (an uncaught exception in main()).
 CLI_FRAME = 'serving/cli.py", line'
 
@@ -108,33 +107,11 @@ def assert_error(proc: subprocess.CompletedProcess[str], code: int, *needles: st
 # --- no process left behind -------------------------------------------------------------------
 
 
-def _tagged(tag: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get(TAG_VAR) == tag:
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue  # gone, a zombie, or not ours to read
-    return found
-
-
 @pytest.fixture(autouse=True)
 def no_leftover_processes(tag: str) -> Iterator[None]:
     """After each test, nothing it started (model server, Java, workers, stack) still runs."""
     yield
-    deadline = time.monotonic() + 10
-    left = _tagged(tag)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = _tagged(tag)
-    described = []
-    for proc in left:
-        try:
-            described.append(f"{proc.pid}: {' '.join(proc.cmdline())[:200]}")
-            proc.kill()
-        except psutil.Error:
-            continue
+    described = kill_tagged(tag)
     assert not described, "processes left running:\n" + "\n".join(described)
 
 
@@ -411,6 +388,16 @@ def test_transform_record_with_missing_input_object(clients: ClientFactory, buck
 # --- local up ---------------------------------------------------------------------------------
 
 
+def _end(proc: subprocess.Popen[str]) -> None:
+    """Kill ``proc`` if it still runs; close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
+    for stream in (proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
+
+
 def _read_lines(stream: Any, into: queue.Queue[str | None]) -> None:
     for line in stream:
         into.put(line)
@@ -465,12 +452,7 @@ def test_local_up_serves_s3_and_stops_on_signal(signo: int, base_env: dict[str, 
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+        _end(proc)
 
 
 def _port_in_time_wait() -> int:
@@ -505,12 +487,7 @@ def test_local_up_restarts_on_a_port_in_time_wait(base_env: dict[str, str]) -> N
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+        _end(proc)
 
 
 def test_local_up_port_in_use(base_env: dict[str, str]) -> None:

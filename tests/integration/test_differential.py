@@ -48,11 +48,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import QuietHandler, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 SDK_DISTRIBUTION = "sagemaker-core"
@@ -92,28 +93,7 @@ class RecordingServer:
         self.lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    out = b""
-                    while size := int(self.rfile.readline().split(b";")[0], 16):
-                        out += self.rfile.read(size)
-                        self.rfile.readline()
-                    self.rfile.readline()
-                    return out
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def _answer(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 server.record(self.command, self.path, self.headers.items(), b"")
                 if self.path == "/ping":
@@ -137,11 +117,7 @@ class RecordingServer:
                 finally:
                     server.enter(tag, -1)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
-        self.thread.start()
+        self.server, self.thread = serve_in_thread(Handler)
 
     @property
     def port(self) -> int:

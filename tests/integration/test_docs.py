@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import make_repo
 
 pytestmark = pytest.mark.integration
 
@@ -67,17 +68,6 @@ def shown_line_matches(shown: str, output: str) -> bool:
     """Whether ``output`` holds ``shown`` (``...`` = anything; whitespace collapsed)."""
     parts = [re.escape(_flat(p)) for p in shown.split("...")]
     return re.search(r".*?".join(parts), _flat(output), flags=re.DOTALL) is not None
-
-
-def make_repo(dest: Path) -> Path:
-    """The parts of the repository the guide works in: models/, tests/, pyproject.toml."""
-    shutil.copytree(ROOT / "models", dest / "models",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (dest / "tests").mkdir()
-    for name in ("__init__.py", "conftest.py"):
-        shutil.copy(ROOT / "tests" / name, dest / "tests" / name)
-    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
-    return dest
 
 
 def test_the_guide_has_the_path_from_new_to_a_local_batch_transform() -> None:

@@ -18,22 +18,11 @@ import pytest
 from serving.checking import check
 from serving.modelspec import discover, load_spec
 from serving.pipeline import Graph
+from tests.helpers import make_repo
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def make_repo(dest: Path) -> Path:
-    """The parts of the repository a model's author works in: models/, tests/, pyproject.toml."""
-    shutil.copytree(ROOT / "models", dest / "models",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (dest / "tests").mkdir()
-    for name in ("__init__.py", "conftest.py"):
-        shutil.copy(ROOT / "tests" / name, dest / "tests" / name)
-    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
-    return dest
 
 
 def run(repo: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

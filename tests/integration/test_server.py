@@ -508,6 +508,16 @@ def _smserve_serve(folder: Path, port: int) -> list[str]:
     return [sys.executable, "-m", "serving.cli", "serve", str(folder), "--port", str(port)]
 
 
+def _kill(proc: subprocess.Popen[Any], children: list[psutil.Process]) -> None:
+    """Kill ``proc`` and ``children`` where they still run."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    for child in children:
+        if child.is_running():
+            child.kill()
+
+
 def test_sigterm_stops_smserve_serve_cleanly(server_environ: dict[str, str]) -> None:
     port = free_port()
     proc = subprocess.Popen(_smserve_serve(FRAME_FEATURES, port), cwd=ROOT, env=server_environ,
@@ -542,12 +552,7 @@ def test_sigterm_stops_smserve_serve_cleanly(server_environ: dict[str, str]) -> 
         assert alive == []
         assert is_free(port)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        for child in children:
-            if child.is_running():
-                child.kill()
+        _kill(proc, children)
 
 
 def test_sigterm_while_the_model_loads_stops_promptly(server_environ: dict[str, str],
@@ -581,9 +586,4 @@ def test_sigterm_while_the_model_loads_stops_promptly(server_environ: dict[str, 
         _, alive = psutil.wait_procs(children, timeout=10)
         assert alive == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        for child in children:
-            if child.is_running():
-                child.kill()
+        _kill(proc, children)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pytest
 
 from local_test.clips import clip_bytes, upload_clips
@@ -32,12 +31,12 @@ from serving.pipeline import Graph, output_key
 from serving.s3refs import RequestRecord
 from serving.settings import Settings
 from serving.transform import JobResult, TransformJobSpec, predict, run_transform
+from tests.helpers import TAG_VAR, kill_tagged
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
-TAG_VAR = "SMSERVE_TEST_TAG"
 CLIPS = 4
 VIDEOS = "videos/2026/11/"
 
@@ -75,33 +74,11 @@ def graph() -> Graph:
     return Graph(discover(MODELS))
 
 
-def _tagged(tag: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get(TAG_VAR) == tag:
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue  # gone, a zombie, or not ours to read
-    return found
-
-
 @pytest.fixture(autouse=True)
 def no_leftover_processes(tag: str) -> Iterator[None]:
     """After each test, no model server (MMS, its Java frontend, workers) it started runs."""
     yield
-    deadline = time.monotonic() + 10
-    left = _tagged(tag)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = _tagged(tag)
-    described = []
-    for proc in left:
-        try:
-            described.append(f"{proc.pid}: {' '.join(proc.cmdline())[:200]}")
-            proc.kill()
-        except psutil.Error:
-            continue
+    described = kill_tagged(tag)
     assert not described, "model server processes left running:\n" + "\n".join(described)
 
 

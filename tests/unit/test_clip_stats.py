@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ import pytest
 
 from local_test.clips import clip_bytes, make_clip, upload_clips
 from serving import s3refs
-from serving.aws import ClientFactory
 from serving.errors import InvalidInput
 from serving.handler import Handlers, load_handlers
 from serving.modelspec import discover
@@ -28,15 +26,9 @@ JSONLINES = "application/jsonlines"
 
 
 @pytest.fixture()
-def s3(clients: ClientFactory, aws_env: dict[str, str],
-       monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def s3(handler_s3: Any) -> Any:
     """S3 on the stack, with the handlers' process-wide runtime pointed at it."""
-    monkeypatch.setenv("SMSERVE_ALLOWED_BUCKETS", "*")
-    s3refs.reset_runtime()
-    try:
-        yield clients.client("s3")
-    finally:
-        s3refs.reset_runtime()
+    return handler_s3
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from serving.errors import (
     SmserveError,
 )
 from serving.handler import Handlers, Response, check_module, load_handlers
+from tests.helpers import handler_imports_undone
 
 GOOD = """
     import numpy as np
@@ -41,16 +42,8 @@ MakeModel = Callable[..., Path]
 @pytest.fixture(autouse=True)
 def _isolated_imports() -> Iterator[None]:
     """Undo what load_handlers does to sys.path and sys.modules."""
-    path, modules = list(sys.path), set(sys.modules)
-    folders = set(handler._MODEL_FOLDERS)
-    try:
+    with handler_imports_undone():
         yield
-    finally:
-        sys.path[:] = path
-        for name in set(sys.modules) - modules:
-            del sys.modules[name]
-        handler._MODEL_FOLDERS.clear()
-        handler._MODEL_FOLDERS.update(folders)
 
 
 @pytest.fixture()

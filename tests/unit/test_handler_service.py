@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import socket
 import struct
-import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,11 +22,11 @@ from mms.context import Context, RequestProcessor
 from mms.protocol.otf_message_handler import PREDICT_MSG, retrieve_msg
 from mms.service import Service
 
-from serving import handler
 from serving.errors import HandlerError
 from serving.server import handler_service
 from serving.server.handler_service import MODEL_ERROR_FILE, MODEL_READY_FILE, HandlerService
 from serving.settings import Settings
+from tests.helpers import handler_imports_undone
 
 DOUBLE = """
     import numpy as np
@@ -45,16 +44,8 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Undo what load_handlers does to sys.path and sys.modules; MMS's decode setting."""
     # config.properties says decode_input_request=false; MMS passes it on like this.
     monkeypatch.setenv("MMS_DECODE_INPUT_REQUEST", "false")
-    path, modules = list(sys.path), set(sys.modules)
-    folders = set(handler._MODEL_FOLDERS)
-    try:
+    with handler_imports_undone():
         yield
-    finally:
-        sys.path[:] = path
-        for name in set(sys.modules) - modules:
-            del sys.modules[name]
-        handler._MODEL_FOLDERS.clear()
-        handler._MODEL_FOLDERS.update(folders)
 
 
 def _model_dir(tmp_path: Path, source: str = DOUBLE) -> Path:

@@ -7,7 +7,6 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import pytest
 
 from local_test.clips import clip_bytes, make_clip, upload_clips
 from serving import s3refs
-from serving.aws import ClientFactory
 from serving.errors import BadRequest, InvalidInput, SmserveError
 from serving.handler import Handlers, load_handlers
 from serving.modelspec import discover
@@ -30,15 +28,9 @@ CLASSES = ["indoor", "outdoor", "sports", "news", "nature"]
 
 
 @pytest.fixture()
-def s3(clients: ClientFactory, aws_env: dict[str, str],
-       monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def s3(handler_s3: Any) -> Any:
     """S3 on the stack, with the handlers' process-wide runtime pointed at it."""
-    monkeypatch.setenv("SMSERVE_ALLOWED_BUCKETS", "*")
-    s3refs.reset_runtime()
-    try:
-        yield clients.client("s3")
-    finally:
-        s3refs.reset_runtime()
+    return handler_s3
 
 
 @pytest.fixture(scope="module")

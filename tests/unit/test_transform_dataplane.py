@@ -7,7 +7,6 @@ import json
 import struct
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from serving.transform.batching import MB
 from serving.transform.dataplane import DataPlane, Progress
 from serving.transform.result import JobResult, ObjectResult
 from serving.transform.spec import TransformJobSpec
+from tests.helpers import QuietHandler, serve_in_thread
 
 # --- the peer: a small container that records what it gets -----------------------------------
 
@@ -38,30 +38,7 @@ class Peer:
         self.release = threading.Event()
         peer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    out = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0], 16)
-                        if size == 0:
-                            self.rfile.readline()
-                            return out
-                        out += self.rfile.read(size)
-                        self.rfile.readline()
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def _answer(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 peer._record(self.command, self.path, dict(self.headers), b"")
                 if self.path == "/ping":
@@ -92,11 +69,7 @@ class Peer:
                     with peer.lock:
                         peer.in_flight -= 1
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
-        self.thread.start()
+        self.server, self.thread = serve_in_thread(Handler, free_port())
 
     def _record(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
         with self.lock:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -25,6 +23,7 @@ from serving.transform.jsonpath import parse_path
 from serving.transform.result import JobResult
 from serving.transform.spec import TransformJobSpec
 from serving.transform.split import Record, split_lines
+from tests.helpers import QuietHandler, serve_in_thread
 
 DOC = {"id": 7, "features": [1, 2, 3, 4], "meta": {"tags": [{"k": "a"}, {"k": "b"}]}}
 ROW = ["id-1", "0.5", "0.25", "x"]
@@ -276,29 +275,16 @@ class Model:
         self.bodies: list[bytes] = []
         model = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self._answer(404, b"")
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self._body()
                 model.bodies.append(body)
-                out = b"\n".join(answer(line) for line in body.split(b"\n"))
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                self._answer(200, b"\n".join(answer(line) for line in body.split(b"\n")))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.server, _ = serve_in_thread(Handler, free_port())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def close(self) -> None:

@@ -1,0 +1,138 @@
+"""Helpers several test modules share (a plain module: ``from tests.helpers import ...``).
+
+Fixtures live in ``tests/conftest.py``; this module holds what is called:
+finding the processes a module started, undoing what loading a handler module
+does to the interpreter, a recording HTTP server's common parts, and a scratch
+copy of the repository's scaffolding.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The variable that marks the processes a test module starts (its value: the module's tag).
+TAG_VAR = "SMSERVE_TEST_TAG"
+
+
+# --- no process left behind -------------------------------------------------------------------
+
+
+def tagged(tag: str) -> list[psutil.Process]:
+    """The processes whose environment has ``TAG_VAR=tag``."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get(TAG_VAR) == tag:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue  # gone, a zombie, or not ours to read
+    return found
+
+
+def kill_tagged(tag: str, wait: float = 10.0, width: int = 200) -> list[str]:
+    """Give the processes tagged ``tag`` ``wait`` seconds to end, then kill those left.
+
+    Returns:
+        one line per process that was still running, ``PID: COMMAND LINE``
+        (cut at ``width`` characters); empty when none was.
+    """
+    deadline = time.monotonic() + wait
+    left = tagged(tag)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = tagged(tag)
+    described = []
+    for proc in left:
+        try:
+            described.append(f"{proc.pid}: {' '.join(proc.cmdline())[:width]}")
+            proc.kill()
+        except psutil.Error:
+            continue
+    return described
+
+
+# --- handler modules --------------------------------------------------------------------------
+
+
+@contextmanager
+def handler_imports_undone() -> Iterator[None]:
+    """Undo, on exit, what ``serving.handler.load_handlers`` does to sys.path and sys.modules."""
+    from serving import handler
+
+    path, modules = list(sys.path), set(sys.modules)
+    folders = set(handler._MODEL_FOLDERS)
+    try:
+        yield
+    finally:
+        sys.path[:] = path
+        for name in set(sys.modules) - modules:
+            del sys.modules[name]
+        handler._MODEL_FOLDERS.clear()
+        handler._MODEL_FOLDERS.update(folders)
+
+
+# --- recording HTTP servers -------------------------------------------------------------------
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """The base of the tests' HTTP "containers": HTTP/1.1, no access log, plain answers."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _body(self) -> bytes:
+        """The request body, chunked or with a Content-Length."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = b""
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                out += self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()
+            return out
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def serve_in_thread(handler: type[BaseHTTPRequestHandler], port: int = 0
+                    ) -> tuple[ThreadingHTTPServer, threading.Thread]:
+    """A threading HTTP server on ``127.0.0.1:port`` (0: any free port), serving in a thread.
+
+    Stop it with ``server.shutdown()`` and ``server.server_close()``.
+    """
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    return server, thread
+
+
+# --- a scratch repository ---------------------------------------------------------------------
+
+
+def make_repo(dest: Path) -> Path:
+    """The parts of the repository a model's author works in: models/, tests/, pyproject.toml."""
+    shutil.copytree(ROOT / "models", dest / "models",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (dest / "tests").mkdir()
+    for name in ("__init__.py", "conftest.py"):
+        shutil.copy(ROOT / "tests" / name, dest / "tests" / name)
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    return dest
