@@ -24,12 +24,11 @@ if TYPE_CHECKING:
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _settings(**overrides: str) -> Settings:
-    import os
-
+def _settings() -> Settings:
+    """The process's settings, read once for the command."""
     from serving.settings import Settings
 
-    return Settings.from_environ({**os.environ, **overrides})
+    return Settings.from_environ()
 
 
 # --- serve ---------------------------------------------------------------------------------

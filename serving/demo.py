@@ -12,7 +12,6 @@ skipped (no transform job starts), and stops the stack.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -72,8 +71,8 @@ def run_demo(models_root: Path, clips: int = 6, verbose: bool = False,
     stack = LocalStack().start()
     try:
         echo(f"embedded AWS stack on {stack.endpoint_url} (S3, SQS, ECR, IAM, STS, Logs)")
-        settings = Settings.from_environ({
-            **os.environ, **stack.environ(),
+        settings = Settings.from_environ().with_environ({
+            **stack.environ(),
             "SMSERVE_ALLOWED_BUCKETS": BUCKET, "SMSERVE_OUTPUT_PREFIXES": RESULTS,
             "SETUPTOOLS_USE_DISTUTILS": "stdlib",
         })

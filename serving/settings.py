@@ -186,6 +186,14 @@ class Settings:
         key = service.replace("-", "_").lower()
         return self.service_endpoints.get(key) or self.endpoint_url
 
+    def with_environ(self, extra: Mapping[str, str]) -> Settings:
+        """Settings read again from this environment with ``extra`` on top.
+
+        For a process that starts servers with a different environment (the
+        embedded stack's endpoint, an allow-list) than its own.
+        """
+        return Settings.from_environ({**self.environ, **extra})
+
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some fields replaced."""
         return replace(self, **changes)

@@ -164,7 +164,10 @@ def create(name: str, models_dir: Path, tests_dir: Path, *, gpu: bool = False,
 
 
 def _make_weights(folder: Path) -> None:
-    env = {**os.environ, "SETUPTOOLS_USE_DISTUTILS": "stdlib", "PYTHONDONTWRITEBYTECODE": "1"}
+    from serving.settings import Settings
+
+    env = {**Settings.from_environ().environ, "SETUPTOOLS_USE_DISTUTILS": "stdlib",
+           "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run([sys.executable, "make_weights.py"], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     if done.returncode != 0:

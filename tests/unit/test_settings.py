@@ -192,3 +192,13 @@ def test_with_changes_returns_a_new_frozen_copy() -> None:
 
 def test_environ_does_not_take_part_in_equality() -> None:
     assert Settings.from_environ({"UNRELATED": "1"}) == Settings.from_environ({})
+
+
+def test_with_environ_reads_again_with_extra_on_top() -> None:
+    base = Settings.from_environ({"SMSERVE_ALLOWED_BUCKETS": "a", "AWS_REGION": "eu-west-1"})
+    changed = base.with_environ({"SMSERVE_ALLOWED_BUCKETS": "b,c",
+                                 "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert changed.allowed_buckets == ("b", "c")
+    assert changed.region == "eu-west-1"
+    assert changed.endpoint_for("s3") == "http://127.0.0.1:9"
+    assert base.allowed_buckets == ("a",)
