@@ -125,7 +125,8 @@ def _tree_rss(pid: int) -> int | None:
 def served(run: _Run, log: Callable[[str], None] | None) -> None:
     """POST the sample request to the real model server, started on the model folder."""
     from serving._checksample import outputs
-    from serving.checking import _environment, _round_trip, run_settings
+    from serving._environ import model_environment
+    from serving.checking import _round_trip, run_settings
     from serving.ports import free_port
     from serving.server.serve import start
 
@@ -143,7 +144,7 @@ def served(run: _Run, log: Callable[[str], None] | None) -> None:
     report.stages.append(boot)
     started = time.perf_counter()
     try:
-        with _environment(run.env):
+        with model_environment(run.env):
             try:
                 server = start(settings, run.folder, free_port(), run_dir=run_dir, echo=echo)
             except ServerStartError as err:
@@ -184,7 +185,7 @@ def served(run: _Run, log: Callable[[str], None] | None) -> None:
 def transformed(run: _Run, log: Callable[[str], None] | None) -> None:
     """Run the sample records as a local batch transform of the model folder."""
     from serving._checksample import outputs
-    from serving.checking import _environment
+    from serving._environ import model_environment
     from serving.transform import predict
 
     report, sample, spec = run.report, run.sample, run.spec
@@ -205,7 +206,7 @@ def transformed(run: _Run, log: Callable[[str], None] | None) -> None:
     report.stages.append(stage)
     started = time.perf_counter()
     try:
-        with _environment(run.env):
+        with model_environment(run.env):
             answers: list[Any] = predict(
                 run.folder, sample.records, run.clients, sample.records[0].bucket,
                 work_prefix="smserve-check/", log=echo,

@@ -25,10 +25,9 @@ body, say) is sent as it is, and no stack is started.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from serving._checksample import (
     sample_objects,
     stage_sample,
 )
+from serving._environ import model_environment
 from serving.errors import ConfigError, PredictionError, SmserveError
 from serving.handler import Handlers, load_handlers
 from serving.modelspec import ModelSpec, load_spec
@@ -67,34 +67,6 @@ MODES = ("handlers", "serve", "transform")
 
 
 # --- environment ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _environment(changes: Mapping[str, str | None]) -> Iterator[None]:
-    """Set (or, for None, unset) variables in the process environment, then restore them.
-
-    The model's handlers build their S3 client from the process environment
-    (:func:`serving.s3refs.runtime`), so the in-process check points it at
-    the stack this way, for the duration of the check only.
-    """
-    from serving import s3refs
-
-    base = Settings.from_environ().environ  # what to restore
-    for key, value in changes.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    s3refs.reset_runtime()
-    try:
-        yield
-    finally:
-        s3refs.reset_runtime()
-        for key in changes:
-            if key in base:
-                os.environ[key] = base[key]
-            else:
-                os.environ.pop(key, None)
 
 
 def _model_environ(settings: Settings, spec: ModelSpec, stack_env: Mapping[str, str],
@@ -269,7 +241,7 @@ def _in_process(run: _Run, handlers: Handlers) -> None:
     if started_tracing:
         tracemalloc.start()
     try:
-        with _environment(run.env):
+        with model_environment(run.env):
             model = _load(report, meter, handlers, folder)
             if report.failure is not None:
                 return

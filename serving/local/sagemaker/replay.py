@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serving._environ import model_environment
 from serving.aws import ClientFactory
 from serving.errors import ConfigError, TransformError, status_of
 from serving.transform.batching import Batch, make_batcher
@@ -188,23 +188,9 @@ class Answer:
     trace: str | None = None
 
 
-@contextlib.contextmanager
-def container_environ(environment: Mapping[str, str]) -> Iterator[None]:
-    """Put the container's environment into this process for a while, as the container has it.
-
-    (This writes the environment the model's own code may read; the toolkit
-    itself still reads settings only through :class:`~serving.settings.Settings`.)
-    """
-    saved = {key: os.environ.get(key) for key in environment}
-    os.environ.update(environment)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def container_environ(environment: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
+    """Put the container's environment into this process for a while, as the container has it."""
+    return model_environment(environment)
 
 
 class InProcessSender:
