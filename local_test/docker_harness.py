@@ -9,7 +9,7 @@ synthetic clips, then runs each model (in ``depends_on`` order; ``--only``
 stops after that one) as a local batch transform whose containers are the
 real image: ``serve``, the model read-only at ``/opt/ml/model``, ``--gpus
 all`` for ``image = "gpu"`` models, and the stack's endpoint and
-credentials in the environment (see :mod:`serving.transform.docker_runner`
+credentials in the environment (see :mod:`serving.runners.docker`
 for how a container reaches the stack's loopback port). ``--flavor cpu``
 runs every model on the CPU image (a GPU model falls back to the CPU there).
 
@@ -47,8 +47,8 @@ def harness_environ(stack: Any, base: Mapping[str, str] | None = None) -> dict[s
 
 def runner_for(flavor: str, environ: Mapping[str, str], tag: str | None = None,
                log: Callable[[str], None] | None = None, **options: Any) -> Any:
-    """A :class:`~serving.transform.docker_runner.DockerRunner` for ``smserve-<flavor>:<tag>``."""
-    from serving.transform.docker_runner import DockerRunner
+    """A :class:`~serving.runners.docker.DockerRunner` for ``smserve-<flavor>:<tag>``."""
+    from serving.runners.docker import DockerRunner
 
     return DockerRunner.for_flavor(flavor, environ, tag, log=log, **options)
 

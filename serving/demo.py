@@ -85,7 +85,7 @@ def run_demo(models_root: Path, clips: int = 6, verbose: bool = False,
         uri = f"s3://{BUCKET}/{INPUT_PREFIX}"
         jobs = None
         if api:
-            from serving.transform.sagemaker import SageMakerJobs
+            from serving.sagemaker.jobs import SageMakerJobs
 
             jobs = SageMakerJobs(clients, poll=0.25)
             echo("through the SageMaker API: CreateModel + CreateTransformJob on "

@@ -19,7 +19,7 @@ own traceback and what SageMaker would have answered, and exits non-zero.
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Check a model folder; returns 0 when it answered its sample request."""
-    from serving.checking import check
+    from serving.check import check
     from serving.settings import Settings
 
     mode = "serve" if args.serve else "transform" if args.transform else "handlers"

@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings, notes = run_settings(bucket)
     jobs = None
     if args.api:
-        from serving.transform.sagemaker import LOCAL_ROLE, SageMakerJobs
+        from serving.sagemaker.jobs import LOCAL_ROLE, SageMakerJobs
 
         jobs = SageMakerJobs(ClientFactory(settings), role_arn=args.role_arn or LOCAL_ROLE)
     report = run_pipeline(

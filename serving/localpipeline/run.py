@@ -38,10 +38,10 @@ from serving.localpipeline.report import ModelReport, PipelineReport, report_mes
 from serving.localpipeline.scheduler import ModelResult, ProgressFn, Scheduler, describe_error
 from serving.localpipeline.view import LiveView
 from serving.pipeline import DEFAULT_PREFIX, Graph
+from serving.runners.process import ProcessRunner
 from serving.s3refs import dumps_records
+from serving.sagemaker.jobs import SageMakerJobs, predict_via_api
 from serving.transform.result import MAX_FAILURE_REASON
-from serving.transform.runner import ProcessRunner
-from serving.transform.sagemaker import SageMakerJobs, predict_via_api
 from serving.transform.spec import parse_s3_uri
 
 #: Where the transforms' request files and ``.out`` objects go.

@@ -31,15 +31,31 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from serving.errors import ConfigError, TransformError
 from serving.transform.jsonpath import parse_path
 from serving.transform.split import Record
 
-if TYPE_CHECKING:
-    from serving.transform.spec import TransformJobSpec
+
+class JobFields(Protocol):
+    """What this module reads of a job (:class:`~serving.transform.spec.TransformJobSpec` has it).
+
+    A protocol, so this module sits below ``spec`` and never imports it.
+    """
+
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def accept(self) -> str | None: ...
+    @property
+    def split_type(self) -> str: ...
+    @property
+    def assemble_with(self) -> str: ...
+    @property
+    def data_processing(self) -> Mapping[str, Any] | None: ...
+    def has_data_processing(self) -> bool: ...
 
 FORMATS = {"text/csv": "csv", "application/json": "json", "application/jsonlines": "json"}
 SLICE_ENDS = ("exclusive", "inclusive")
@@ -130,7 +146,7 @@ def _need(fmt: str | None, value: str | None, field: str) -> str:
     return fmt
 
 
-def check_data_processing(spec: TransformJobSpec) -> None:
+def check_data_processing(spec: JobFields) -> None:
     """The rules a job with ``DataProcessing`` must follow (see the module docstring).
 
     Raises:
@@ -174,7 +190,7 @@ class DataProcessor:
         ConfigError: the job breaks a rule, or ``slice_end`` is not one of :data:`SLICE_ENDS`.
     """
 
-    def __init__(self, spec: TransformJobSpec, *, slice_end: str = "exclusive") -> None:
+    def __init__(self, spec: JobFields, *, slice_end: str = "exclusive") -> None:
         if slice_end not in SLICE_ENDS:
             raise ConfigError(f"slice_end={slice_end!r}; use one of {', '.join(SLICE_ENDS)}",
                               field="slice_end", value=slice_end)
@@ -189,7 +205,7 @@ class DataProcessor:
         self.inclusive = slice_end == "inclusive"
 
     @classmethod
-    def for_spec(cls, spec: TransformJobSpec, *, slice_end: str = "exclusive"
+    def for_spec(cls, spec: JobFields, *, slice_end: str = "exclusive"
                  ) -> DataProcessor | None:
         """A processor when ``spec`` asks for more than the defaults, else None."""
         if slice_end not in SLICE_ENDS:

@@ -16,11 +16,11 @@ from typing import Any
 
 from serving.aws import ClientFactory
 from serving.errors import ConfigError, TransformError
+from serving.runners.process import Container, ProcessRunner
 from serving.transform.dataplane import DataPlane, Progress
 from serving.transform.listing import list_inputs
 from serving.transform.params import container_environment
 from serving.transform.result import JobResult
-from serving.transform.runner import Container, ProcessRunner
 from serving.transform.spec import TransformJobSpec
 
 
@@ -87,8 +87,8 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
     """
     say = log or (lambda _line: None)
     if runner is None:
+        from serving.runners.docker import choose_runner
         from serving.settings import Settings
-        from serving.transform.docker_runner import choose_runner
 
         env = {**Settings.from_environ().environ, **clients.settings.environ}
         runner = choose_runner(clients.settings.container_runner, image, env, log=log)

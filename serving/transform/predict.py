@@ -18,9 +18,9 @@ from typing import Any
 
 from serving.aws import ClientFactory
 from serving.errors import TransformError
+from serving.runners.process import ProcessRunner
 from serving.transform.dataplane import Progress
 from serving.transform.job import run_transform
-from serving.transform.runner import ProcessRunner
 from serving.transform.spec import TransformJobSpec
 from serving.transform.transfer import DataTransfer, encode_records
 

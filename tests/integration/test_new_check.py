@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.checking import check
+from serving.check import check
 from serving.modelspec import discover, load_spec
 from serving.pipeline import Graph
 from tests.helpers import make_repo

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving import checking
-from serving._checkreport import describe, model_trace
-from serving._checkserver import log_trace, unstage
-from serving.checking import Sample, check, load_sample, sample_objects, stage_sample
+from serving import check as checking
+from serving.check import Sample, check, load_sample, sample_objects, stage_sample
+from serving.check.report import describe, model_trace
+from serving.check.server import log_trace, unstage
 from serving.cli import main
 from serving.errors import ConfigError, InputNotFound
 from serving.modelspec import load_spec

@@ -155,7 +155,7 @@ def test_a_wrong_clip_is_a_422_and_writes_nothing(s3: Any, bucket: str, loaded: 
 
 
 def test_smserve_check_passes_on_clip_stats(stack: Any) -> None:
-    from serving.checking import check
+    from serving.check import check
 
     report = check(FOLDER, stack=stack)
     assert report.ok, report.render()

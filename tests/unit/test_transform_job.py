@@ -11,9 +11,9 @@ import pytest
 
 from serving.aws import ClientFactory
 from serving.errors import ConfigError, ServerStartError, TransformError
+from serving.runners.process import ProcessRunner
 from serving.transform.job import run_transform
 from serving.transform.predict import decode_output, predict
-from serving.transform.runner import ProcessRunner
 from serving.transform.spec import TransformJobSpec
 from serving.transform.transfer import DataTransfer
 

@@ -26,11 +26,11 @@ from serving.aws import ClientFactory
 from serving.errors import ConfigError, ServerStartError, TransformError
 from serving.local.sagemaker.artifacts import fetch_model
 from serving.local.sagemaker.logs import JobLog
+from serving.runners.process import Container, ProcessRunner
 from serving.transform.dataplane import DataPlane
 from serving.transform.listing import InputObject, list_inputs
 from serving.transform.params import container_environment
 from serving.transform.result import MAX_FAILURE_REASON, JobResult
-from serving.transform.runner import Container, ProcessRunner
 from serving.transform.spec import TransformJobSpec
 
 #: Seconds a container gets between SIGTERM and SIGKILL.

@@ -13,7 +13,7 @@ import pytest
 
 from serving import images
 from serving.errors import ImageError, ServerStartError
-from serving.transform.docker_runner import DockerRunner, container_env
+from serving.runners.docker import DockerRunner, container_env
 from tests.unit.fake_engine import FakeEngine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,8 +180,8 @@ def test_the_real_cpu_image_serves_a_model(request: pytest.FixtureRequest) -> No
 
 def test_choose_runner(engine: FakeEngine) -> None:
     from serving.errors import ConfigError
-    from serving.transform.docker_runner import choose_runner
-    from serving.transform.runner import ProcessRunner
+    from serving.runners.docker import choose_runner
+    from serving.runners.process import ProcessRunner
 
     assert isinstance(choose_runner("process", "cpu", {"PATH": "/bin"}), ProcessRunner)
     docker = choose_runner("docker", "gpu", {"DOCKER_HOST": engine.url}, tag="2.0")

@@ -1,6 +1,6 @@
 """``smserve check --serve`` and ``--transform``: the sample request through real processes.
 
-Internal to :mod:`serving.checking`. ``served`` starts multi-model-server on
+Internal to :mod:`serving.check`. ``served`` starts multi-model-server on
 the model folder (as ``smserve serve`` does) and POSTs the sample request to
 ``/invocations``; ``transformed`` runs the sample records as a local batch
 transform (as ``smserve transform`` does). Both report what the server
@@ -18,10 +18,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from serving import codecs
-from serving._checkreport import Failure, Stage, describe, failure_of
+from serving.check.report import Failure, Stage, describe, failure_of
+from serving.check.run import Run, round_trip, run_settings
+from serving.check.sample import outputs
 from serving.errors import (
     BadRequest,
     ConfigError,
@@ -31,9 +33,6 @@ from serving.errors import (
     SmserveError,
     TransformError,
 )
-
-if TYPE_CHECKING:
-    from serving.checking import _Run
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 _HANDLER = re.compile(r"\b(model_fn|input_fn|predict_fn|output_fn|transform_fn)\b")
@@ -74,7 +73,7 @@ def log_trace(lines: Iterable[str], folder: Path) -> str:
     return "\n".join(out) + "\n" if out else ""
 
 
-def _answer_failure(status: int, body: bytes, run: _Run, lines: list[str]) -> Failure:
+def _answer_failure(status: int, body: bytes, run: Run, lines: list[str]) -> Failure:
     try:
         message = str(json.loads(body).get("message", ""))
     except (ValueError, AttributeError):
@@ -91,7 +90,7 @@ def _answer_failure(status: int, body: bytes, run: _Run, lines: list[str]) -> Fa
     return failure
 
 
-def _start_failure(err: ServerStartError, run: _Run, lines: list[str]) -> Failure:
+def _start_failure(err: ServerStartError, run: Run, lines: list[str]) -> Failure:
     """The model did not load in the server: its cause, without the server's traceback."""
     first = unstage(err.message.split("\n", 1)[0].removesuffix(" Last log lines:"),
                     run.folder)
@@ -122,11 +121,9 @@ def _tree_rss(pid: int) -> int | None:
         return None
 
 
-def served(run: _Run, log: Callable[[str], None] | None) -> None:
+def served(run: Run, log: Callable[[str], None] | None) -> None:
     """POST the sample request to the real model server, started on the model folder."""
-    from serving._checksample import outputs
     from serving._environ import model_environment
-    from serving.checking import _round_trip, run_settings
     from serving.ports import free_port
     from serving.server.serve import start
 
@@ -175,16 +172,15 @@ def served(run: _Run, log: Callable[[str], None] | None) -> None:
                     return
             finally:
                 server.stop()
-            answers = _round_trip(report, body, kind, sample, run.folder, "output_fn")
+            answers = round_trip(report, body, kind, sample, run.folder, "output_fn")
             if answers is not None and run.clients is not None:
                 report.outputs = outputs(run.clients.client("s3"), answers)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def transformed(run: _Run, log: Callable[[str], None] | None) -> None:
+def transformed(run: Run, log: Callable[[str], None] | None) -> None:
     """Run the sample records as a local batch transform of the model folder."""
-    from serving._checksample import outputs
     from serving._environ import model_environment
     from serving.transform import predict
 
@@ -225,7 +221,7 @@ def transformed(run: _Run, log: Callable[[str], None] | None) -> None:
     report.outputs = outputs(run.clients.client("s3"), answers)
 
 
-def _transform_failure(err: SmserveError, run: _Run, lines: list[str]) -> Failure:
+def _transform_failure(err: SmserveError, run: Run, lines: list[str]) -> Failure:
     if isinstance(err, ServerStartError):
         return _start_failure(err, run, lines)
     message = unstage(err.message, run.folder)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from serving import codecs
-from serving._checkreport import describe
+from serving.check.report import describe
 from serving.errors import BadRequest, ConfigError, InputNotFound, SmserveError
 from serving.modelspec import ModelSpec
 from serving.s3refs import RequestRecord, dumps_records

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from serving.errors import ServerStartError
-from serving.transform._health import is_healthy
-from serving.transform.runner import Container, ProcessRunner
+from serving.runners._health import is_healthy
+from serving.runners.process import Container, ProcessRunner
 
 # A stand-in for `smserve serve`: what it does is chosen by FAKE_MODE.
 SERVER = textwrap.dedent('''

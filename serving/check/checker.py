@@ -1,98 +1,25 @@
-"""``smserve check``: run a model's handlers on its sample request, and say what broke.
-
-The check drives ``model_fn``, ``input_fn``, ``predict_fn`` and ``output_fn``
-(or ``transform_fn``) in this process, on the model's sample request, with S3
-served by the embedded stack, and measures each handler: time, peak Python
-memory (tracemalloc), the change in resident memory and, when the model has
-put cupy on a GPU, the GPU memory cupy's pool holds. ``mode="serve"`` sends
-the same request through the real model server instead, and
-``mode="transform"`` runs it as a local batch transform.
-
-Sample data convention (what ``smserve new`` writes)::
-
-    models/NAME/sample_request.json      the request body: S3-reference records,
-                                         one JSON object per line (or one object,
-                                         or a JSON array of objects)
-    models/NAME/sample_data/<key>        uploaded to s3://<bucket>/<key> for each
-                                         bucket the request names
-
-So ``sample_data/samples/clips/clip-000.npy`` becomes
-``s3://smserve-samples/samples/clips/clip-000.npy`` when the request names the
-bucket ``smserve-samples``. A request that is not S3 references (an ``.npy``
-body, say) is sent as it is, and no stack is started.
-"""
+"""The in-process check: drive the handlers on the sample request and measure each one."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 import tracemalloc
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from serving import codecs
-from serving._checkreport import Failure, Report, Stage, describe, failure_of
-from serving._checksample import (
-    SAMPLE_DATA,
-    SAMPLE_REQUEST,
-    Sample,
-    load_sample,
-    outputs,
-    sample_objects,
-    stage_sample,
-)
 from serving._environ import model_environment
-from serving.errors import ConfigError, PredictionError, SmserveError
+from serving.check.report import Report, Stage, describe, failure_of
+from serving.check.run import Run, model_environ, round_trip, run_settings
+from serving.check.sample import SAMPLE_DATA, Sample, load_sample, outputs, stage_sample
+from serving.errors import ConfigError, SmserveError
 from serving.handler import Handlers, load_handlers
-from serving.modelspec import ModelSpec, load_spec
+from serving.modelspec import load_spec
 from serving.settings import Settings
 
-__all__ = [
-    "MODES",
-    "SAMPLE_DATA",
-    "SAMPLE_REQUEST",
-    "Failure",
-    "Report",
-    "Sample",
-    "Stage",
-    "check",
-    "load_sample",
-    "sample_objects",
-    "stage_sample",
-]
-
 MODES = ("handlers", "serve", "transform")
-
-
-# --- environment ------------------------------------------------------------------------------
-
-
-def _model_environ(settings: Settings, spec: ModelSpec, stack_env: Mapping[str, str],
-                   buckets: list[str]) -> dict[str, str | None]:
-    """What changes in the environment while the model runs: the stack, the allow-list."""
-    changes: dict[str, str | None] = {
-        key: None for key in settings.environ
-        if key.startswith("AWS_ENDPOINT_URL_") or key == "AWS_PROFILE"
-    }
-    changes.update(spec.container_environment())
-    changes.update(stack_env)
-    changes["SMSERVE_ALLOWED_BUCKETS"] = ",".join(buckets) or "*"
-    changes["SETUPTOOLS_USE_DISTUTILS"] = settings.environ.get("SETUPTOOLS_USE_DISTUTILS",
-                                                               "stdlib")
-    return changes
-
-
-def run_settings(settings: Settings, changes: Mapping[str, str | None]) -> Settings:
-    """``settings`` with the environment ``changes`` applied (None removes a variable)."""
-    env = dict(settings.environ)
-    for key, value in changes.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return Settings.from_environ(env)
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -159,17 +86,6 @@ def _args(*names: str) -> Callable[[tuple[Any, ...]], str]:
 # --- the check -----------------------------------------------------------------------------
 
 
-@dataclass
-class _Run:
-    folder: Path
-    spec: ModelSpec
-    sample: Sample
-    settings: Settings
-    report: Report
-    env: dict[str, str | None] = field(default_factory=dict)
-    clients: Any = None
-
-
 def check(folder: str | Path, *, request: str | Path | None = None,
           data_dir: str | Path | None = None, mode: str = "handlers",
           settings: Settings | None = None, stack: Any = None,
@@ -207,14 +123,14 @@ def check(folder: str | Path, *, request: str | Path | None = None,
         report.failure = failure_of("load", err, folder, at_start=True)
         return report
     report.request = sample.path
-    run = _Run(folder, spec, sample, settings, report)
+    run = Run(folder, spec, sample, settings, report)
     with contextlib.ExitStack() as cleanup:
         if sample.records is not None:
             if stack is None:
                 from serving.local.stack import LocalStack
 
                 stack = cleanup.enter_context(LocalStack())
-            run.env = _model_environ(settings, spec, stack.environ(), sample.buckets)
+            run.env = model_environ(settings, spec, stack.environ(), sample.buckets)
             from serving.aws import ClientFactory
 
             run.clients = ClientFactory(run_settings(settings, run.env))
@@ -227,14 +143,14 @@ def check(folder: str | Path, *, request: str | Path | None = None,
         if mode == "handlers":
             _in_process(run, handlers)
         else:
-            from serving import _checkserver
+            from serving.check import server
 
-            runner = _checkserver.served if mode == "serve" else _checkserver.transformed
+            runner = server.served if mode == "serve" else server.transformed
             runner(run, log)
     return report
 
 
-def _in_process(run: _Run, handlers: Handlers) -> None:
+def _in_process(run: Run, handlers: Handlers) -> None:
     report, folder, sample = run.report, run.folder, run.sample
     meter = _Meter()
     started_tracing = not tracemalloc.is_tracing()
@@ -287,41 +203,5 @@ def _invoke(report: Report, meter: _Meter, handlers: Handlers, model: Any, sampl
         stages[name].ok = False
         report.failure = failure_of(name, err, folder, at_start=False)
         return None
-    return _round_trip(report, response.body, response.content_type, sample, folder,
+    return round_trip(report, response.body, response.content_type, sample, folder,
                        names[-1][0])
-
-
-def _round_trip(report: Report, body: bytes, content_type: str, sample: Sample, folder: Path,
-                handler: str) -> list[Any] | None:
-    """Decode the answer as the declared accept type; for S3 references, one per record."""
-    stage = Stage("decode as accept",
-                  inputs=f"bytes ({len(body):,}) as {codecs.resolve_accept(sample.accept)!r}")
-    report.stages.append(stage)
-    started = time.perf_counter()
-    try:
-        value = codecs.decode(body, codecs.resolve_accept(sample.accept))
-    except SmserveError as err:
-        stage.ok = False
-        report.failure = failure_of(handler, PredictionError(
-            f"{handler} in {folder / 'serving.py'} answered {len(body):,} bytes of "
-            f"{content_type!r} that do not decode as the declared accept type "
-            f"{sample.accept!r} ({err.message}); encode the answer for accept, e.g. "
-            "serving.codecs.encode(prediction, accept) or serving.s3refs.response(results)",
-            handler=handler), folder, at_start=False)
-        return None
-    finally:
-        stage.seconds = time.perf_counter() - started
-    stage.output = describe(value)
-    answers = value if isinstance(value, list) and codecs.normalize(
-        sample.accept) == codecs.JSONLINES else [value]
-    if sample.records is not None and len(answers) != len(sample.records):
-        stage.ok = False
-        report.failure = failure_of(handler, PredictionError(
-            f"{handler} in {folder / 'serving.py'} answered {len(answers)} values for "
-            f"{len(sample.records)} records; a batch transform needs one answer per record, "
-            "in order (serving.s3refs.response(results) writes them)", handler=handler),
-            folder, at_start=False)
-        return None
-    report.answers = answers
-    return answers
-

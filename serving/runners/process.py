@@ -41,10 +41,10 @@ from typing import Generic, Protocol, TypeVar
 
 from serving.errors import ServerStartError
 from serving.ports import free_port
+from serving.runners._health import ping
+from serving.runners._logs import LogFollower, tail
+from serving.runners._procs import terminate
 from serving.server.markers import MODEL_READY_FILE
-from serving.transform._health import ping
-from serving.transform._logs import LogFollower, tail
-from serving.transform._procs import terminate
 
 TAIL_LINES = 40
 _PORT_CLASH = ("Address already in use", "BindException", "port is in use")

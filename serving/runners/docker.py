@@ -1,6 +1,6 @@
 """Containers with Docker: the real serving image, run the way batch transform runs it.
 
-:class:`DockerRunner` has :class:`~serving.transform.runner.ProcessRunner`'s
+:class:`DockerRunner` has :class:`~serving.runners.process.ProcessRunner`'s
 interface (``start(model_dir, environment, count)`` returns containers with
 ``.url``, ``.stop()``, ``.log_tail()`` and ``.process.poll()``), so the local
 transform's data plane drives either. Each container is::
@@ -44,7 +44,7 @@ from typing import Any
 
 from serving.errors import ServerStartError
 from serving.ports import free_port
-from serving.transform.runner import ProcessRunner, StartGroup, start_all, wait_healthy
+from serving.runners.process import ProcessRunner, StartGroup, start_all, wait_healthy
 
 CONTAINER_PORT = 8080
 MODEL_MOUNT = "/opt/ml/model"
