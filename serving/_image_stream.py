@@ -39,12 +39,17 @@ def follow_build(events: Iterable[Mapping[str, Any]], progress: Progress, flavor
         ImageError: the stream reported an error (named with the step it failed at).
     """
     image_id = ""
-    step = ""
+    step = instruction = ""
     for event in events:
         if "error" in event or "errorDetail" in event:
             detail = event.get("errorDetail") or {}
             message = one_line(str(detail.get("message") or event.get("error") or "unknown"))
             where = f" at {step}" if step else ""
+            if instruction.upper().startswith("FROM "):
+                raise ImageError(f"docker build failed{where} ({instruction}): {message}; the "
+                                 "base image could not be had: point the build at one the "
+                                 "engine has (SMSERVE_<ARG> or --build-arg <ARG>=IMAGE for the "
+                                 "ARG in that FROM; containers/README.md, 'Base images')")
             raise ImageError(f"docker build failed{where}: {message}; fix the Dockerfile or the "
                              f"context and rerun: smserve image build --flavor {flavor}")
         text = event.get("stream")
@@ -52,7 +57,7 @@ def follow_build(events: Iterable[Mapping[str, Any]], progress: Progress, flavor
             for line in text.splitlines():
                 if line.strip():
                     if line.startswith("Step "):
-                        step = line.split(" : ", 1)[0]
+                        step, _, instruction = line.partition(" : ")
                     progress.line(line.rstrip())
         elif "status" in event:  # pulling a base image
             status = " ".join(str(event[k]) for k in ("id", "status") if event.get(k))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving import __version__
+from serving import __version__, _image_bases
 from serving._ecr import (
     RegistryLogin,
     aws_error,
@@ -195,7 +195,8 @@ def engine_available(environ: Mapping[str, str], timeout: float = 5.0) -> bool:
 
 
 def build(flavor: str, tag: str, context_dir: Path, client: Any, progress: Progress,
-          *, build_args: Mapping[str, str] | None = None, platform: str = PLATFORM) -> str:
+          *, build_args: Mapping[str, str] | None = None, platform: str = PLATFORM,
+          pull_bases: bool = True) -> str:
     """Build ``smserve-<flavor>:<tag>`` from ``context_dir``, streaming the engine's output.
 
     Args:
@@ -204,15 +205,20 @@ def build(flavor: str, tag: str, context_dir: Path, client: Any, progress: Progr
         context_dir: the repository root (has ``containers/<flavor>/Dockerfile``).
         client: a ``docker.DockerClient`` (see :func:`connect`).
         progress: receives each line of build output.
-        build_args: ``--build-arg`` values (``EXTRA_REQUIREMENTS``...).
+        build_args: ``--build-arg`` values (``EXTRA_REQUIREMENTS``, the base
+            images ``PYTHON_IMAGE``/``BUILD_IMAGE``/``CUDA_IMAGE``...).
         platform: the target platform (SageMaker runs ``linux/amd64``).
+        pull_bases: pull base images the engine lacks (False: that is an error).
 
     Returns:
-        the built image's id.
+        the built image's id. The tag is set only when the build succeeded
+        (intermediate containers are removed on failure too).
 
     Raises:
         ConfigError: bad flavor or tag, no Dockerfile.
-        ImageError: a build step failed (the message is the engine's, on one line).
+        ImageError: a base image is missing and cannot be pulled (named, with
+            how to build on another), or a build step failed (the engine's
+            message, on one line).
     """
     from docker.errors import APIError, DockerException
 
@@ -220,14 +226,18 @@ def build(flavor: str, tag: str, context_dir: Path, client: Any, progress: Progr
     dockerfile = dockerfile_for(flavor, context_dir)
     name = local_image(flavor, tag)
     relative = dockerfile.resolve().relative_to(Path(context_dir).resolve()).as_posix()
-    progress.line(f"building {name} from {relative} for {platform}")
+    bases = _image_bases.resolve(dockerfile, build_args)
+    progress.line(f"building {name} from {relative} for {platform} on "
+                  + ", ".join(f"{arg}={image}" for arg, image in bases.items()))
+    _image_bases.ensure(client, bases, progress, pull=pull_bases)
     try:
         stream = client.api.build(path=str(context_dir), dockerfile=relative, tag=name, rm=True,
                                   forcerm=True, decode=True, platform=platform,
                                   buildargs=dict(build_args or {}))
         image_id = follow_build(stream, progress, flavor)
     except (APIError, DockerException, OSError) as err:
-        raise ImageError(f"docker build of {name} failed: {one_line(str(err))}; fix it and "
+        reason = getattr(err, "explanation", None) or str(err)
+        raise ImageError(f"docker build of {name} failed: {one_line(str(reason))}; fix it and "
                          f"rerun: smserve image build --flavor {flavor} --tag {tag}") from err
     progress.line(f"built {name}" + (f" ({image_id})" if image_id else ""))
     return image_id or name
@@ -328,8 +338,11 @@ def build_plan(flavor: str, tag: str, context_dir: Path, environ: Mapping[str, s
     except ImportError:
         sent = "size unknown: the Docker SDK is not installed"
     args = "".join(f" --build-arg {k}=..." for k in sorted(build_args or {}))
+    bases = _image_bases.resolve(dockerfile, build_args)
     return [
         f"check the Docker engine at {_where(environ)} (GET /_ping)",
+        "base images (pulled if the engine lacks them): "
+        + ", ".join(f"{arg}={image}" for arg, image in bases.items()),
         f"send the build context {root} ({sent})",
         f"build {relative} for {platform} as {local_image(flavor, tag)}{args} "
         "(POST /build, output streamed)",

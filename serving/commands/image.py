@@ -1,6 +1,7 @@
 """``smserve image build`` and ``smserve image push``: the serving images, built and in ECR.
 
-    smserve image build --flavor cpu|gpu [--tag T] [--build-arg K=V] [--context DIR] [--dry-run]
+    smserve image build --flavor cpu|gpu [--tag T] [--build-arg K=V] [--context DIR] [--no-pull]
+                        [--dry-run]
     smserve image push  --flavor cpu|gpu --repository NAME [--region R] [--tag T] [--dry-run]
 
 Progress goes to stderr (a bar that redraws in place on a terminal); the
@@ -84,20 +85,25 @@ def cmd_build(args: argparse.Namespace) -> int:
     from serving import images
     from serving.settings import Settings
 
-    environ = Settings.from_environ().environ
+    from serving._image_bases import base_build_args
+
+    settings = Settings.from_environ()
+    environ = settings.environ
     tag = args.tag or images.default_tag()
     context = Path(args.context)
-    build_args = dict(args.build_arg or [])
     images.check_flavor(args.flavor)
+    images.check_tag(tag)
+    dockerfile = images.dockerfile_for(args.flavor, context)
+    # the bases from SMSERVE_PYTHON_IMAGE/..., under any --build-arg
+    build_args = base_build_args(dockerfile, settings.base_images, dict(args.build_arg or []))
     if args.dry_run:
         _print_plan(images.build_plan(args.flavor, tag, context, environ, build_args))
         return 0
-    images.check_tag(tag)
-    images.dockerfile_for(args.flavor, context)
     client = images.connect(environ, timeout=args.timeout)
     progress = ConsoleProgress()
     try:
-        images.build(args.flavor, tag, context, client, progress, build_args=build_args)
+        images.build(args.flavor, tag, context, client, progress, build_args=build_args,
+                     pull_bases=not args.no_pull)
     finally:
         progress.close()
         client.close()
@@ -152,6 +158,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.add_argument("--context", default=os.curdir,
                    help="the build context: the repository root (default: .)")
     b.add_argument("--timeout", type=int, default=3600, help="seconds per engine call (3600)")
+    b.add_argument("--no-pull", action="store_true",
+                   help="never pull base images: a missing one is an error naming it "
+                        "(bases: $SMSERVE_PYTHON_IMAGE, $SMSERVE_BUILD_IMAGE, "
+                        "$SMSERVE_CUDA_IMAGE or --build-arg PYTHON_IMAGE=...)")
     b.add_argument("--dry-run", action="store_true", help="print the steps, do nothing")
     b.set_defaults(func=cmd_build)
 

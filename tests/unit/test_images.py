@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from serving import __version__, images
+from serving import __version__, _image_bases, images
 from serving._ecr import aws_error
 from serving.aws import ClientFactory
 from serving.cli import main
 from serving.errors import ConfigError, ImageError
 from serving.local.stack import LocalStack
-from serving.settings import Settings
+from serving.settings import BASE_IMAGE_ARGS, Settings
 from tests.unit.fake_engine import FakeEngine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,9 +66,17 @@ class Recorder:
         self.bars.append((done, total, text))
 
 
+#: The Dockerfiles' default bases, which the fake engine has (as a machine that pulled them).
+BASES = {image for flavor in images.FLAVORS
+         for image in _image_bases.declared(images.dockerfile_for(flavor, ROOT)).values()}
+
+
 @pytest.fixture()
-def engine() -> Iterator[FakeEngine]:
-    with FakeEngine(build_events=list(BUILD_OK), push_events=list(PUSH_OK)) as fake:
+def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeEngine]:
+    for arg in BASE_IMAGE_ARGS:  # the Dockerfiles' defaults, whatever this machine exports
+        monkeypatch.delenv(f"SMSERVE_{arg}", raising=False)
+    with FakeEngine(images=set(BASES), build_events=list(BUILD_OK),
+                    push_events=list(PUSH_OK)) as fake:
         yield fake
 
 
@@ -247,6 +255,90 @@ def test_a_failed_build_step_is_one_line_naming_the_step(engine: FakeEngine,
     message = str(caught.value)
     assert "at Step 2/3" in message and "non-zero code: 1" in message
     assert "smserve image build --flavor gpu" in message and "\n" not in message
+
+
+def test_a_failed_build_at_a_from_step_advises_another_base(engine: FakeEngine,
+                                                            docker_client: Any) -> None:
+    engine.build_events = [
+        {"stream": "Step 1/3 : FROM ${PYTHON_IMAGE} AS deps\n"},
+        {"errorDetail": {"message": "pull access denied for nope, repository does not exist"},
+         "error": "pull access denied"},
+    ]
+    with pytest.raises(ImageError) as caught:
+        images.build("cpu", "0.1.0", ROOT, docker_client, Recorder())
+    message = str(caught.value)
+    assert "pull access denied" in message and "base image" in message
+    assert "--build-arg <ARG>=IMAGE" in message and "fix the Dockerfile" not in message
+
+
+def test_a_base_image_that_cannot_be_pulled_is_named_with_the_fix(
+        engine: FakeEngine, docker_client: Any) -> None:
+    engine.images.discard("python:3.11-slim-bookworm")
+    with pytest.raises(ImageError) as caught:
+        images.build("cpu", "0.1.0", ROOT, docker_client, Recorder())
+    message = str(caught.value)
+    assert message.startswith("the base image python:3.11-slim-bookworm (PYTHON_IMAGE) is not "
+                              "on the Docker engine and could not be pulled: Get ")
+    assert "registry-1.docker.io" in message
+    assert "SMSERVE_PYTHON_IMAGE=IMAGE" in message and "--build-arg PYTHON_IMAGE=IMAGE" in message
+    assert "fix the Dockerfile" not in message and "\n" not in message
+    (pull,) = engine.calls("POST", "/images/create")
+    assert pull.query["fromImage"] == "python" and pull.query["tag"] == "3.11-slim-bookworm"
+    assert engine.calls("POST", "/build") == []
+    assert "smserve-cpu:0.1.0" not in engine.images
+
+
+def test_a_missing_base_is_pulled_before_the_build(engine: FakeEngine,
+                                                  docker_client: Any) -> None:
+    engine.images.discard("ubuntu:22.04")
+    engine.pull_events = [{"status": "Pulling from library/ubuntu"},
+                          {"status": "Status: Downloaded newer image for ubuntu:22.04"}]
+    progress = Recorder()
+    images.build("gpu", "0.1.0", ROOT, docker_client, progress)
+    assert "pulling the base image ubuntu:22.04 (BUILD_IMAGE)" in progress.lines
+    assert [c.query["fromImage"] for c in engine.calls("POST", "/images/create")] == ["ubuntu"]
+    assert len(engine.calls("POST", "/build")) == 1
+
+
+def test_with_pulling_off_a_missing_base_fails_before_any_pull(engine: FakeEngine,
+                                                               docker_client: Any) -> None:
+    with pytest.raises(ImageError) as caught:
+        images.build("gpu", "0.1.0", ROOT, docker_client, Recorder(), pull_bases=False,
+                     build_args={"CUDA_IMAGE": "stand/in:1"})
+    assert str(caught.value).startswith("the base image stand/in:1 (CUDA_IMAGE) is not on the "
+                                        "Docker engine and pulling is off")
+    assert engine.calls("POST", "/images/create") == [] and engine.calls("POST", "/build") == []
+
+
+def test_cli_build_takes_the_bases_from_the_environment(
+        engine: FakeEngine, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    engine.images |= {"stand/python:1", "stand/debian:1"}
+    monkeypatch.setenv("DOCKER_HOST", engine.url)
+    monkeypatch.setenv("SMSERVE_PYTHON_IMAGE", "stand/python:1")
+    monkeypatch.setenv("SMSERVE_BUILD_IMAGE", "stand/debian:1")
+    monkeypatch.setenv("SMSERVE_CUDA_IMAGE", "stand/debian:1")
+    assert main(["image", "build", "--flavor", "cpu", "--context", str(ROOT)]) == 0
+    assert main(["image", "build", "--flavor", "gpu", "--context", str(ROOT), "--build-arg",
+                 "CUDA_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04"]) == 0
+    cpu, gpu = (json.loads(c.query["buildargs"]) for c in engine.calls("POST", "/build"))
+    assert cpu == {"PYTHON_IMAGE": "stand/python:1"}  # only what the Dockerfile declares
+    assert gpu == {"BUILD_IMAGE": "stand/debian:1",  # an explicit --build-arg wins
+                   "CUDA_IMAGE": "nvidia/cuda:12.4.1-runtime-ubuntu22.04"}
+    assert engine.calls("POST", "/images/create") == []
+    err = capsys.readouterr().err
+    assert "on PYTHON_IMAGE=stand/python:1" in err
+
+
+def test_cli_build_with_no_pull_and_a_missing_base_exits_6(
+        engine: FakeEngine, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DOCKER_HOST", engine.url)
+    monkeypatch.setenv("SMSERVE_PYTHON_IMAGE", "not/here:1")
+    assert main(["image", "build", "--flavor", "cpu", "--no-pull", "--context", str(ROOT)]) == 6
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("smserve: error: the base image not/here:1 (PYTHON_IMAGE)")
+    assert engine.calls("POST", "/build") == []
 
 
 def test_push_tags_and_pushes_with_the_ecr_login(engine: FakeEngine, docker_client: Any,
