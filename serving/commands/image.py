@@ -83,9 +83,8 @@ def _print_plan(steps: list[str]) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     """Build a serving image (cpu or gpu) through the Docker engine, showing its output."""
     from serving import images
-    from serving.settings import Settings
-
     from serving._image_bases import base_build_args
+    from serving.settings import Settings
 
     settings = Settings.from_environ()
     environ = settings.environ
