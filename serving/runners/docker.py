@@ -27,6 +27,12 @@ on the host's ``127.0.0.1`` only:
 
 Each container runs as the caller's uid:gid by default, so a model folder the
 caller can read is readable inside (a temporary folder is mode 0700).
+
+GPUs (``SMSERVE_DOCKER_GPUS``, see :mod:`serving.runners._gpu`): ``auto``
+asks for every GPU only when the image wants one and the engine has an
+NVIDIA runtime; otherwise a GPU image runs its model on the CPU and
+:meth:`DockerRunner.describe` says so. ``all`` always asks, and a start the
+engine refuses shows the engine's whole message.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from typing import Any
 
 from serving.errors import ServerStartError
 from serving.ports import free_port
+from serving.runners._gpu import GPU_MODES, Placement, place, start_refused
 from serving.runners.process import ProcessRunner, StartGroup, start_all, wait_healthy
 
 CONTAINER_PORT = 8080
@@ -202,7 +209,8 @@ class DockerRunner:
         client: a ``docker.DockerClient`` (see :func:`serving.images.connect`).
         env: the runner's environment; its ``AWS_*``, ``SMSERVE_*`` and
             ``SAGEMAKER_*`` settings reach every container.
-        gpu: request every GPU (``--gpus all``).
+        gpus: ``auto`` (ask for every GPU when the image wants one and the engine
+            has an NVIDIA runtime), ``all`` (always ask: ``--gpus all``) or ``none``.
         network: ``host``, ``bridge`` or ``auto`` (see the module docstring).
         user: ``uid:gid`` to run as; ``auto`` is the caller's; None is the image's.
         startup_timeout: seconds a container may take to answer ``/ping``.
@@ -213,7 +221,7 @@ class DockerRunner:
     """
 
     def __init__(self, image: str, client: Any, env: Mapping[str, str] | None = None, *,
-                 gpu: bool = False, network: str = "auto", user: str | None = "auto",
+                 gpus: str = "auto", network: str = "auto", user: str | None = "auto",
                  startup_timeout: float = 180.0, ping_timeout: float = 2.0,
                  log: Callable[[str], None] | None = None, stop_grace: float = 10.0,
                  poll_interval: float = 0.25) -> None:
@@ -222,7 +230,10 @@ class DockerRunner:
         self.image = image
         self.client = client
         self.env = dict(env or {})
-        self.gpu = gpu
+        if gpus not in GPU_MODES:
+            raise ValueError(f"gpus must be one of {', '.join(GPU_MODES)}, not {gpus!r}")
+        self.gpus = gpus
+        self._placement: Placement | None = None
         self.network = network
         self.user = _caller_user() if user == "auto" else user
         self.startup_timeout = startup_timeout
@@ -241,11 +252,26 @@ class DockerRunner:
             ImageError: no engine is reachable.
         """
         from serving import images
+        from serving.settings import Settings
 
         images.check_flavor(flavor)
+        gpus = Settings.from_environ(environ).docker_gpus
         client = images.connect(environ)
         image = images.local_image(flavor, tag or images.default_tag())
-        return cls(image, client, environ, gpu=flavor == "gpu", **options)
+        return cls(image, client, environ, gpus=gpus, **options)
+
+    def placement(self) -> Placement:
+        """Whether containers ask for a GPU, and why (decided once, on first use)."""
+        if self._placement is None:
+            self._placement = place(self.client, self.image, self.gpus)
+            if self.log is not None and self._placement.note:
+                self.log(f"{self.image}: {self._placement.note}")
+        return self._placement
+
+    def describe(self) -> str:
+        """Which runner runs the model, for progress lines and reports (one line)."""
+        where = self.placement()
+        return f"docker {self.image}" + (f" ({where.note})" if where.note else "")
 
     def resolved_network(self) -> str:
         """``host`` or ``bridge``: ``auto`` becomes bridge on Docker Desktop, else host."""
@@ -279,6 +305,7 @@ class DockerRunner:
             raise ServerStartError(f"model directory {model_dir} does not exist",
                                    model_dir=str(model_dir))
         network = self.resolved_network()
+        self.placement()
         return start_all(count, lambda index, group: self._start_one(
             model_dir, dict(environment or {}), index, network, group),
             thread_name_prefix="docker-start")
@@ -333,7 +360,8 @@ class DockerRunner:
         else:
             options["ports"] = {f"{CONTAINER_PORT}/tcp": ("127.0.0.1", host_port)}
             options["extra_hosts"] = {"host.docker.internal": "host-gateway"}
-        if self.gpu:
+        gpu = self.placement().gpu
+        if gpu:
             options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
         created = None
         try:
@@ -346,8 +374,7 @@ class DockerRunner:
         except (APIError, DockerException, OSError) as err:
             if created is not None:
                 _force_remove(created)
-            raise ServerStartError(f"the Docker engine could not start container {index} from "
-                                   f"{self.image}: {' '.join(str(err).split())}") from err
+            raise ServerStartError(start_refused(err, index, self.image, gpu)) from err
         return DockerContainer(index, created, host_port, grace=self.stop_grace, log=self.log)
 
 

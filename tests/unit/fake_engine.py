@@ -92,6 +92,7 @@ class FakeEngine:
             error an engine that cannot reach Docker Hub reports.
         container_behaviour: ``healthy`` (answers /ping) or ``exit`` (exits at once, code 3).
         operating_system: what ``/info`` reports.
+        image_env: an image's ``Config.Env`` (none by default).
         runtimes: the runtimes ``/info`` reports; without ``nvidia`` a container that asks
             for a GPU fails to start with the engine's message.
     """
@@ -103,6 +104,7 @@ class FakeEngine:
         {"status": "Pulling from library/x"},
         {"errorDetail": {"message": NO_REGISTRY}, "error": NO_REGISTRY}])
     runtimes: tuple[str, ...] = ("io.containerd.runc.v2", "runc")
+    image_env: dict[str, list[str]] = field(default_factory=dict)
     container_behaviour: str = "healthy"
     operating_system: str = "Ubuntu 22.04.4 LTS"
     requests: list[Recorded] = field(default_factory=list)
@@ -200,7 +202,8 @@ class FakeEngine:
             if action == "json":
                 if name not in self.images:
                     return self._json(h, 404, {"message": f"No such image: {name}"})
-                return self._json(h, 200, {"Id": "sha256:" + "ab" * 32, "RepoTags": [name]})
+                return self._json(h, 200, {"Id": "sha256:" + "ab" * 32, "RepoTags": [name],
+                                           "Config": {"Env": self.image_env.get(name, [])}})
             if action == "tag":
                 if name not in self.images:
                     return self._json(h, 404, {"message": f"No such image: {name}"})

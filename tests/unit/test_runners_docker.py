@@ -110,7 +110,8 @@ def test_host_network_on_a_linux_engine(engine: FakeEngine, client: Any,
 def test_bridge_network_and_gpus_on_docker_desktop(engine: FakeEngine, client: Any,
                                                    model_dir: Path) -> None:
     engine.operating_system = "Docker Desktop"
-    runner = DockerRunner(IMAGE, client, BASE_ENV, gpu=True, user=None, startup_timeout=20)
+    engine.runtimes = ("runc", "nvidia")
+    runner = DockerRunner(IMAGE, client, BASE_ENV, gpus="all", user=None, startup_timeout=20)
     (container,) = runner.start(model_dir)
     try:
         assert _healthy(container.url)
@@ -148,9 +149,55 @@ def test_a_missing_image_says_to_build_it(engine: FakeEngine, client: Any,
         runner.start(model_dir)
 
 
+def test_a_gpu_image_without_an_nvidia_runtime_runs_on_the_cpu(engine: FakeEngine, client: Any,
+                                                               model_dir: Path) -> None:
+    engine.images.add("smserve-gpu:1.0")
+    engine.image_env["smserve-gpu:1.0"] = ["NVIDIA_VISIBLE_DEVICES=all"]
+    lines: list[str] = []
+    runner = DockerRunner("smserve-gpu:1.0", client, BASE_ENV, startup_timeout=20,
+                          log=lines.append)
+    (container,) = runner.start(model_dir)
+    container.stop(grace=1)
+    host = engine.calls("POST", "/containers/create")[0].json()["HostConfig"]
+    assert not host.get("DeviceRequests")
+    said = [line for line in lines if "NVIDIA" in line]
+    assert said == ["smserve-gpu:1.0: on the CPU: the Docker engine has no NVIDIA runtime, so no "
+                    "GPU was requested (SMSERVE_DOCKER_GPUS=all asks anyway)"]
+    assert runner.describe().startswith("docker smserve-gpu:1.0 (on the CPU: ")
+    # the same image where the engine has the NVIDIA runtime asks for every GPU
+    engine.runtimes = ("runc", "nvidia")
+    gpu_runner = DockerRunner("smserve-gpu:1.0", client, BASE_ENV, startup_timeout=20)
+    (container,) = gpu_runner.start(model_dir)
+    container.stop(grace=1)
+    host = engine.calls("POST", "/containers/create")[1].json()["HostConfig"]
+    assert host["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
+    assert gpu_runner.describe() == "docker smserve-gpu:1.0 (on the GPU)"
+    # a CPU image never asks, and there is nothing to say about it
+    assert DockerRunner(IMAGE, client, BASE_ENV).describe() == f"docker {IMAGE}"
+
+
+def test_a_gpu_asked_for_and_not_had_shows_the_engines_whole_message(
+        engine: FakeEngine, client: Any, model_dir: Path) -> None:
+    from tests.unit.fake_engine import NO_GPU
+
+    runner = DockerRunner(IMAGE, client, BASE_ENV, gpus="all", startup_timeout=20)
+    with pytest.raises(ServerStartError) as caught:
+        runner.start(model_dir)
+    message = caught.value.message
+    assert message.startswith(f"the Docker engine could not start container 0 from {IMAGE}: "
+                              f"{NO_GPU} (HTTP 500); the container asked for every GPU")
+    assert "SMSERVE_DOCKER_GPUS=auto" in message and "..." not in message
+    assert engine.containers == {}, "the container that could not start is removed"
+    with pytest.raises(ValueError, match="gpus must be one of auto, all, none"):
+        DockerRunner(IMAGE, client, BASE_ENV, gpus="yes")
+
+
 def test_for_flavor_needs_an_engine(engine: FakeEngine) -> None:
     runner = DockerRunner.for_flavor("gpu", {"DOCKER_HOST": engine.url}, "1.0")
-    assert (runner.image, runner.gpu) == ("smserve-gpu:1.0", True)
+    assert (runner.image, runner.gpus) == ("smserve-gpu:1.0", "auto")
+    runner = DockerRunner.for_flavor("gpu", {"DOCKER_HOST": engine.url,
+                                             "SMSERVE_DOCKER_GPUS": "none"})
+    assert runner.gpus == "none"
     with pytest.raises(ImageError, match="no Docker engine is reachable"):
         DockerRunner.for_flavor("cpu", {"DOCKER_HOST": "tcp://127.0.0.1:1"})
 
@@ -185,6 +232,6 @@ def test_choose_runner(engine: FakeEngine) -> None:
 
     assert isinstance(choose_runner("process", "cpu", {"PATH": "/bin"}), ProcessRunner)
     docker = choose_runner("docker", "gpu", {"DOCKER_HOST": engine.url}, tag="2.0")
-    assert isinstance(docker, DockerRunner) and docker.image == "smserve-gpu:2.0" and docker.gpu
+    assert isinstance(docker, DockerRunner) and docker.image == "smserve-gpu:2.0"
     with pytest.raises(ConfigError, match="SMSERVE_CONTAINER_RUNNER='k8s' is not a runner"):
         choose_runner("k8s", "cpu", {})
