@@ -31,14 +31,17 @@ CLASSIFIER = "scene_classifier"
 
 def summary_lines(report: PipelineReport, graph: Graph,
                   runs_on: str = "local process") -> list[str]:
-    """One line per model: records, what happened to them, how long it took."""
+    """One line per model: records, what happened to them, how long it took, what ran it.
+
+    ``runs_on`` names the runner of a model whose report does not.
+    """
     lines = []
     for m in report.models:
         counts = [(m.written, "written"), (m.skipped, "skipped"), (m.failed, "failed")]
         what = ", ".join(f"{n} {status}" for n, status in counts if n) or "nothing to do"
         if m.seconds is not None:
             how = (f"{m.seconds:.1f} s, batch transform on {graph[m.model].instance_type} "
-                   f"-> {runs_on}")
+                   f"-> {m.runner or runs_on}")
         else:
             how = m.reason or m.status
         lines.append(f"  {m.model:<18} {m.records} records: {what}  ({how})")

@@ -69,8 +69,12 @@ def place(client: Any, image: str, mode: str) -> Placement:
         return Placement(False)
     if nvidia_runtime(client):
         return Placement(True, "on the GPU")
-    return Placement(False, "on the CPU: the Docker engine has no NVIDIA runtime, so no GPU "
-                            "was requested (SMSERVE_DOCKER_GPUS=all asks anyway)")
+    return Placement(False, "on the CPU: the engine has no NVIDIA runtime")
+
+
+#: Said once per runner with a :class:`Placement` on the CPU for a GPU image.
+CPU_FALLBACK = ("no GPU device request: the model runs on the CPU "
+                "(SMSERVE_DOCKER_GPUS=all asks for a GPU anyway)")
 
 
 def start_refused(err: BaseException, index: int, image: str, gpu: bool) -> str:

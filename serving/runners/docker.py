@@ -50,7 +50,7 @@ from typing import Any
 
 from serving.errors import ServerStartError
 from serving.ports import free_port
-from serving.runners._gpu import GPU_MODES, Placement, place, start_refused
+from serving.runners._gpu import CPU_FALLBACK, GPU_MODES, Placement, place, start_refused
 from serving.runners.process import ProcessRunner, StartGroup, start_all, wait_healthy
 
 CONTAINER_PORT = 8080
@@ -264,8 +264,9 @@ class DockerRunner:
         """Whether containers ask for a GPU, and why (decided once, on first use)."""
         if self._placement is None:
             self._placement = place(self.client, self.image, self.gpus)
-            if self.log is not None and self._placement.note:
-                self.log(f"{self.image}: {self._placement.note}")
+            where = self._placement
+            if self.log is not None and where.note and not where.gpu:
+                self.log(f"{self.image}: {where.note}; {CPU_FALLBACK}")
         return self._placement
 
     def describe(self) -> str:
@@ -406,3 +407,9 @@ def choose_runner(kind: str, flavor: str, environ: Mapping[str, str], *,
         return DockerRunner.for_flavor(flavor, environ, tag, log=log)
     raise ConfigError(f"SMSERVE_CONTAINER_RUNNER={kind!r} is not a runner; use "
                       f"{' or '.join(RUNNER_KINDS)}")
+
+
+def runner_description(runner: Any) -> str:
+    """What runs a model's containers, in a few words (progress lines, reports)."""
+    describe = getattr(runner, "describe", None)
+    return str(describe()) if callable(describe) else "local process"

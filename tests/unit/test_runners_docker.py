@@ -161,9 +161,11 @@ def test_a_gpu_image_without_an_nvidia_runtime_runs_on_the_cpu(engine: FakeEngin
     host = engine.calls("POST", "/containers/create")[0].json()["HostConfig"]
     assert not host.get("DeviceRequests")
     said = [line for line in lines if "NVIDIA" in line]
-    assert said == ["smserve-gpu:1.0: on the CPU: the Docker engine has no NVIDIA runtime, so no "
-                    "GPU was requested (SMSERVE_DOCKER_GPUS=all asks anyway)"]
-    assert runner.describe().startswith("docker smserve-gpu:1.0 (on the CPU: ")
+    assert said == ["smserve-gpu:1.0: on the CPU: the engine has no NVIDIA runtime; no GPU "
+                    "device request: the model runs on the CPU (SMSERVE_DOCKER_GPUS=all asks "
+                    "for a GPU anyway)"]
+    assert runner.describe() == ("docker smserve-gpu:1.0 (on the CPU: the engine has no NVIDIA "
+                                 "runtime)")
     # the same image where the engine has the NVIDIA runtime asks for every GPU
     engine.runtimes = ("runc", "nvidia")
     gpu_runner = DockerRunner("smserve-gpu:1.0", client, BASE_ENV, startup_timeout=20)
