@@ -208,19 +208,10 @@ def test_for_flavor_needs_an_engine(engine: FakeEngine) -> None:
 @pytest.mark.timeout(600)
 def test_the_real_cpu_image_serves_a_model(request: pytest.FixtureRequest) -> None:
     from local_test.docker_harness import harness_environ, running_image
+    from tests.docker_images import serving_image
 
     environ = dict(os.environ)
-    try:
-        client = images.connect(environ, timeout=10)
-    except ImageError as err:
-        pytest.skip(f"needs a reachable Docker engine: {err.message}")
-    try:
-        client.api.inspect_image(images.local_image("cpu", images.default_tag()))
-    except Exception:
-        pytest.skip(f"needs the image {images.local_image('cpu', images.default_tag())}: "
-                    "smserve image build --flavor cpu")
-    finally:
-        client.close()
+    serving_image("cpu")  # built from this tree, or a skip saying what is missing
     stack = request.getfixturevalue("stack")
     with running_image(ROOT / "models" / "frame_features", "cpu",
                        harness_environ(stack, environ)) as containers:
