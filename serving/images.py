@@ -196,7 +196,7 @@ def engine_available(environ: Mapping[str, str], timeout: float = 5.0) -> bool:
 
 def build(flavor: str, tag: str, context_dir: Path, client: Any, progress: Progress,
           *, build_args: Mapping[str, str] | None = None, platform: str = PLATFORM,
-          pull_bases: bool = True) -> str:
+          pull_bases: bool = True, no_cache: bool = False) -> str:
     """Build ``smserve-<flavor>:<tag>`` from ``context_dir``, streaming the engine's output.
 
     Args:
@@ -209,6 +209,7 @@ def build(flavor: str, tag: str, context_dir: Path, client: Any, progress: Progr
             images ``PYTHON_IMAGE``/``BUILD_IMAGE``/``CUDA_IMAGE``...).
         platform: the target platform (SageMaker runs ``linux/amd64``).
         pull_bases: pull base images the engine lacks (False: that is an error).
+        no_cache: build every step again (the layer cache is not used).
 
     Returns:
         the built image's id. The tag is set only when the build succeeded
@@ -233,6 +234,7 @@ def build(flavor: str, tag: str, context_dir: Path, client: Any, progress: Progr
     try:
         stream = client.api.build(path=str(context_dir), dockerfile=relative, tag=name, rm=True,
                                   forcerm=True, decode=True, platform=platform,
+                                  nocache=no_cache,
                                   buildargs=dict(build_args or {}))
         image_id = follow_build(stream, progress, flavor)
     except (APIError, DockerException, OSError) as err:

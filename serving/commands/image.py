@@ -102,7 +102,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     progress = ConsoleProgress()
     try:
         images.build(args.flavor, tag, context, client, progress, build_args=build_args,
-                     pull_bases=not args.no_pull)
+                     pull_bases=not args.no_pull, no_cache=args.no_cache)
     finally:
         progress.close()
         client.close()
@@ -161,6 +161,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="never pull base images: a missing one is an error naming it "
                         "(bases: $SMSERVE_PYTHON_IMAGE, $SMSERVE_BUILD_IMAGE, "
                         "$SMSERVE_CUDA_IMAGE or --build-arg PYTHON_IMAGE=...)")
+    b.add_argument("--no-cache", action="store_true",
+                   help="build every step again, without the engine's layer cache")
     b.add_argument("--dry-run", action="store_true", help="print the steps, do nothing")
     b.set_defaults(func=cmd_build)
 
