@@ -37,25 +37,20 @@ engine refuses shows the engine's whole message.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import threading
-import weakref
-from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from serving.errors import ServerStartError
 from serving.ports import free_port
+from serving.runners._container import DockerContainer, force_remove
 from serving.runners._gpu import CPU_FALLBACK, GPU_MODES, Placement, place, start_refused
 from serving.runners.process import ProcessRunner, StartGroup, start_all, wait_healthy
 
 CONTAINER_PORT = 8080
 MODEL_MOUNT = "/opt/ml/model"
-TAIL_LINES = 40
 #: Settings a container gets from the runner's environment (by prefix)...
 FORWARDED_PREFIXES = ("AWS_", "SMSERVE_", "SAGEMAKER_")
 #: ...except these: host paths, or what the runner sets per container.
@@ -94,105 +89,6 @@ def container_env(base: Mapping[str, str], environment: Mapping[str, str], *, po
             if key.startswith("AWS_ENDPOINT_URL"):
                 env[key] = _LOOPBACK.sub(r"\1host.docker.internal", value)
     return env
-
-
-class _Exit:
-    """``Popen``-like ``poll()`` for a container: its exit code once it has stopped."""
-
-    def __init__(self, container: DockerContainer) -> None:
-        self._container = container
-
-    def poll(self) -> int | None:
-        return self._container.exit_code()
-
-
-class DockerContainer:
-    """One running serving container.
-
-    Attributes:
-        index: its position among the job's containers.
-        port: the loopback port it is reached on.
-        url: ``http://127.0.0.1:PORT``.
-        id: the engine's container id.
-        process: ``.poll()`` gives the exit code once it stopped, else None.
-    """
-
-    def __init__(self, index: int, container: Any, port: int, *, grace: float = 10.0,
-                 log: Callable[[str], None] | None = None) -> None:
-        self.index = index
-        self.container = container
-        self.id: str = container.id
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.grace = grace
-        self.process = _Exit(self)
-        self._stopped = False
-        self._lock = threading.Lock()
-        self._lines: deque[str] = deque(maxlen=TAIL_LINES)
-        self._finalizer = weakref.finalize(self, _force_remove, container)
-        self._follower: threading.Thread | None = None
-        if log is not None:
-            self._follower = threading.Thread(target=self._follow, args=(log,), daemon=True,
-                                              name=f"docker-log-{index}")
-            self._follower.start()
-
-    def exit_code(self) -> int | None:
-        """The exit code once the container has stopped, else None."""
-        try:
-            self.container.reload()
-        except Exception:
-            return -1  # gone
-        state = self.container.attrs.get("State") or {}
-        if state.get("Running") or state.get("Status") in ("created", "running", "restarting"):
-            return None
-        return int(state.get("ExitCode", -1))
-
-    def alive(self) -> bool:
-        """True while the container runs."""
-        return self.exit_code() is None
-
-    def log_tail(self, lines: int = TAIL_LINES) -> str:
-        """The last ``lines`` lines the container printed."""
-        try:
-            raw = self.container.logs(tail=lines)
-        except Exception:
-            return "\n".join(list(self._lines)[-lines:])
-        text: str = raw.decode("utf-8", "replace").rstrip("\n")
-        return text
-
-    def stop(self, grace: float | None = None) -> None:
-        """Stop the container (SIGTERM, SIGKILL after ``grace`` s) and remove it; idempotent."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        try:
-            with contextlib.suppress(Exception):
-                self.container.stop(timeout=int(self.grace if grace is None else grace))
-        finally:
-            self._finalizer()
-
-    def _follow(self, log: Callable[[str], None]) -> None:
-        with contextlib.suppress(Exception):
-            for raw in self.container.logs(stream=True, follow=True):
-                for line in raw.decode("utf-8", "replace").splitlines():
-                    self._lines.append(line)
-                    log(f"[container {self.index}] {line}")
-
-    def __enter__(self) -> DockerContainer:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"DockerContainer(index={self.index}, url={self.url!r}, id={self.id[:12]!r})"
-
-
-def _force_remove(container: Any) -> None:
-    with contextlib.suppress(Exception):
-        container.remove(force=True)
 
 
 def _caller_user() -> str | None:
@@ -374,7 +270,7 @@ class DockerRunner:
                 "--flavor cpu|gpu), or run the transform with the process runner") from err
         except (APIError, DockerException, OSError) as err:
             if created is not None:
-                _force_remove(created)
+                force_remove(created)
             raise ServerStartError(start_refused(err, index, self.image, gpu)) from err
         return DockerContainer(index, created, host_port, grace=self.stop_grace, log=self.log)
 
