@@ -228,3 +228,41 @@ def test_choose_runner(engine: FakeEngine) -> None:
     assert isinstance(docker, DockerRunner) and docker.image == "smserve-gpu:2.0"
     with pytest.raises(ConfigError, match="SMSERVE_CONTAINER_RUNNER='k8s' is not a runner"):
         choose_runner("k8s", "cpu", {})
+
+
+def test_the_stacks_jobs_with_the_docker_runner_and_no_engine_fail_saying_so() -> None:
+    """SMSERVE_CONTAINER_RUNNER=docker on the embedded stack: CreateTransformJob runs the
+    model's Image on the engine DOCKER_HOST names; with none there, the job fails at once
+    with the reason (a real stack and boto3; no container is started)."""
+    import time
+
+    import boto3
+
+    from serving.local.stack import LocalStack
+    from serving.settings import Settings
+
+    settings = Settings.from_environ({**os.environ, "SMSERVE_CONTAINER_RUNNER": "docker",
+                                      "DOCKER_HOST": "tcp://127.0.0.1:1"})
+    stack = LocalStack(settings=settings).start()
+    try:
+        sm = boto3.client("sagemaker", endpoint_url=stack.endpoint_url, region_name=stack.region,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        sm.create_model(ModelName="in-image", ExecutionRoleArn="arn:aws:iam::123456789012:role/r",
+                        PrimaryContainer={"Image": IMAGE,
+                                          "ModelDataUrl": "s3://no-engine-bucket/model.tar.gz"})
+        sm.create_transform_job(
+            TransformJobName="no-engine", ModelName="in-image",
+            TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                                            "S3Uri": "s3://no-engine-bucket/in/"}}},
+            TransformOutput={"S3OutputPath": "s3://no-engine-bucket/out/"},
+            TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1})
+        deadline = time.monotonic() + 60
+        while (described := sm.describe_transform_job(TransformJobName="no-engine")
+               )["TransformJobStatus"] == "InProgress":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert described["TransformJobStatus"] == "Failed"
+        assert described["FailureReason"].startswith(
+            "ClientError: no Docker engine is reachable at DOCKER_HOST=tcp://127.0.0.1:1")
+    finally:
+        stack.stop()
