@@ -56,6 +56,7 @@ def main() -> None:
     spec = load_spec(MODELS / args.model)
     env = {**os.environ, "SETUPTOOLS_USE_DISTUTILS": "stdlib"}
     work = Path(tempfile.mkdtemp(prefix="smserve-bench-start-"))
+    runners: dict[str, Any] = {}
     try:
         model_dir = prepare_model(MODELS / args.model, work)
         runners = {
@@ -82,6 +83,8 @@ def main() -> None:
                     "process_median_s": r3(process), "docker_median_s": r3(docker),
                     "ratio": r3(ratio)})
     finally:
+        if "docker" in runners:
+            runners["docker"].close()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -29,8 +29,10 @@ class Served:
         runner: what runs it, in a few words (``docker smserve-cpu:0.1.0``).
     """
 
-    def __init__(self, container: Any, workdir: Path, runner: str) -> None:
+    def __init__(self, container: Any, workdir: Path, runner: str,
+                 close: Callable[[], None] | None = None) -> None:
         self.container = container
+        self._close = close
         self.url: str = container.url
         self.process = container.process
         self.runner = runner
@@ -41,6 +43,8 @@ class Served:
         try:
             self.container.stop()
         finally:
+            if self._close is not None:
+                self._close()
             shutil.rmtree(self._workdir, ignore_errors=True)
 
 
@@ -56,6 +60,7 @@ def start_in_container(run: Run, settings: Settings, echo: Callable[[str], None]
     from serving.transform.job import prepare_model
 
     workdir = Path(tempfile.mkdtemp(prefix="smserve-check-image-"))
+    runner: DockerRunner | None = None
     try:
         model_dir = prepare_model(run.folder, workdir)
         runner = DockerRunner.for_flavor(run.spec.image, settings.environ, log=echo,
@@ -64,6 +69,8 @@ def start_in_container(run: Run, settings: Settings, echo: Callable[[str], None]
         echo(f"starting {label} on {run.folder.name}")
         (container,) = runner.start(model_dir, run.spec.container_environment(), count=1)
     except BaseException:
+        if runner is not None:
+            runner.close()
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return Served(container, workdir, label)
+    return Served(container, workdir, label, close=runner.close)

@@ -39,7 +39,7 @@ from serving.localpipeline.report import ModelReport, PipelineReport, report_mes
 from serving.localpipeline.scheduler import ModelResult, ProgressFn, Scheduler, describe_error
 from serving.localpipeline.view import LiveView
 from serving.pipeline import DEFAULT_PREFIX, Graph
-from serving.runners.docker import runner_description
+from serving.runners.docker import close_runner, runner_description
 from serving.runners.process import ProcessRunner
 from serving.s3refs import dumps_records
 from serving.sagemaker.jobs import SageMakerJobs, predict_via_api
@@ -113,15 +113,19 @@ class TransformRunner:
             else:
                 runner = self.runner or self._runner(spec.image, log)
                 runner_label = runner_description(runner)
-                answers = predict(
-                    spec.folder, list(work.pending), self.clients, self.bucket,
-                    work_prefix=self.work_prefix, job_name=name, runner=runner, log=log,
-                    progress=lambda p: progress(p.records_done, p.records_total),
-                    model_name=spec.name.replace("_", "-"),
-                    instance_count=spec.instance_count,
-                    batch_strategy=spec.batch_strategy, max_payload_mb=spec.max_payload_mb,
-                    max_concurrent=spec.max_concurrent_transforms,
-                    model_environment=spec.container_environment(), image=spec.image)
+                try:
+                    answers = predict(
+                        spec.folder, list(work.pending), self.clients, self.bucket,
+                        work_prefix=self.work_prefix, job_name=name, runner=runner, log=log,
+                        progress=lambda p: progress(p.records_done, p.records_total),
+                        model_name=spec.name.replace("_", "-"),
+                        instance_count=spec.instance_count,
+                        batch_strategy=spec.batch_strategy, max_payload_mb=spec.max_payload_mb,
+                        max_concurrent=spec.max_concurrent_transforms,
+                        model_environment=spec.container_environment(), image=spec.image)
+                finally:
+                    if self.runner is None:
+                        close_runner(runner)
         except Exception as err:
             return dataclasses.replace(self._failed(work, name, err), runner=runner_label)
         statuses = [a.get("status") if isinstance(a, dict) else None for a in answers]

@@ -37,6 +37,7 @@ engine refuses shows the engine's whole message.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -169,6 +170,11 @@ class DockerRunner:
         """Which runner runs the model, for progress lines and reports (one line)."""
         where = self.placement()
         return f"docker {self.image}" + (f" ({where.note})" if where.note else "")
+
+    def close(self) -> None:
+        """Close the engine connection (stop the containers first); idempotent."""
+        with contextlib.suppress(Exception):
+            self.client.close()
 
     def resolved_network(self) -> str:
         """``host`` or ``bridge``: ``auto`` becomes bridge on Docker Desktop, else host."""
@@ -303,6 +309,13 @@ def choose_runner(kind: str, flavor: str, environ: Mapping[str, str], *,
         return DockerRunner.for_flavor(flavor, environ, tag, log=log)
     raise ConfigError(f"SMSERVE_CONTAINER_RUNNER={kind!r} is not a runner; use "
                       f"{' or '.join(RUNNER_KINDS)}")
+
+
+def close_runner(runner: Any) -> None:
+    """Release what ``runner`` holds (a Docker runner's engine connection; nothing else)."""
+    close = getattr(runner, "close", None)
+    if callable(close):
+        close()
 
 
 def runner_description(runner: Any) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from serving.aws import ClientFactory
 from serving.errors import ConfigError, TransformError
-from serving.runners.docker import choose_runner, runner_description
+from serving.runners.docker import choose_runner, close_runner, runner_description
 from serving.runners.process import Container, ProcessRunner
 from serving.transform.dataplane import DataPlane, Progress
 from serving.transform.listing import list_inputs
@@ -87,6 +87,7 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
         ConfigError: a bad model path or archive.
     """
     say = log or (lambda _line: None)
+    made_runner = runner is None
     if runner is None:
         from serving.settings import Settings
 
@@ -111,6 +112,8 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
     finally:
         for container in containers:
             container.stop()
+        if made_runner:
+            close_runner(runner)
         shutil.rmtree(workdir, ignore_errors=True)
     say(result.summary())
     if not result.ok:

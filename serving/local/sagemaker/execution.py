@@ -28,7 +28,7 @@ from serving.aws import ClientFactory
 from serving.errors import ConfigError, ImageError, ServerStartError, TransformError
 from serving.local.sagemaker.artifacts import fetch_model
 from serving.local.sagemaker.logs import JobLog
-from serving.runners.docker import DockerContainer, DockerRunner
+from serving.runners.docker import DockerContainer, DockerRunner, close_runner
 from serving.runners.process import Container, ProcessRunner
 from serving.settings import Settings
 from serving.transform.dataplane import DataPlane
@@ -179,6 +179,7 @@ class TransformRun:
     def _execute(self) -> Outcome:
         spec, say = self.spec, self.log.data
         workdir = Path(tempfile.mkdtemp(prefix=f"smserve-sagemaker-{spec.name}-"))
+        runner: ProcessRunner | DockerRunner | None = None
         try:
             environment = container_environment(spec, self.container.get("Environment") or {})
             program = environment.get("SAGEMAKER_PROGRAM") or "serving.py"
@@ -215,6 +216,8 @@ class TransformRun:
         finally:
             for container in self._spawned():
                 container.stop(grace=STOP_GRACE)
+            if runner is not None:
+                close_runner(runner)
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _runner(self, image: str) -> ProcessRunner | DockerRunner:
