@@ -27,6 +27,10 @@ Variables (SageMaker's own, then ours):
                                        container to pass ``/ping`` (600)
 ``SMSERVE_RUN_DIR``                    the server's private run directory (set by ``serve``)
 ``SMSERVE_CONTAINER_RUNNER``           local transform containers: process (default) or docker
+``SMSERVE_IMAGES_FILE``                where ``smserve image push`` records image URIs
+                                       (``.smserve/images.json``)
+``SMSERVE_IMAGE_CPU`` / ``_GPU``       the ECR image URI a flavor's models run on (overrides
+                                       the images file)
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION``  region (us-east-1)
 ``AWS_ENDPOINT_URL[_<SERVICE>]``       endpoint overrides (the embedded stack)
 =====================================  =========================================
@@ -117,6 +121,8 @@ class Settings:
     container_startup_timeout: int = 600
     run_dir: Path | None = None
     container_runner: str = "process"
+    images_file: Path = Path(".smserve/images.json")
+    image_uris: Mapping[str, str] = field(default_factory=dict)
     region: str = "us-east-1"
     endpoint_url: str | None = None
     service_endpoints: Mapping[str, str] = field(default_factory=dict)
@@ -158,6 +164,9 @@ class Settings:
             run_dir=Path(env["SMSERVE_RUN_DIR"]) if env.get("SMSERVE_RUN_DIR") else None,
             container_runner=_choice(env, "SMSERVE_CONTAINER_RUNNER", "process",
                                      ("process", "docker")),
+            images_file=Path(env.get("SMSERVE_IMAGES_FILE") or ".smserve/images.json"),
+            image_uris={flavor: env[f"SMSERVE_IMAGE_{flavor.upper()}"].strip()
+                        for flavor in ("cpu", "gpu") if env.get(f"SMSERVE_IMAGE_{flavor.upper()}")},
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
             service_endpoints=endpoints,
