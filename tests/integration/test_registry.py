@@ -8,6 +8,7 @@ for the smserve images.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
@@ -19,6 +20,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from docker.errors import DockerException
 
 from serving._ecr import RegistryLogin, registry_login
 from serving.cli import main
@@ -57,9 +59,21 @@ def ecr(stack: LocalStack) -> Any:
 
 
 @pytest.fixture()
-def repo() -> str:
-    """A repository name no other test uses."""
-    return f"reg-test/r{uuid.uuid4().hex[:10]}"
+def repo(stack: LocalStack) -> Iterator[str]:
+    """A repository name no other test uses; the engine's names for it are removed after."""
+    name = f"reg-test/r{uuid.uuid4().hex[:10]}"
+    yield name
+    try:
+        client = connect(dict(Settings.from_environ().environ), timeout=60)
+    except ImageError:
+        return
+    prefix = f"{stack.registry_address}/{name}"
+    for image in client.api.images():
+        for ref in (image.get("RepoTags") or []) + (image.get("RepoDigests") or []):
+            if ref.startswith(prefix):
+                with contextlib.suppress(DockerException):  # gone with the tag removed before
+                    client.api.remove_image(ref, noprune=True)
+    client.close()
 
 
 def _other_image(engine: Any, text: str) -> str:
@@ -128,7 +142,7 @@ def test_an_immutable_tag_naming_other_content_is_refused_before_any_upload(
     finally:
         ecr.delete_repository(repositoryName=repo, force=True)
         for name in (first, second):
-            engine.api.remove_image(name, force=True)
+            engine.api.remove_image(name, noprune=True)
 
 
 @pytest.mark.docker
@@ -171,8 +185,6 @@ def test_cli_push_prints_digest_and_uri_and_records_them(
         out = capsys.readouterr().out.strip().splitlines()
     finally:
         engine.api.remove_image(f"smserve-cpu:{tag}", noprune=True)
-        for name in _local_tags(engine, f"{stack.registry_address}/{repo}"):
-            engine.api.remove_image(name, noprune=True)
     assert code == 0
     digest = out[0].removeprefix("digest ")
     uri = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{repo}:{tag}"
