@@ -207,7 +207,9 @@ def put_placeholder(ecr: Any, repository: str, tag: str) -> str:
                    "digest": "sha256:" + hashlib.sha256(config.encode()).hexdigest()},
         "layers": []})
     try:
-        image = ecr.put_image(repositoryName=repository, imageTag=tag, imageManifest=manifest)
+        image = ecr.put_image(repositoryName=repository, imageTag=tag, imageManifest=manifest,
+                              imageDigest="sha256:" + hashlib.sha256(manifest.encode()
+                                                                     ).hexdigest())
     except ecr.exceptions.ImageAlreadyExistsException:
         found = ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
         return str(found["imageDetails"][0]["imageDigest"])
