@@ -208,3 +208,27 @@ def test_a_stack_without_a_registry_says_so_and_refuses_the_login() -> None:
         with pytest.raises(ClientError, match="runs no registry") as info:
             _client(bare, "ecr").get_authorization_token()
         assert info.value.response["Error"]["Code"] == "ServerException"
+
+
+@pytest.mark.docker
+def test_deletes_and_reset_in_ecr_delete_in_the_registry(engine: Any, repo: str) -> None:
+    with LocalStack() as own:
+        assert own.registry is not None
+        ecr = _client(own, "ecr")
+        first = push_image(str(stand_in_image()), repo, "v1", ecr, engine, Quiet(),
+                           region=own.region, create_repository=True)
+        other = _other_image(engine, "kept")
+        try:
+            push_image(other, repo, "v2", ecr, engine, Quiet(), region=own.region)
+        finally:
+            engine.api.remove_image(other, noprune=True)
+            for name in _local_tags(engine, f"{own.registry_address}/{repo}"):
+                engine.api.remove_image(name, noprune=True)
+        assert own.registry.tags(repo) == ["v1", "v2"]
+        ecr.batch_delete_image(repositoryName=repo, imageIds=[{"imageTag": "v1"}])
+        assert own.registry.tags(repo) == ["v2"]
+        assert own.registry.manifest(repo, str(first.digest)) is None
+        assert [d["imageTags"] for d in ecr.describe_images(repositoryName=repo)["imageDetails"]
+                ] == [["v2"]], "the deleted tag does not come back from the registry"
+        own.reset()
+        assert own.registry.tags(repo) == []
