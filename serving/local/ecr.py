@@ -169,6 +169,7 @@ class LocalEcr:
         root = self._storage()
         if root is None:
             return
+        digests = set(digests)
         for digest in digests:
             algo, _, hexa = digest.partition(":")
             shutil.rmtree(root / "repositories" / name / "_manifests" / "revisions" / algo / hexa,
@@ -176,7 +177,7 @@ class LocalEcr:
         tags = root / "repositories" / name / "_manifests" / "tags"
         for tag in list(tags.iterdir()) if tags.is_dir() else []:
             link = tag / "current" / "link"
-            if link.is_file() and link.read_text().strip() in set(digests):
+            if link.is_file() and link.read_text().strip() in digests:
                 shutil.rmtree(tag, ignore_errors=True)
 
     def forget_all(self) -> None:

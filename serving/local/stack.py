@@ -148,7 +148,12 @@ class LocalStack:
                 "`smserve image push` cannot push (apt-get install -y docker-registry, or set "
                 f"{BINARY_VARIABLE} to a registry binary)")
             return None
-        return LocalRegistry(binary).start()
+        try:
+            return LocalRegistry(binary).start()
+        except StackError as err:
+            self.notices.append(f"no image registry ({err.message}); ECR holds only images "
+                                "recorded with PutImage")
+            return None
 
     @property
     def registry_address(self) -> str | None:
