@@ -75,7 +75,11 @@ def refused(message: str, uri: str, tag: str) -> str:
     if "already exists" in low or "immutable" in low:
         return (f"the registry refused {uri}: {message}; tags are immutable there: build and "
                 f"push a new tag (--tag), not {tag} again")
-    if "denied" in low or "unauthorized" in low or "authentication" in low:
+    if any(w in low for w in ("unauthorized", "authentication", "basic auth", "expired")):
+        return (f"the registry refused the ECR login for {uri}: {message}; the token is wrong "
+                "or has expired (ECR tokens last 12 hours): rerun the push, which gets a fresh "
+                "one with GetAuthorizationToken, against the same AWS_ENDPOINT_URL and region")
+    if "denied" in low:
         return (f"the registry refused {uri}: {message}; check that the credentials may push "
                 "to this repository (ecr:InitiateLayerUpload, ecr:PutImage...) and rerun")
     return f"the registry refused {uri}: {message}; fix that and rerun the push"

@@ -74,6 +74,8 @@ def run_demo(models_root: Path, clips: int = 6, verbose: bool = False,
     stack = LocalStack().start()
     try:
         echo(f"embedded AWS stack on {stack.endpoint_url} (S3, SQS, ECR, IAM, STS, Logs)")
+        for notice in stack.notices:
+            echo(notice)
         settings = Settings.from_environ().with_environ({
             **stack.environ(),
             "SMSERVE_ALLOWED_BUCKETS": BUCKET, "SMSERVE_OUTPUT_PREFIXES": RESULTS,
@@ -88,9 +90,13 @@ def run_demo(models_root: Path, clips: int = 6, verbose: bool = False,
         uri = f"s3://{BUCKET}/{INPUT_PREFIX}"
         jobs = None
         if api:
+            from serving.local.stackimages import stack_images
             from serving.sagemaker.jobs import SageMakerJobs
 
-            jobs = SageMakerJobs(clients, poll=0.25)
+            flavors = sorted({graph[name].image for name in graph.order()})
+            images = stack_images(clients, flavors, registry=stack.registry_address is not None,
+                                  push_built=settings.container_runner == "docker", echo=echo)
+            jobs = SageMakerJobs(clients, poll=0.25, images=images)
             echo("through the SageMaker API: CreateModel + CreateTransformJob on "
                  f"{stack.endpoint_url}, as boto3 does on AWS")
         echo(f"run 1: smserve pipeline run --input {uri} (one batch transform per model)")

@@ -32,6 +32,10 @@ Variables (SageMaker's own, then ours):
 ``SMSERVE_PYTHON_IMAGE``               base images of the serving images (build arguments
 ``SMSERVE_BUILD_IMAGE``                PYTHON_IMAGE, BUILD_IMAGE, CUDA_IMAGE; default: the
 ``SMSERVE_CUDA_IMAGE``                 Dockerfiles' own, see containers/README.md)
+``SMSERVE_IMAGES_FILE``                where ``smserve image push`` records image URIs
+                                       (``.smserve/images.json``)
+``SMSERVE_IMAGE_CPU`` / ``_GPU``       the ECR image URI a flavor's models run on (overrides
+                                       the images file)
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION``  region (us-east-1)
 ``AWS_ENDPOINT_URL[_<SERVICE>]``       endpoint overrides (the embedded stack)
 =====================================  =========================================
@@ -127,6 +131,8 @@ class Settings:
     container_runner: str = "process"
     docker_gpus: str = "auto"
     base_images: Mapping[str, str] = field(default_factory=dict)
+    images_file: Path = Path(".smserve/images.json")
+    image_uris: Mapping[str, str] = field(default_factory=dict)
     region: str = "us-east-1"
     endpoint_url: str | None = None
     service_endpoints: Mapping[str, str] = field(default_factory=dict)
@@ -171,6 +177,9 @@ class Settings:
             docker_gpus=_choice(env, "SMSERVE_DOCKER_GPUS", "auto", ("auto", "all", "none")),
             base_images={arg: env[f"SMSERVE_{arg}"].strip() for arg in BASE_IMAGE_ARGS
                          if env.get(f"SMSERVE_{arg}", "").strip()},
+            images_file=Path(env.get("SMSERVE_IMAGES_FILE") or ".smserve/images.json"),
+            image_uris={flavor: env[f"SMSERVE_IMAGE_{flavor.upper()}"].strip()
+                        for flavor in ("cpu", "gpu") if env.get(f"SMSERVE_IMAGE_{flavor.upper()}")},
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
             service_endpoints=endpoints,

@@ -2,11 +2,15 @@
 
     smserve image build --flavor cpu|gpu [--tag T] [--build-arg K=V] [--context DIR] [--no-pull]
                         [--dry-run]
-    smserve image push  --flavor cpu|gpu --repository NAME [--region R] [--tag T] [--dry-run]
+    smserve image push  --flavor cpu|gpu --repository NAME [--create-repository] [--region R]
+                        [--tag T] [--dry-run]
 
 Progress goes to stderr (a bar that redraws in place on a terminal); the
-result goes to stdout: the built image's name, or the pushed image's URI as
-the last line, ready for ``CreateModel``. ``--dry-run`` prints every step
+result goes to stdout: the built image's name, or the pushed image's digest,
+its URI by digest, and its URI as the last line, ready for ``CreateModel``.
+A push also records the URI and digest in the images file
+(:mod:`serving.imagerecord`), where ``smserve pipeline run --api`` and the
+Airflow set-up read them. ``--dry-run`` prints every step
 and touches neither the Docker engine nor AWS.
 """
 
@@ -111,8 +115,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    """Push a built image to ECR (repository created if missing) and print its URI."""
-    from serving import images
+    """Push a built image to ECR, print its digest and URI, and record them."""
+    from serving import imagerecord, images
     from serving.aws import ClientFactory
     from serving.settings import Settings
 
@@ -131,12 +135,17 @@ def cmd_push(args: argparse.Namespace) -> int:
     try:
         result = images.push(args.flavor, args.repository, region, tag,
                              ClientFactory(settings.with_changes(region=region)), client,
-                             progress)
+                             progress, create_repository=args.create_repository)
     finally:
         progress.close()
         client.close()
+    entry = imagerecord.record(Path(settings.images_file), args.flavor, result.uri,
+                               result.digest, settings.endpoint_url)
+    print(f"# recorded in {settings.images_file} for the {args.flavor} models "
+          "(smserve pipeline run --api, the Airflow set-up)", file=sys.stderr)
     if result.digest:
-        print(f"# digest {result.digest}", file=sys.stderr)
+        print(f"digest {result.digest}")
+        print(f"by digest {entry['pinned']}")
     print(result.uri)
     return 0
 
@@ -173,6 +182,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="the ECR repository, like smserve-gpu or team/smserve-gpu")
     u.add_argument("--region", default=None, help="ECR region (default: $AWS_REGION)")
     u.add_argument("--tag", default=None, help="the tag to push (default: the smserve version)")
+    u.add_argument("--create-repository", action="store_true",
+                   help="create the ECR repository if it is missing (scan on push, immutable "
+                        "tags); without it a missing repository is an error")
     u.add_argument("--timeout", type=int, default=3600, help="seconds per engine call (3600)")
     u.add_argument("--dry-run", action="store_true", help="print the steps, do nothing")
     u.set_defaults(func=cmd_push)

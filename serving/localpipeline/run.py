@@ -102,9 +102,7 @@ class TransformRunner:
         runner_label = None
         try:
             if self.jobs is not None:
-                from serving.sagemaker.jobs import default_image
-
-                image = self.jobs.images.get(spec.image, default_image(spec.image))
+                image = self.jobs.image_for(spec)
                 runner_label = f"CreateTransformJob, image {image}"
                 answers = predict_via_api(
                     self.jobs, spec, list(work.pending), self.bucket, name,

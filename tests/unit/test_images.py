@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,22 +154,28 @@ def test_repository_is_created_once_with_scan_on_push_and_immutable_tags(
     assert stored["imageTagMutability"] == "IMMUTABLE"
 
 
+@pytest.fixture()
+def registry(stack: LocalStack) -> str:
+    """The address of the stack's registry (skips where docker-registry is not installed)."""
+    if stack.registry_address is None:
+        pytest.skip("the embedded stack runs no registry: apt-get install -y docker-registry")
+    return stack.registry_address
+
+
 def test_login_decodes_the_token_and_takes_the_registry_from_proxy_endpoint(
-        clients: ClientFactory) -> None:
+        clients: ClientFactory, registry: str) -> None:
     ecr = clients.client("ecr")
     data = ecr.get_authorization_token()["authorizationData"][0]
     user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
     login = images.registry_login(ecr)
     assert (login.username, login.password) == (user, password) == ("AWS", password)
     assert login.endpoint == data["proxyEndpoint"]
-    assert login.registry == data["proxyEndpoint"].removeprefix("https://")
-    assert login.registry.endswith(".dkr.ecr.us-east-1.amazonaws.com")
+    assert login.registry == re.sub(r"^[a-z]+://", "", data["proxyEndpoint"]) == registry
     assert login.auth_config() == {"username": "AWS", "password": password,
                                    "serveraddress": login.registry}
     assert password not in repr(login)
-    account = login.registry.split(".")[0]
     assert images.image_uri(login.registry, "team/smserve-gpu", "0.1.0") == (
-        f"{account}.dkr.ecr.us-east-1.amazonaws.com/team/smserve-gpu:0.1.0")
+        f"{registry}/team/smserve-gpu:0.1.0")
 
 
 def test_missing_credentials_are_one_line_saying_what_to_set(
@@ -342,15 +349,17 @@ def test_cli_build_with_no_pull_and_a_missing_base_exits_6(
 
 
 def test_push_tags_and_pushes_with_the_ecr_login(engine: FakeEngine, docker_client: Any,
-                                                 clients: ClientFactory,
+                                                 clients: ClientFactory, registry: str,
                                                  request: pytest.FixtureRequest) -> None:
     engine.images.add("smserve-cpu:0.1.0")
     repo = _repo(request)
     progress = Recorder()
-    result = images.push("cpu", repo, None, "0.1.0", clients, docker_client, progress)
+    result = images.push("cpu", repo, None, "0.1.0", clients, docker_client, progress,
+                         create_repository=True)
     login = images.registry_login(clients.client("ecr"))
     target = f"{login.registry}/{repo}"
-    assert result.uri == f"{target}:0.1.0"
+    described = clients.client("ecr").describe_repositories(repositoryNames=[repo])
+    assert result.uri == f"{described['repositories'][0]['repositoryUri']}:0.1.0"
     assert result.digest == "sha256:" + "ef" * 32
     assert result.repository_created is True
 
@@ -374,17 +383,21 @@ def test_push_tags_and_pushes_with_the_ecr_login(engine: FakeEngine, docker_clie
 
 def test_a_push_the_registry_refuses_is_one_line_and_exit_6(
         engine: FakeEngine, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], registry: str, clients: ClientFactory) -> None:
     engine.images.add("smserve-cpu:0.1.0")
     engine.push_events = list(REFUSED)
     monkeypatch.setenv("DOCKER_HOST", engine.url)
-    code = main(["image", "push", "--flavor", "cpu", "--repository", "smserve-cpu",
-                 "--tag", "0.1.0"])
+    code = main(["image", "push", "--flavor", "cpu", "--repository", "t/refused-push",
+                 "--tag", "0.1.0", "--create-repository"])
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert code == 6
     assert last.startswith("smserve: error: the registry refused ")
     assert "already exists" in last and "push a new tag (--tag)" in last
+    # no repository half made: the one this push created is gone again
+    ecr = clients.client("ecr")
+    with pytest.raises(ecr.exceptions.RepositoryNotFoundException):
+        ecr.describe_repositories(repositoryNames=["t/refused-push"])
 
 
 def test_push_without_the_local_image_says_to_build_it(engine: FakeEngine, docker_client: Any,
@@ -396,13 +409,35 @@ def test_push_without_the_local_image_says_to_build_it(engine: FakeEngine, docke
 
 
 def test_cli_push_prints_the_image_uri_last(engine: FakeEngine, aws_env: dict[str, str],
-                                            monkeypatch: pytest.MonkeyPatch,
+                                            monkeypatch: pytest.MonkeyPatch, registry: str,
+                                            tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     engine.images.add(f"smserve-gpu:{__version__}")
     monkeypatch.setenv("DOCKER_HOST", engine.url)
-    assert main(["image", "push", "--flavor", "gpu", "--repository", "cli/smserve-gpu"]) == 0
+    monkeypatch.setenv("SMSERVE_IMAGES_FILE", str(tmp_path / "images.json"))
+    assert main(["image", "push", "--flavor", "gpu", "--repository", "cli/smserve-gpu",
+                 "--create-repository"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].endswith(f".dkr.ecr.us-east-1.amazonaws.com/cli/smserve-gpu:{__version__}")
+    recorded = json.loads((tmp_path / "images.json").read_text())["images"]["gpu"]
+    assert recorded["uri"] == out[-1] and recorded["endpoint"] == aws_env["AWS_ENDPOINT_URL"]
+
+
+def test_cli_push_to_a_missing_repository_says_to_create_it(
+        engine: FakeEngine, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], clients: ClientFactory) -> None:
+    engine.images.add("smserve-cpu:0.1.0")
+    monkeypatch.setenv("DOCKER_HOST", engine.url)
+    code = main(["image", "push", "--flavor", "cpu", "--repository", "t/never-made",
+                 "--tag", "0.1.0"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert "ECR repository t/never-made does not exist in us-east-1" in last
+    assert "--create-repository" in last and "RepositoryNotFoundException" in last
+    assert not engine.calls("POST", r"/images/.*/(tag|push)")
+    ecr = clients.client("ecr")
+    with pytest.raises(ecr.exceptions.RepositoryNotFoundException):
+        ecr.describe_repositories(repositoryNames=["t/never-made"])
 
 
 def test_cli_build_prints_the_image_name(engine: FakeEngine, monkeypatch: pytest.MonkeyPatch,
