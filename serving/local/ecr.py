@@ -144,6 +144,17 @@ class LocalEcr:
         uri = parse_image_uri(image)
         return f"{self.registry.address}/{uri.repository}@{self.find(uri)}"
 
+    def pull_source(self, image: str) -> tuple[str, dict[str, str]]:
+        """What a Docker runner pulls for ``image``: the registry reference and its login.
+
+        Raises:
+            ValidationException: as :meth:`pull_reference`.
+        """
+        reference = self.pull_reference(image)
+        assert self.registry is not None
+        return reference, {"username": USER, "password": self.registry.password,
+                           "serveraddress": self.registry.address}
+
     def token(self) -> dict[str, Any]:
         """``GetAuthorizationToken``'s answer: the registry's login, valid 12 hours."""
         assert self.registry is not None

@@ -112,7 +112,8 @@ class LocalStack:
         self.registry = self._start_registry()
         self.ecr = LocalEcr(DEFAULT_ACCOUNT, self.region, self.registry)
         self.sagemaker = SageMakerService(self.settings(), echo=self._echo,
-                                          image_check=self.ecr.check_image)
+                                          image_check=self.ecr.check_image,
+                                          image_pull=self.ecr.pull_source)
         app = EcrMiddleware(SageMakerMiddleware(DomainDispatcherApplication(create_backend_app),
                                                 self.sagemaker), self.ecr)
         try:

@@ -22,9 +22,11 @@ import pytest
 
 from local_test.clips import upload_clips
 from serving import images
+from serving.aws import ClientFactory
 from serving.cli import main
 from serving.errors import ImageError
 from serving.local.stack import LocalStack
+from serving.local.stackimages import stack_images
 from serving.modelspec import load_spec
 from serving.package import build_archive
 from serving.pipeline import build_requests
@@ -134,10 +136,16 @@ def test_a_boto3_transform_job_on_the_stack_runs_in_the_models_image(
         folder = ROOT / "models" / "frame_features"
         archive = build_archive(folder, tmp_path / "model.tar.gz")
         s3.upload_file(str(archive), bucket, "models/frame_features/model.tar.gz")
+        if stack.registry_address is None:
+            pytest.skip("the stack runs no registry (apt-get install -y docker-registry): the "
+                        "job's image cannot be pushed to its ECR")
+        # As on AWS: the image is pushed to ECR, and the job pulls it from there by digest.
+        uri = stack_images(ClientFactory(stack.settings()), ("gpu",), registry=True,
+                           sources={"gpu": gpu_image})["gpu"]
         sm.create_model(
             ModelName="features-in-image",
             ExecutionRoleArn="arn:aws:iam::123456789012:role/sagemaker-execution",
-            PrimaryContainer={"Image": gpu_image,
+            PrimaryContainer={"Image": uri,
                               "ModelDataUrl": f"s3://{bucket}/models/frame_features/model.tar.gz",
                               "Environment": {"SMSERVE_ALLOWED_BUCKETS": bucket,
                                               "SMSERVE_OUTPUT_PREFIXES": "results/"}})
@@ -163,7 +171,8 @@ def test_a_boto3_transform_job_on_the_stack_runs_in_the_models_image(
             assert s3.head_object(Bucket=bucket, Key=request.output_path)["ContentLength"] > 0
         data_log = [e["message"] for e in logs.get_log_events(
             logGroupName=GROUP, logStreamName=f"{name}/data-log", startFromHead=True)["events"]]
-        said = [line for line in data_log if f"image {gpu_image} (docker {gpu_image}" in line]
+        pulled = stack.ecr.pull_reference(uri)
+        said = [line for line in data_log if f"image {uri} (docker {pulled}" in line]
         assert said and _cpu_note(engine) in said[0], data_log[:5]
     finally:
         stack.stop()

@@ -247,8 +247,12 @@ def test_the_stacks_jobs_with_the_docker_runner_and_no_engine_fail_saying_so() -
     try:
         sm = boto3.client("sagemaker", endpoint_url=stack.endpoint_url, region_name=stack.region,
                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        from serving.aws import ClientFactory
+        from serving.local.stackimages import stack_images
+
+        uri = stack_images(ClientFactory(stack.settings()), ("cpu",), registry=False)["cpu"]
         sm.create_model(ModelName="in-image", ExecutionRoleArn="arn:aws:iam::123456789012:role/r",
-                        PrimaryContainer={"Image": IMAGE,
+                        PrimaryContainer={"Image": uri,
                                           "ModelDataUrl": "s3://no-engine-bucket/model.tar.gz"})
         sm.create_transform_job(
             TransformJobName="no-engine", ModelName="in-image",

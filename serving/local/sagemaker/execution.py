@@ -37,6 +37,9 @@ from serving.transform.params import container_environment
 from serving.transform.result import MAX_FAILURE_REASON, JobResult
 from serving.transform.spec import TransformJobSpec
 
+#: ``Image`` -> (the reference a Docker engine pulls it by, the registry login for it).
+ImagePull = Callable[[str], tuple[str, dict[str, str]]]
+
 #: A started container, from either runner.
 _Started = Container | DockerContainer
 #: Seconds a container gets between SIGTERM and SIGKILL.
@@ -109,14 +112,18 @@ class TransformRun:
         on_running: called when the containers are healthy.
         on_finished: called once with the :class:`Outcome`.
         command: the container command (default: ``smserve serve``); tests only.
+        image_pull: ``Image`` -> (the reference the engine pulls, its registry login);
+            None: the Docker runner runs ``Image`` as the engine already has it.
     """
 
     def __init__(self, spec: TransformJobSpec, container: Mapping[str, Any],
                  clients: ClientFactory, log: JobLog, *, runner_env: Mapping[str, str],
                  startup_timeout: float, on_running: Callable[[], None] | None = None,
                  on_finished: Callable[[Outcome], None] | None = None,
-                 command: Sequence[str] | None = None) -> None:
+                 command: Sequence[str] | None = None,
+                 image_pull: ImagePull | None = None) -> None:
         self.spec = spec
+        self._image_pull = image_pull
         self.container = dict(container)
         self.clients = clients
         self.log = log
@@ -231,8 +238,11 @@ class TransformRun:
         if settings.container_runner == "docker" and self._command is None:
             from serving.images import connect
 
+            client = connect(self.runner_env)
+            if self._image_pull is not None:
+                image = _pulled(client, image, self._image_pull)
             return _TrackingDockerRunner(
-                self._spawned_one, image, connect(self.runner_env), self.runner_env,
+                self._spawned_one, image, client, self.runner_env,
                 gpus=settings.docker_gpus, startup_timeout=self.startup_timeout,
                 log=self.log.container, stop_grace=STOP_GRACE)
         return _TrackingRunner(self._spawned_one, command=self._command, env=self.runner_env,
@@ -317,3 +327,36 @@ class TransformRun:
                 "create a new job.")
         return _cut(f"AlgorithmError: the container did not pass the /ping health check: "
                     f"{_cut(text, MAX_FAILURE_REASON - 80 - len(tail))}{tail}")
+
+
+def _pulled(client: Any, image: str, image_pull: ImagePull) -> str:
+    """``image`` (an ECR URI) pulled by digest from the stack's registry; the local reference.
+
+    As on AWS, the instance pulls the model's image from ECR before it starts; an
+    image the engine already holds under that reference is not pulled again.
+
+    Raises:
+        ImageError: the stack cannot serve the image, or the pull failed.
+    """
+    from docker.errors import DockerException, ImageNotFound
+
+    from serving.local.sagemaker.apierrors import ValidationException
+
+    try:
+        reference, auth = image_pull(image)
+    except ValidationException as err:
+        raise ImageError(f"cannot pull {image}: {err}") from err
+    try:
+        client.api.inspect_image(reference)
+        return reference
+    except ImageNotFound:
+        pass
+    except DockerException as err:
+        raise ImageError(f"the Docker engine could not inspect {reference}: {err}") from err
+    repository, _, digest = reference.partition("@")
+    try:
+        client.images.pull(repository, tag=digest, auth_config=auth)
+    except DockerException as err:
+        raise ImageError(f"pulling {image} from the stack's registry ({reference}) failed: "
+                         f"{err}; push it again with `smserve image push`") from err
+    return reference

@@ -23,7 +23,7 @@ from typing import Any
 from serving.aws import ClientFactory
 from serving.errors import ConfigError
 from serving.local.sagemaker.apierrors import ResourceInUse, ResourceNotFound, ValidationException
-from serving.local.sagemaker.execution import Outcome, TransformRun
+from serving.local.sagemaker.execution import ImagePull, Outcome, TransformRun
 from serving.local.sagemaker.logs import JobLog, instance_id
 from serving.local.sagemaker.models import ModelRecord, ModelStore
 from serving.local.sagemaker.resources import arn, in_window, page, sort_items
@@ -123,13 +123,16 @@ class JobStore:
         startup_timeout: seconds a container may take to pass ``/ping``.
         echo: receives one line per status change (``smserve local up`` prints them).
         clock: epoch seconds.
+        image_pull: where the Docker runner pulls a model's ``Image`` from.
     """
 
     def __init__(self, models: ModelStore, clients: ClientFactory, *,
                  runner_env: Mapping[str, str], startup_timeout: float,
                  echo: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 image_pull: ImagePull | None = None) -> None:
         self.models = models
+        self.image_pull = image_pull
         self.clients = clients
         self.runner_env = dict(runner_env)
         self.startup_timeout = startup_timeout
@@ -182,7 +185,7 @@ class JobStore:
         log = JobLog(lambda: self.clients.client("logs"), name, job.instance_ids)
         job.run = TransformRun(
             spec, containers[0], self.clients, log, runner_env=self.runner_env,
-            startup_timeout=self.startup_timeout,
+            startup_timeout=self.startup_timeout, image_pull=self.image_pull,
             on_running=lambda: self._running(job),
             on_finished=lambda outcome: self._finished(job, outcome))
         job.start_time = self._clock()

@@ -22,6 +22,7 @@ from serving.local.sagemaker.apierrors import (
     UnknownOperation,
     error_document,
 )
+from serving.local.sagemaker.execution import ImagePull
 from serving.local.sagemaker.jobs import JobStore
 from serving.local.sagemaker.models import ModelStore
 from serving.local.sagemaker.resources import DEFAULT_ACCOUNT
@@ -42,12 +43,15 @@ class SageMakerService:
         clock: epoch seconds.
         image_check: ``CreateModel``'s check of each ``Image`` (the stack's ECR;
             None: images are taken as given).
+        image_pull: where the Docker runner pulls an ``Image`` from (the stack's
+            registry and its login); None: the engine runs ``Image`` as given.
     """
 
     def __init__(self, settings: Settings, *, account: str = DEFAULT_ACCOUNT,
                  echo: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.time,
-                 image_check: Callable[[str], None] | None = None) -> None:
+                 image_check: Callable[[str], None] | None = None,
+                 image_pull: ImagePull | None = None) -> None:
         self.settings = settings
         self.validator = RequestValidator()
         self.models = ModelStore(settings.region, account, clock, image_check)
@@ -55,7 +59,7 @@ class SageMakerService:
                       if not k.startswith("AWS_ENDPOINT_URL_")}
         self.jobs = JobStore(self.models, ClientFactory(settings), runner_env=runner_env,
                              startup_timeout=settings.container_startup_timeout, echo=echo,
-                             clock=clock)
+                             clock=clock, image_pull=image_pull)
         self._operations: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
             "CreateModel": self.models.create,
             "DescribeModel": self.models.describe,
