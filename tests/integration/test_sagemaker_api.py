@@ -588,4 +588,9 @@ def test_replay_with_the_model_server_in_the_foreground(
     assert "request 2 of 2 (record 1, " in done.stdout and ": 500: " in done.stdout
     assert "RuntimeError: boom: record 1 asked to fail" in done.stdout  # the server's log
     assert "1 of 2 request(s) succeeded" in done.stdout
+    # The worker's traceback, then its end mark, reach the output before the summary:
+    # replay waits for the mark, not for a while.
+    out = done.stdout
+    boom = out.index("RuntimeError: boom: record 1 asked to fail")
+    assert boom < out.index("smserve: request 0 answered 500") < out.index("request(s) succeeded")
     _no_process_left(tag)
