@@ -5,12 +5,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-airflow test lint unit integration bench clean help
+.PHONY: demo demo-airflow test test-random lint unit integration bench clean help
 
 help:
 	@echo "make demo   - run two Chainer models as batch transforms on the embedded local stack"
 	@echo "make test   - lint, type-check and run the whole test suite"
 	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make test-random - the test suite in a random order (prints the seed)"
 	@echo "make demo-airflow - the sync and inference DAGs end to end (dag.test) on the local stack"
 
 $(STAMP): pyproject.toml
@@ -40,6 +41,11 @@ test: $(STAMP) lint
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
+
+# The whole suite in a random order (modules shuffled, and the tests in each);
+# the seed is printed: rerun one order with --random-order-seed=N.
+test-random: $(STAMP)
+	$(BIN)/python -m pytest --random-order
 
 bench: $(STAMP)
 	$(BIN)/python bench/serving_overhead.py
