@@ -268,3 +268,16 @@ def test_serving_imports_no_folder_outside_it() -> None:
             elif top == "local_test" and layer_of(module) != "entry":
                 wrong.append(f"{module} imports {name} (only the entry layer may: the demo)")
     assert not wrong, "\n".join(wrong)
+
+
+def test_templates_import_modules_that_exist() -> None:
+    # The templates of smserve new are not Python until filled in; their imports are.
+    modules = serving_modules()
+    wrong = []
+    for path in sorted((SERVING / "templates").glob("*.tmpl")):
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] in ("from", "import") and \
+                    words[1].split(".")[0] == "serving" and words[1] not in modules:
+                wrong.append(f"{path.name}: {line.strip()}")
+    assert not wrong, "templates import modules serving does not have:\n  " + "\n  ".join(wrong)
