@@ -5,13 +5,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-airflow test lint unit integration bench images clean help
+.PHONY: demo demo-airflow test test-random lint unit integration bench images clean help
 
 help:
 	@echo "make demo   - run two Chainer models as batch transforms on the embedded local stack"
 	@echo "make test   - lint, type-check and run the whole test suite"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make images - build smserve-cpu and smserve-gpu (bases: SMSERVE_PYTHON_IMAGE, SMSERVE_BUILD_IMAGE, SMSERVE_CUDA_IMAGE)"
+	@echo "make test-random - the test suite in a random order (prints the seed)"
 	@echo "make demo-airflow - the sync and inference DAGs end to end (dag.test) on the local stack"
 
 $(STAMP): pyproject.toml
@@ -48,6 +49,11 @@ images: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
+
+# The whole suite in a random order (modules shuffled, and the tests in each);
+# the seed is printed: rerun one order with --random-order-seed=N.
+test-random: $(STAMP)
+	$(BIN)/python -m pytest --random-order
 
 bench: $(STAMP)
 	$(BIN)/python bench/serving_overhead.py

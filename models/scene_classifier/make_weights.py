@@ -37,9 +37,37 @@ on held-out clips 2000..2049, and what it says about clips 0..9.
 ``numpy.savez`` and ``chainer.serializers.save_npz`` stamp the current time
 into the zip, so the archive is written here with fixed zip entry dates; the
 keys are the ones ``chainer.serializers.load_npz`` reads (``fc1/W``...).
-Byte-identical output assumes the same numpy / OpenBLAS build and CPU family:
-training is deterministic, but float rounding in BLAS kernels can differ
-between CPU architectures.
+
+What is fixed, and what still varies between machines:
+
+- BLAS runs on one thread (``OPENBLAS_NUM_THREADS`` and friends are set to 1
+  before numpy loads, when this file runs as a script).
+- frame_features' forward pass runs here in float64 (its committed float32
+  weights, widened) and the per-clip means are rounded to float32 at the end,
+  so the BLAS kernel a CPU picks (AVX2, AVX-512...) changes the float64 sums in
+  their last bits, which rounding to float32 almost always removes.
+- Training does no BLAS at all: every matrix product is element-wise products
+  summed by numpy's pairwise summation along a contiguous axis (``_matmul``), a
+  fixed order; the softmax uses ``_exp``, built from +, *, / and ``ldexp``
+  (exactly rounded everywhere), not ``numpy.exp``, whose SIMD versions differ
+  by CPU in the last bit.
+- What still varies: a per-clip mean whose float64 value lands within a
+  float64 rounding error of a float32 rounding boundary (rare), and other
+  numpy / chainer / OpenBLAS versions. Training amplifies any such difference
+  in the input: standardising features that are nearly constant lets a
+  one-bit change move ``fc1/W`` by several units (measured: up to about 11,
+  one ulp of noise on half the inputs) while the network's answers barely
+  move (top class the same on 49 of 50 held-out clips, probabilities within
+  0.04). So the weights' bytes are reproducible on one machine, and
+  ``tests/unit/test_models.py`` checks what a user relies on elsewhere: the
+  regenerated network gives the committed one's top class on held-out clips
+  and follows the labelling rule as well as it does, within a stated margin.
+
+Checked on one AMD EPYC (AVX-512): the script before these changes wrote three
+different files under ``OPENBLAS_CORETYPE`` = (default), ``Haswell``,
+``Nehalem``; this one writes the same bytes under each of those, under
+``Sandybridge``, and with numpy's AVX-512 loops turned off
+(``NPY_DISABLE_CPU_FEATURES``).
 """
 
 from __future__ import annotations
@@ -54,6 +82,11 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+
+if __name__ == "__main__":
+    # One BLAS thread, set before numpy loads its BLAS (see the module docstring).
+    for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_name] = "1"
 
 import numpy as np
 
@@ -123,6 +156,8 @@ def clip_data(indices: range) -> tuple[np.ndarray, np.ndarray]:
     ff = _load_module("_scene_classifier_frame_features_model", FRAME_FEATURES / "model.py")
     net = ff.FrameFeatures()
     chainer.serializers.load_npz(str(FRAME_FEATURES / "weights.npz"), net)
+    for param in net.params():  # float64 forward pass, rounded to float32 at the end
+        param.array = param.array.astype(np.float64)
     means: list[np.ndarray] = []
     labels: list[int] = []
     indices = list(indices)
@@ -131,12 +166,46 @@ def clip_data(indices: range) -> tuple[np.ndarray, np.ndarray]:
             clips = [make_clip(i) for i in indices[start:start + _CHUNK]]
             labels.extend(scene_label(c) for c in clips)
             frames = np.concatenate(clips)
-            feats = net(ff.to_input(frames)).array
+            feats = net(ff.to_input(frames).astype(np.float64)).array
             offset = 0
             for clip in clips:
                 means.append(feats[offset:offset + len(clip)].mean(axis=0))
                 offset += len(clip)
     return np.stack(means).astype(np.float32), np.asarray(labels, dtype=np.int64)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` (float64) in a fixed summation order, without BLAS.
+
+    The products ``a[i, k] * b[k, j]`` are laid out contiguously along ``k``
+    and summed by numpy's pairwise summation, whose order depends only on the
+    length, never on the CPU or the thread count.
+    """
+    left = np.ascontiguousarray(a, dtype=np.float64)[:, None, :]
+    right = np.ascontiguousarray(b.T, dtype=np.float64)[None, :, :]
+    return np.multiply(left, right).sum(axis=2)
+
+
+#: Taylor coefficients 1/k! for ``_exp`` (|r| <= ln 2 / 2: the 14th term is below 1e-17).
+_EXP_TERMS = tuple(1.0 / math.factorial(k) for k in range(14))
+#: ln 2 in two parts: the first has trailing zero bits, so ``k * _LN2_HIGH`` is exact.
+_LN2_HIGH = 6.93147180369123816490e-01
+_LN2_LOW = 1.90821492927058770002e-10
+
+
+def _exp(x: np.ndarray) -> np.ndarray:
+    """``exp(x)`` from exactly rounded operations only: the same bits on every CPU.
+
+    ``x = k ln 2 + r`` with integer ``k``; ``exp(r)`` by Horner's rule on its
+    Taylor series; ``ldexp`` scales by ``2**k``. Within 2 ulp of ``math.exp``.
+    """
+    x = np.maximum(np.asarray(x, dtype=np.float64), -745.0)
+    k = np.rint(x / math.log(2.0))
+    r = (x - k * _LN2_HIGH) - k * _LN2_LOW
+    result = np.full_like(r, _EXP_TERMS[-1])
+    for coefficient in reversed(_EXP_TERMS[:-1]):
+        result = result * r + coefficient
+    return np.ldexp(result, k.astype(np.int64))
 
 
 def train(features: np.ndarray, labels: np.ndarray, seed: int = SEED,
@@ -159,18 +228,18 @@ def train(features: np.ndarray, labels: np.ndarray, seed: int = SEED,
     second = {k: np.zeros_like(v) for k, v in params.items()}
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     for step in range(1, STEPS + 1):
-        pre = z @ params["fc1/W"].T + params["fc1/b"]
+        pre = _matmul(z, params["fc1/W"].T) + params["fc1/b"]
         act = np.maximum(pre, 0.0)
-        logits = act @ params["fc2/W"].T + params["fc2/b"]
+        logits = _matmul(act, params["fc2/W"].T) + params["fc2/b"]
         logits -= logits.max(axis=1, keepdims=True)
-        prob = np.exp(logits)
+        prob = _exp(logits)
         prob /= prob.sum(axis=1, keepdims=True)
         d_logits = (prob - onehot) / n
-        d_pre = (d_logits @ params["fc2/W"]) * (pre > 0.0)
+        d_pre = _matmul(d_logits, params["fc2/W"]) * (pre > 0.0)
         grads = {
-            "fc1/W": d_pre.T @ z + WEIGHT_DECAY * params["fc1/W"],
+            "fc1/W": _matmul(d_pre.T, z) + WEIGHT_DECAY * params["fc1/W"],
             "fc1/b": d_pre.sum(axis=0),
-            "fc2/W": d_logits.T @ act + WEIGHT_DECAY * params["fc2/W"],
+            "fc2/W": _matmul(d_logits.T, act) + WEIGHT_DECAY * params["fc2/W"],
             "fc2/b": d_logits.sum(axis=0),
         }
         for key, grad in grads.items():
@@ -181,7 +250,7 @@ def train(features: np.ndarray, labels: np.ndarray, seed: int = SEED,
             params[key] -= LEARNING_RATE * m_hat / (np.sqrt(v_hat) + eps)
     # Fold the standardisation into fc1: W (x - mu) / sd + b == (W / sd) x + (b - (W / sd) mu).
     w1 = params["fc1/W"] / sd
-    params["fc1/b"] = params["fc1/b"] - w1 @ mu
+    params["fc1/b"] = params["fc1/b"] - _matmul(w1, mu[:, None])[:, 0]
     params["fc1/W"] = w1
     return {key: value.astype(np.float32) for key, value in params.items()}
 
@@ -189,10 +258,10 @@ def train(features: np.ndarray, labels: np.ndarray, seed: int = SEED,
 def predict(arrays: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
     """Class probabilities (N x len(CLASSES)) of the trained weights, in numpy."""
     x = features.astype(np.float64)
-    act = np.maximum(x @ arrays["fc1/W"].T.astype(np.float64) + arrays["fc1/b"], 0.0)
-    logits = act @ arrays["fc2/W"].T.astype(np.float64) + arrays["fc2/b"]
+    act = np.maximum(_matmul(x, arrays["fc1/W"].T) + arrays["fc1/b"], 0.0)
+    logits = _matmul(act, arrays["fc2/W"].T) + arrays["fc2/b"]
     logits -= logits.max(axis=1, keepdims=True)
-    prob = np.exp(logits)
+    prob = _exp(logits)
     return prob / prob.sum(axis=1, keepdims=True)
 
 

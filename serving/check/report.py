@@ -1,6 +1,6 @@
 """What ``smserve check`` found: per-handler measurements, the failure, and how to print them.
 
-Internal to :mod:`serving.checking`; the report's fields are what the tests
+Internal to :mod:`serving.check`; the report's fields are what the tests
 and the command read.
 """
 

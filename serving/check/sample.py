@@ -1,6 +1,6 @@
 """The sample-data convention of ``smserve check``: the request, its files, the stack.
 
-Internal to :mod:`serving.checking` (which re-exports the public names)::
+Internal to :mod:`serving.check` (which re-exports the public names)::
 
     models/NAME/sample_request.json      the request body: S3-reference records,
                                          one JSON object per line (or one object,

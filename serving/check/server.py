@@ -165,7 +165,7 @@ def served(run: Run, log: Callable[[str], None] | None) -> None:
                 invoke = Stage("POST /invocations", inputs=f"{describe(sample.body)}, "
                                f"{sample.content_type!r}")
                 report.stages.append(invoke)
-                mark = len(lines)
+                mark, logged = len(lines), server.answers_logged
                 began = time.perf_counter()
                 status, kind, body = _post(server.url, sample.body, sample.content_type,
                                            sample.accept, settings.model_server_timeout + 30)
@@ -176,7 +176,8 @@ def served(run: Run, log: Callable[[str], None] | None) -> None:
                 invoke.output = f"HTTP {status}, {kind!r}, {describe(body)}"
                 if status != 200:
                     invoke.ok = False
-                    time.sleep(0.3)  # let the worker's traceback reach the log
+                    # The answer can come before MMS has forwarded the worker's traceback.
+                    server.wait_answer_logged(logged, timeout=10)
                     report.failure = _answer_failure(status, body, run, lines[mark:])
                     return
             finally:

@@ -23,7 +23,7 @@ from sagemaker_inference.default_handler_service import DefaultHandlerService
 
 from serving.errors import BadRequest, PayloadTooLarge, error_body, status_of
 from serving.handler import Handlers, load_handlers
-from serving.server.markers import MODEL_ERROR_FILE, MODEL_READY_FILE
+from serving.server.markers import ANSWERED, MODEL_ERROR_FILE, MODEL_READY_FILE
 from serving.settings import Settings
 
 log = logging.getLogger("smserve.worker")
@@ -110,10 +110,11 @@ class HandlerService(DefaultHandlerService):
                 response = self._handlers.invoke(self._model, body, content_type, accept)
             except Exception as err:
                 status = status_of(err)
+                answered = ANSWERED.format(index=idx, status=status)
                 if status >= 500:
-                    log.error("request %d failed:\n%s", idx, traceback.format_exc())
+                    log.error("request %d failed:\n%s%s", idx, traceback.format_exc(), answered)
                 else:
-                    log.warning("request %d refused (%d): %s", idx, status, err)
+                    log.warning("request %d refused (%d): %s\n%s", idx, status, err, answered)
                 context.set_response_status(status, type(err).__name__, idx)
                 context.set_response_content_type(idx, "application/json")
                 answers.append(error_body(err))

@@ -7,3 +7,11 @@ multi-model-server's own ``/ping`` does not say.
 
 MODEL_ERROR_FILE = "model_error.txt"
 MODEL_READY_FILE = "model_ready.txt"
+
+#: The last line of the worker's log record for a request it did not answer
+#: with 200 (after the traceback, for a 5xx): a reader of the log waits for it
+#: instead of waiting a while, since MMS forwards the worker's log on its own
+#: thread and the client can have the answer before the log has the traceback.
+ANSWERED = "smserve: request {index} answered {status}"
+#: What :data:`ANSWERED` looks like in a log line.
+ANSWERED_MARK = "smserve: request "

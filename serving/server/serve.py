@@ -29,7 +29,7 @@ from pathlib import Path
 from serving.errors import ServerStartError
 from serving.ports import is_free
 from serving.server import mms
-from serving.server.markers import MODEL_ERROR_FILE, MODEL_READY_FILE
+from serving.server.markers import ANSWERED_MARK, MODEL_ERROR_FILE, MODEL_READY_FILE
 from serving.settings import Settings
 
 #: Lines of MMS's log that mean a worker could not load the model.
@@ -46,16 +46,47 @@ class ServerProcess:
     owns_run_dir: bool = True
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=60))
     worker_died: threading.Event = field(default_factory=threading.Event)
+    #: How many refused or failed requests the workers' log has finished (markers.ANSWERED).
+    answers_logged: int = 0
+    pump_thread: threading.Thread | None = None
+    _log_moved: threading.Condition = field(default_factory=threading.Condition)
+    _log_ended: bool = False
 
     def pump(self, echo: Callable[[str], None]) -> None:
         """Forward MMS's output to ``echo`` and watch it for dead workers."""
         assert self.process.stdout is not None
-        for raw in self.process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            self.tail.append(line)
-            if any(marker in line for marker in _WORKER_DIED):
-                self.worker_died.set()
-            echo(line)
+        try:
+            for raw in self.process.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                self.tail.append(line)
+                if any(marker in line for marker in _WORKER_DIED):
+                    self.worker_died.set()
+                echo(line)
+                if ANSWERED_MARK in line:
+                    with self._log_moved:
+                        self.answers_logged += 1
+                        self._log_moved.notify_all()
+        finally:
+            with self._log_moved:
+                self._log_ended = True
+                self._log_moved.notify_all()
+
+    def wait_answer_logged(self, after: int, timeout: float) -> bool:
+        """Wait until the log has finished one more refused or failed request than ``after``.
+
+        Args:
+            after: :attr:`answers_logged` read before the request was sent.
+            timeout: the most seconds to wait (an answer MMS gave by itself, say a
+                503, is never logged by a worker).
+
+        Returns:
+            True once the worker's record (its traceback, for a 5xx) is in the log;
+            False when the log ended, a worker died, or ``timeout`` passed first.
+        """
+        with self._log_moved:
+            self._log_moved.wait_for(lambda: self.answers_logged > after or self._log_ended
+                                     or self.worker_died.is_set(), timeout)
+            return self.answers_logged > after
 
     def cleanup(self) -> None:
         """Remove the run directory, if this server made it."""
@@ -76,6 +107,8 @@ class ServerProcess:
         _signal_group(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
+        if self.pump_thread is not None and self.pump_thread is not threading.current_thread():
+            self.pump_thread.join(5)  # every line MMS wrote reaches ``echo`` before this returns
         return self.process.returncode if self.process.returncode is not None else -9
 
 
@@ -186,7 +219,9 @@ def start(settings: Settings, model: Path | None = None, port: int | None = None
                                start_new_session=True)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", run_dir,
                            owns_run_dir=given is None)
-    threading.Thread(target=server.pump, args=(echo,), name="mms-log", daemon=True).start()
+    server.pump_thread = threading.Thread(target=server.pump, args=(echo,), name="mms-log",
+                                          daemon=True)
+    server.pump_thread.start()
     try:
         _wait_loaded(server, settings.startup_timeout, on_wait)
     except BaseException:

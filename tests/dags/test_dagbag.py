@@ -123,15 +123,22 @@ _PARSE = textwrap.dedent("""
         "seconds": {str(s.file): s.duration.total_seconds() for s in bag.dagbag_stats},
         "calls": calls,
         "aws_sdk_imported": [m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore")],
+        "heavy_imported": sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[2:])),
     }))
 """)
 
 
-def test_dag_files_import_in_well_under_a_second_and_do_no_io(tmp_path: Path) -> None:
+#: Packages a DAG file must not import at parse time (the scheduler parses every
+#: file every few seconds): what would make parsing slow, not a measured time.
+HEAVY = ("boto3", "botocore", "numpy", "chainer", "sagemaker_inference", "moto", "docker",
+         "pandas", "requests")
+
+
+def test_dag_files_import_nothing_heavy_and_do_no_io(tmp_path: Path) -> None:
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path),
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}"}
     env.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
-    done = subprocess.run([sys.executable, "-c", _PARSE, str(DAGS)], env=env, text=True,
+    done = subprocess.run([sys.executable, "-c", _PARSE, str(DAGS), *HEAVY], env=env, text=True,
                           capture_output=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
@@ -139,5 +146,4 @@ def test_dag_files_import_in_well_under_a_second_and_do_no_io(tmp_path: Path) ->
     assert set(found["dags"]) == DAG_IDS
     assert found["calls"] == [], "a DAG file touched the network, a Variable or a connection"
     assert found["aws_sdk_imported"] == [], "DAG files must not import boto3 at parse time"
-    for path, seconds in found["seconds"].items():
-        assert seconds < 0.5, f"{path} took {seconds:.2f} s to import"
+    assert found["heavy_imported"] == [], "DAG files import these at parse time"

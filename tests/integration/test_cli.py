@@ -299,16 +299,15 @@ def test_transform_model_that_fails_to_load(tmp_path: Path, clients: ClientFacto
     s3 = clients.client("s3")
     _put_requests(s3, bucket, "requests/a.jsonl", [_request(bucket, "videos/clip-000.npy")])
 
-    started = time.monotonic()
+    # With an hour's start-up timeout, only the worker's word on model_fn can end the
+    # run before the 10-minute guard below.
+    env = {**_job_env(base_env, bucket), "SMSERVE_STARTUP_TIMEOUT": "3600",
+           "SMSERVE_CONTAINER_STARTUP_TIMEOUT": "3600"}
     proc = smserve("transform", "--model", str(model), "--input", f"s3://{bucket}/requests/",
-                   "--output", f"s3://{bucket}/out/", env=_job_env(base_env, bucket),
-                   timeout=60)
-    took = time.monotonic() - started
+                   "--output", f"s3://{bucket}/out/", env=env, timeout=600)
 
     assert_error(proc, 3, f"RuntimeError: weights.npz is corrupt: {marker}", log_tail=True)
     assert "model failed to load" in proc.stderr
-    # Seconds, not the runner's 120 s start-up timeout (slack for a loaded machine).
-    assert took < 30, f"took {took:.1f} s to report a model that cannot load"
     assert _keys(s3, bucket, "out/") == set()
 
 

@@ -153,7 +153,6 @@ def test_diamond_runs_in_parallel_and_a_second_run_starts_nothing(
     for m in again.models:
         assert (m.status, m.skipped, m.job, m.started) == ("skipped", 3, None, None), m
     assert keys_under(clients, bucket, "smserve-work/") == work_before  # no job was started
-    assert again.seconds < 5
 
 
 def test_gpu_memory_budget_keeps_gpu_models_apart(tmp_path: Path, clients: ClientFactory,

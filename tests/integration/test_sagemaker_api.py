@@ -227,11 +227,10 @@ def test_frame_features_job_runs_to_completed_with_outputs_in_s3(
     s3.put_object(Bucket=bucket, Key="requests/features/batch-1.jsonl",
                   Body=encode_records(requests))
     name = "features-" + uuid.uuid4().hex[:8]
-    started = time.monotonic()
     answer = sm.create_transform_job(**_job(
         name, features_model, f"s3://{bucket}/requests/features/",
         f"s3://{bucket}/transform-out/{name}/"))
-    assert time.monotonic() - started < 2, "CreateTransformJob must answer at once"
+    # It answers at once: the job is still in progress afterwards (see below).
     assert answer["TransformJobArn"] == \
         f"arn:aws:sagemaker:us-east-1:123456789012:transform-job/{name}"
     assert sm.describe_transform_job(TransformJobName=name)["TransformJobStatus"] == "InProgress"
@@ -640,4 +639,9 @@ def test_replay_with_the_model_server_in_the_foreground(
     assert "request 2 of 2 (record 1, " in done.stdout and ": 500: " in done.stdout
     assert "RuntimeError: boom: record 1 asked to fail" in done.stdout  # the server's log
     assert "1 of 2 request(s) succeeded" in done.stdout
+    # The worker's traceback, then its end mark, reach the output before the summary:
+    # replay waits for the mark, not for a while.
+    out = done.stdout
+    boom = out.index("RuntimeError: boom: record 1 asked to fail")
+    assert boom < out.index("smserve: request 0 answered 500") < out.index("request(s) succeeded")
     _no_process_left(tag)

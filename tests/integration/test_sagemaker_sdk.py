@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,7 +102,6 @@ def test_transform_job_create_and_wait_with_sagemaker_core(
         transform_resources=TransformResources(instance_type="ml.m5.large", instance_count=1),
         batch_strategy="MultiRecord", max_payload_in_mb=6)
     assert job.transform_job_status == "InProgress"
-    started = time.monotonic()
     job.wait(poll=1, timeout=300)
 
     assert job.transform_job_status == "Completed"
@@ -116,4 +114,3 @@ def test_transform_job_create_and_wait_with_sagemaker_core(
     listed = [j.transform_job_name for j in TransformJob.get_all(
         name_contains=job.transform_job_name, session=session, region=sdk_stack.region)]
     assert listed == [job.transform_job_name]
-    assert time.monotonic() - started < 300

@@ -433,14 +433,13 @@ def test_model_that_fails_to_load_stops_the_server_fast(server_environ: dict[str
                                                         cause: str) -> None:
     folder = _model_folder(tmp_path, source)
     run_dir = tmp_path / "run"
-    settings = Settings.from_environ(server_environ)
-    started = time.monotonic()
+    # Fast means on the worker's word, not at the start-up timeout: with an hour's
+    # timeout, only the model_error.txt the worker wrote can end start().
+    settings = Settings.from_environ({**server_environ, "SMSERVE_STARTUP_TIMEOUT": "3600"})
 
     with pytest.raises(ServerStartError) as caught:
         serve.start(settings, folder, free_port(), run_dir=run_dir, echo=lambda line: None)
 
-    elapsed = time.monotonic() - started
-    assert elapsed < FAIL_FAST_S, f"took {elapsed:.1f} s"
     assert "the model failed to load" in str(caught.value)
     assert cause in str(caught.value)
     assert cause in (run_dir / "model_error.txt").read_text()
@@ -455,10 +454,8 @@ def test_port_in_use_is_refused_before_anything_starts(server_environ: dict[str,
         taken.bind(("127.0.0.1", free_port()))
         taken.listen()
         port = taken.getsockname()[1]
-        started = time.monotonic()
         with pytest.raises(ServerStartError) as caught:
             serve.start(settings, FRAME_FEATURES, port, run_dir=run_dir)
-    assert time.monotonic() - started < 1.0
     assert f"port {port}" in str(caught.value)
     assert "--port" in str(caught.value)
     assert not run_dir.exists()

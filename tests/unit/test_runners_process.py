@@ -46,7 +46,7 @@ SERVER = textwrap.dedent('''
                                  start_new_session=True)
         with open(pids, "a") as fh:
             fh.write(f"{child.pid}\\n")
-    started = time.monotonic()
+    unhealthy = 3  # "loading": the first pings answer 200 {"status": "Unhealthy"}
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -60,7 +60,10 @@ SERVER = textwrap.dedent('''
 
         def do_GET(self):
             if self.path == "/ping":
-                loading = mode == "loading" and time.monotonic() - started < 0.5
+                global unhealthy
+                loading = mode == "loading" and unhealthy > 0
+                if loading:
+                    unhealthy -= 1
                 status = "Unhealthy" if loading else "Healthy"
                 self._answer(200, json.dumps({"status": status}).encode())
             elif self.path == "/env":
@@ -148,10 +151,8 @@ def test_a_command_that_exits_fails_fast_with_its_log(script: list[str], model_d
     pids = tmp_path / "pids"
     runner = ProcessRunner(script, env={"FAKE_MODE": "exit", "FAKE_PIDS": str(pids)},
                            startup_timeout=60)
-    started = time.monotonic()
     with pytest.raises(ServerStartError) as info:
         runner.start(model_dir, {})
-    assert time.monotonic() - started < 20
     message = str(info.value)
     assert "exited with code 3 before answering /ping" in message
     assert "model_fn failed: ValueError: no weights.npz in model/" in message
@@ -171,12 +172,10 @@ def test_a_command_that_never_answers_times_out_and_is_stopped(
 
 def test_unhealthy_200_is_not_ready(script: list[str], model_dir: Path) -> None:
     runner = ProcessRunner(script, env={"FAKE_MODE": "loading"}, startup_timeout=30)
-    started = time.monotonic()
     (container,) = runner.start(model_dir, {})
-    with container:
-        assert time.monotonic() - started >= 0.5
-        with urllib.request.urlopen(container.url + "/ping", timeout=5) as resp:
-            assert json.loads(resp.read()) == {"status": "Healthy"}
+    # start() returned after the three "Unhealthy" answers: the next one is healthy.
+    with container, urllib.request.urlopen(container.url + "/ping", timeout=5) as resp:
+        assert json.loads(resp.read()) == {"status": "Healthy"}
     assert gone(container.pid)
 
 
@@ -190,7 +189,7 @@ def test_stop_ends_every_descendant_even_in_another_group(script: list[str], mod
     assert not gone(child)
     container.stop()
     container.stop()  # twice is fine
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # a safety net: the loop ends when the child is gone
     while not gone(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert gone(server) and gone(child)

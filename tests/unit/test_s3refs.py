@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -432,20 +431,25 @@ def test_fetches_run_concurrently(refs: S3Refs, s3: Any, bucket: str) -> None:
 def test_fetch_concurrency_is_bounded(s3: Any, settings: Settings, bucket: str) -> None:
     for i in range(8):
         put(s3, bucket, f"in/{i}", b"x")
-    lock = threading.Lock()
-    now = peak = 0
+    moved = threading.Condition()
+    now = peak = started = 0
 
     def enter(**_: Any) -> None:
-        nonlocal now, peak
-        with lock:
+        # Each GetObject waits until three are in flight (or every one has started):
+        # the peak is then the bound, whatever the machine's load.
+        nonlocal now, peak, started
+        with moved:
             now += 1
+            started += 1
             peak = max(peak, now)
-        time.sleep(0.05)
+            moved.notify_all()
+            assert moved.wait_for(lambda: now >= 3 or started == 8, timeout=30)
 
     def leave(**_: Any) -> None:
         nonlocal now
-        with lock:
+        with moved:
             now -= 1
+            moved.notify_all()
 
     s3.meta.events.register("before-call.s3.GetObject", enter)
     s3.meta.events.register("after-call.s3.GetObject", leave)

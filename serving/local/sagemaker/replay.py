@@ -256,11 +256,14 @@ class ServerSender:
                                timeout=timeout, retries=0)
 
     def send(self, body: bytes) -> Answer:
-        """POST ``body`` to ``/invocations``."""
+        """POST ``body`` to ``/invocations``; a refusal returns once the server logged it."""
+        logged = self.server.answers_logged
         try:
             return Answer(200, self.invoker.invoke(body))
         except TransformError as err:
             status = err.context.get("status") or 0
+            if status:  # an answer: the handler's log record of it may still be on its way
+                self.server.wait_answer_logged(logged, timeout=5)
             return Answer(int(status), str(err.context.get("detail") or err.message).encode())
 
     def close(self) -> None:
