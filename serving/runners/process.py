@@ -94,6 +94,7 @@ class Container:
         self.keep_files = keep_files
         self._pump = pump
         self._stopped = False
+        self._gone = threading.Event()
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _kill_group, process.pid)
 
@@ -108,7 +109,11 @@ class Container:
 
     def log_tail(self, lines: int = TAIL_LINES) -> str:
         """The last ``lines`` lines of the container's output."""
-        return self._pump.tail(lines) if self._pump is not None else ""
+        if self._pump is None:
+            return ""
+        if self.process.poll() is not None:
+            self._pump.stop()  # its last words are still in the pipe: read them first
+        return self._pump.tail(lines)
 
     @property
     def disk_error(self) -> str | None:
@@ -130,12 +135,15 @@ class Container:
     def stop(self, grace: float | None = None) -> None:
         """End the process group: SIGTERM, then SIGKILL after ``grace`` seconds.
 
-        Safe to call twice; removes the private directory unless ``keep_files``.
+        Safe to call twice, from any thread: a second call returns once the
+        first has finished. Removes the private directory unless ``keep_files``.
         """
         with self._lock:
-            if self._stopped:
-                return
+            first = not self._stopped
             self._stopped = True
+        if not first:
+            self._gone.wait()
+            return
         try:
             terminate(self.process, self.grace if grace is None else grace)
         finally:
@@ -144,6 +152,7 @@ class Container:
                 self._pump.stop()
             if not self.keep_files:
                 shutil.rmtree(self.base_dir, ignore_errors=True)
+            self._gone.set()
 
     def __enter__(self) -> Container:
         return self

@@ -1,6 +1,6 @@
 """A guard between ``smserve serve`` and multi-model-server: the tree ends with its parent.
 
-``python -m serving.server.guard [--pdeathsig] PARENT_PID -- COMMAND...`` runs
+``python -m serving.server.guard [--pdeathsig] [--remove DIR] PARENT_PID -- COMMAND...`` runs
 COMMAND (the MMS launcher) and makes sure nothing it starts outlives the
 guard's parent process:
 
@@ -16,7 +16,9 @@ guard's parent process:
 - on SIGTERM, SIGINT or SIGHUP, on its parent's death, and when COMMAND exits,
   it sends SIGTERM to every descendant, SIGKILL after a grace period to those
   left, reaps them, and exits with COMMAND's status (128 + signal when it
-  was told to stop).
+  was told to stop);
+- when its parent died, it also removes DIR (the run directory the parent
+  would have removed).
 
 Only the standard library; it imports nothing else of ``serving``. Elsewhere
 than Linux the prctl calls are skipped and the guard only forwards stops.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,11 +109,17 @@ def end_all(grace: float = GRACE) -> None:
 
 def main(argv: list[str]) -> int:
     """Run the command under guard; returns its exit status."""
-    pdeathsig = bool(argv) and argv[0] == "--pdeathsig"
-    argv = argv[1:] if pdeathsig else argv
+    pdeathsig, remove = False, None
+    while argv and argv[0].startswith("--") and argv[0] != "--":
+        if argv[0] == "--pdeathsig":
+            pdeathsig, argv = True, argv[1:]
+        elif argv[0] == "--remove" and len(argv) > 1:
+            remove, argv = Path(argv[1]), argv[2:]
+        else:
+            break
     if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
-        sys.stderr.write("usage: python -m serving.server.guard [--pdeathsig] PARENT_PID -- "
-                         "COMMAND...\n")
+        sys.stderr.write("usage: python -m serving.server.guard [--pdeathsig] [--remove DIR] "
+                         "PARENT_PID -- COMMAND...\n")
         return 2
     parent = int(argv[0])
     stop: list[int] = []
@@ -142,6 +151,8 @@ def main(argv: list[str]) -> int:
             time.sleep(0.1)
     finally:
         end_all()
+        if remove is not None and os.getppid() != parent:  # nobody else will clean up
+            shutil.rmtree(remove, ignore_errors=True)
     if stop:
         return 128 + stop[0]
     return code if code is not None and code >= 0 else 128 + (-(code or 0))

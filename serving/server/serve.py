@@ -150,9 +150,16 @@ def _print(line: str) -> None:
         sys.stdout.flush()
 
 
-def guarded(command: list[str]) -> list[str]:
-    """``command`` under :mod:`serving.server.guard`, watching this process."""
+def guarded(command: list[str], remove: Path | None = None) -> list[str]:
+    """``command`` under :mod:`serving.server.guard`, watching this process.
+
+    Args:
+        command: what to run.
+        remove: a folder the guard removes if this process dies first.
+    """
     flag = ["--pdeathsig"] if threading.current_thread() is threading.main_thread() else []
+    if remove is not None:
+        flag += ["--remove", str(remove)]
     return [sys.executable, "-m", "serving.server.guard", *flag, str(os.getpid()), "--",
             *command]
 
@@ -204,7 +211,8 @@ def start(settings: Settings, model: Path | None = None, port: int | None = None
     })
     # A process group of its own (stopped as one) in this session (so whoever
     # started us finds it by session id even once it is re-parented).
-    process = subprocess.Popen(guarded(mms.command(run_dir, model_dir)), cwd=run_dir, env=env,
+    process = subprocess.Popen(guarded(mms.command(run_dir, model_dir),
+                                       remove=None if given else run_dir), cwd=run_dir, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, process_group=0)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", run_dir,

@@ -227,9 +227,8 @@ def test_a_start_that_fails_outside_the_model_is_tried_again_on_a_new_port(
     env = {"FAKE_MODE": "flaky", "FAKE_PIDS": str(pids), "FAKE_LOCK": str(tmp_path / "lk")}
     runner = ProcessRunner(script, env=env, startup_timeout=30, log=lines.append)
     (container,) = runner.start(model_dir, {})
-    with container:
-        with urllib.request.urlopen(container.url + "/ping", timeout=5) as resp:
-            assert resp.status == 200
+    with container, urllib.request.urlopen(container.url + "/ping", timeout=5) as resp:
+        assert resp.status == 200
     first, second = pids_in(pids)
     assert gone(first) and gone(second)
     assert any("trying again on another port (2 of 3)" in line for line in lines)
