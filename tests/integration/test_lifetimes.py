@@ -32,6 +32,7 @@ from serving.local.stack import LocalStack
 from serving.package import build_archive
 from serving.pipeline import output_key
 from serving.ports import free_port
+from tests.diskfull import fill, small_disk
 from tests.helpers import TAG_VAR, kill_tagged, tagged
 
 pytestmark = pytest.mark.integration
@@ -54,7 +55,9 @@ def model_fn(model_dir):
 def transform_fn(model, body, content_type, accept):
     record = json.loads(body.splitlines()[0])
     Path(record["mark"]).write_text("started")
-    time.sleep(record["sleep"])
+    for step in range(record["sleep"] * 10):
+        print(f"still working: step {step}", flush=True)
+        time.sleep(0.1)
     return json.dumps({"slept": record["sleep"]}), "application/jsonlines"
 '''
 
@@ -228,29 +231,49 @@ def _job_story(env: dict[str, str], sm: Any, name: str) -> str:
     return "\n".join(text)
 
 
-def _slow_job(env: dict[str, str], tmp_path: Path, mark: Path) -> tuple[Any, str]:
-    """A model that takes its time, and a job for it: (sagemaker client, job name)."""
+def _slow_job(env: dict[str, str], tmp_path: Path, mark: Path, *,
+              padding: int = 0) -> tuple[Any, str]:
+    """A model that takes its time, and a job for it: (sagemaker client, job name).
+
+    Args:
+        padding: bytes of incompressible data the model archive also holds.
+    """
     s3, sm = _client(env, "s3"), _client(env, "sagemaker")
-    s3.create_bucket(Bucket="slow")
-    folder = tmp_path / "slow"
+    label = uuid.uuid4().hex[:8]
+    bucket = f"slow-{label}"
+    s3.create_bucket(Bucket=bucket)
+    folder = tmp_path / bucket
     folder.mkdir()
     (folder / "serving.py").write_text(SLOW)
-    archive = build_archive(folder, tmp_path / "slow.tar.gz")
-    s3.upload_file(str(archive), "slow", "model.tar.gz")
-    s3.put_object(Bucket="slow", Key="in/a.jsonl",
+    if padding:
+        (folder / "padding.bin").write_bytes(os.urandom(padding))
+    archive = build_archive(folder, tmp_path / f"{bucket}.tar.gz")
+    s3.upload_file(str(archive), bucket, "model.tar.gz")
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl",
                   Body=json.dumps({"mark": str(mark), "sleep": 600}).encode() + b"\n")
-    sm.create_model(ModelName="slow", ExecutionRoleArn=ROLE, PrimaryContainer={
-        "Image": "local/slow", "ModelDataUrl": "s3://slow/model.tar.gz"})
-    name = "slow-" + uuid.uuid4().hex[:8]
+    sm.create_model(ModelName=bucket, ExecutionRoleArn=ROLE, PrimaryContainer={
+        "Image": "local/slow", "ModelDataUrl": f"s3://{bucket}/model.tar.gz"})
+    name = f"job-{label}"
     sm.create_transform_job(
-        TransformJobName=name, ModelName="slow",
+        TransformJobName=name, ModelName=bucket,
         TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
-                                                        "S3Uri": "s3://slow/in/"}},
+                                                        "S3Uri": f"s3://{bucket}/in/"}},
                         "ContentType": "application/jsonlines", "SplitType": "Line"},
-        TransformOutput={"S3OutputPath": "s3://slow/out/", "Accept": "application/jsonlines"},
+        TransformOutput={"S3OutputPath": f"s3://{bucket}/out/",
+                         "Accept": "application/jsonlines"},
         TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
         BatchStrategy="SingleRecord")
     return sm, name
+
+
+def _ended(sm: Any, name: str, timeout: float = 180.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        described: dict[str, Any] = sm.describe_transform_job(TransformJobName=name)
+        if described["TransformJobStatus"] not in ("InProgress", "Stopping"):
+            return described
+        assert time.monotonic() < deadline, f"{name} is still {described['TransformJobStatus']}"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("signo", [signal.SIGHUP, signal.SIGKILL],
@@ -289,12 +312,7 @@ def test_a_job_whose_entry_process_is_killed_fails_with_that_reason(
                   explain=lambda: _job_story(env, sm, name))
         (entry,) = [p for p in tagged(tag) if "serving.cli serve" in " ".join(p.cmdline())]
         entry.kill()
-        deadline = time.monotonic() + DEADLINE
-        described = sm.describe_transform_job(TransformJobName=name)
-        while described["TransformJobStatus"] == "InProgress":
-            assert time.monotonic() < deadline, "the job is still InProgress"
-            time.sleep(0.1)
-            described = sm.describe_transform_job(TransformJobName=name)
+        described = _ended(sm, name, DEADLINE)
         assert described["TransformJobStatus"] == "Failed"
         reason = described["FailureReason"]
         assert "entry process of container" in reason and "killed by SIGKILL" in reason, reason
@@ -325,3 +343,41 @@ def _all_gone_but(tag: str, keep: int, timeout: float = DEADLINE) -> list[str]:
         time.sleep(0.1)
         left = others()
     return left
+
+
+# --- full disks -----------------------------------------------------------------------------------
+
+
+def test_full_disks_fail_jobs_at_once_naming_the_disk(tag: str, tmp_path: Path) -> None:
+    with small_disk("2m") as disk:
+        proc = _spawn("local", "up", env=_env(tag, disk))
+        try:
+            env = _exports(proc)
+            # 1. the model data does not fit: the download fails, saying why
+            ballast = fill(disk, leave=64 * 1024)
+            sm, name = _slow_job(env, tmp_path, tmp_path / "never", padding=256 * 1024)
+            described = _ended(sm, name)
+            reason = described.get("FailureReason", "")
+            assert described["TransformJobStatus"] == "Failed"
+            assert f"no space left on {disk}" in reason, reason
+            assert "needed while writing the model data s3://" in reason, reason
+            assert "Make sure the object exists" not in reason
+            ballast.unlink()
+            # 2. the disk fills up while the job runs: the container log cannot be
+            #    written; the job fails at once, and its server is not left blocked
+            mark = tmp_path / "started"
+            sm, name = _slow_job(env, tmp_path, mark)
+            _wait_for("the job's model to start on its record", mark.exists, proc,
+                      explain=lambda: _job_story(env, sm, name))
+            fill(disk)
+            described = _ended(sm, name, DEADLINE)
+            reason = described.get("FailureReason", "")
+            assert described["TransformJobStatus"] == "Failed"
+            assert f"no space left on {disk}" in reason, reason
+            assert "the container log" in reason, reason
+            assert _all_gone_but(tag, proc.pid) == []
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=DEADLINE) == 128 + signal.SIGTERM
+        finally:
+            proc.kill()
+            proc.wait()
