@@ -232,11 +232,12 @@ def _job_story(env: dict[str, str], sm: Any, name: str) -> str:
 
 
 def _slow_job(env: dict[str, str], tmp_path: Path, mark: Path, *,
-              padding: int = 0) -> tuple[Any, str]:
+              padding: int = 0, sleep: int = 600) -> tuple[Any, str]:
     """A model that takes its time, and a job for it: (sagemaker client, job name).
 
     Args:
         padding: bytes of incompressible data the model archive also holds.
+        sleep: seconds the model takes over the job's one record.
     """
     s3, sm = _client(env, "s3"), _client(env, "sagemaker")
     label = uuid.uuid4().hex[:8]
@@ -250,7 +251,7 @@ def _slow_job(env: dict[str, str], tmp_path: Path, mark: Path, *,
     archive = build_archive(folder, tmp_path / f"{bucket}.tar.gz")
     s3.upload_file(str(archive), bucket, "model.tar.gz")
     s3.put_object(Bucket=bucket, Key="in/a.jsonl",
-                  Body=json.dumps({"mark": str(mark), "sleep": 600}).encode() + b"\n")
+                  Body=json.dumps({"mark": str(mark), "sleep": sleep}).encode() + b"\n")
     sm.create_model(ModelName=bucket, ExecutionRoleArn=ROLE, PrimaryContainer={
         "Image": "local/slow", "ModelDataUrl": f"s3://{bucket}/model.tar.gz"})
     name = f"job-{label}"
@@ -381,3 +382,29 @@ def test_full_disks_fail_jobs_at_once_naming_the_disk(tag: str, tmp_path: Path) 
         finally:
             proc.kill()
             proc.wait()
+
+
+# --- starts under load ----------------------------------------------------------------------------
+
+
+def test_many_jobs_started_at_once_on_busy_cores_all_complete(tag: str, scratch: Path,
+                                                              tmp_path: Path) -> None:
+    """Six jobs (six JVMs) start together while every core spins: none fails to start."""
+    cores = os.cpu_count() or 2
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                env={**os.environ, TAG_VAR: tag}) for _ in range(cores)]
+    proc = _spawn("local", "up", env=_env(tag, scratch))
+    try:
+        env = _exports(proc)
+        jobs = [_slow_job(env, tmp_path, tmp_path / f"mark{i}", sleep=0) for i in range(6)]
+        outcomes = {name: _ended(sm, name, timeout=600) for sm, name in jobs}
+        failed = {name: d.get("FailureReason") for name, d in outcomes.items()
+                  if d["TransformJobStatus"] != "Completed"}
+        assert failed == {}
+        assert all((tmp_path / f"mark{i}").exists() for i in range(6))
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
