@@ -130,9 +130,19 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 
     from serving.local.stack import LocalStack
 
-    stack = LocalStack(port=args.port, echo=lambda line: _say(f"# {line}")).start()
+    state = Path(args.state).resolve() if args.state else None
+    stack = LocalStack(port=args.port, echo=lambda line: _say(f"# {line}"), state=state).start()
     done = threading.Event()
     print(f"# embedded AWS stack (S3, SQS, ECR, IAM, STS, CloudWatch Logs) on {stack.endpoint_url}")
+    if state is None:
+        print("# state is NOT kept: stopping the stack loses every bucket, object, queue, model "
+              "and job\n# (smserve local up --state DIR keeps them across restarts)")
+    else:
+        restored = stack.restored
+        print(f"# state is kept in {state}: buckets, objects, queues, models and finished jobs "
+              "are saved\n# when the stack stops (Ctrl-C, SIGTERM, SIGHUP; not on SIGKILL); "
+              + ("restored " + ", ".join(f"{n} {what}" for what, n in restored.items())
+                 if restored else "nothing to restore yet"))
     print("# and the SageMaker API (models and batch transform jobs that really run, as local "
           "processes;\n# job logs in CloudWatch Logs /aws/sagemaker/TransformJobs; "
           "smserve replay JOB re-sends a failed object)")
@@ -229,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = local.add_parser("up", help="run S3/SQS/ECR/IAM/STS/Logs and SageMaker on 127.0.0.1",
                           description=cmd_local_up.__doc__)
     up.add_argument("--port", type=port, default=None, help="port (default: a free one)")
+    up.add_argument("--state", default=None, metavar="DIR",
+                    help="keep buckets, objects, queues, models and finished jobs in DIR "
+                         "across restarts (default: nothing is kept)")
     up.set_defaults(func=cmd_local_up)
 
     p = sub.add_parser("demo", help="run the example models on the embedded stack",

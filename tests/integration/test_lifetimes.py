@@ -408,3 +408,102 @@ def test_many_jobs_started_at_once_on_busy_cores_all_complete(tag: str, scratch:
             burner.wait()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+# --- smserve local up --state ---------------------------------------------------------------------
+
+
+def _banner(proc: subprocess.Popen[str]) -> tuple[str, dict[str, str]]:
+    """The lines before the exports, and the exports."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    env: dict[str, str] = {}
+    for line in proc.stdout:
+        if line.startswith("export "):
+            key, _, value = line.removeprefix("export ").strip().partition("=")
+            env[key] = value
+            if key == "AWS_SESSION_TOKEN":
+                return "".join(lines), env
+        else:
+            lines.append(line)
+    pytest.fail(f"smserve local up exited {proc.wait()} before its exports:\n{''.join(lines)}")
+
+
+def test_local_up_without_state_says_a_restart_loses_everything(tag: str, scratch: Path) -> None:
+    proc = _spawn("local", "up", env=_env(tag, scratch))
+    try:
+        banner, _ = _banner(proc)
+        assert "state is NOT kept" in banner and "--state DIR" in banner
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=DEADLINE) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_local_up_state_survives_a_restart(tag: str, scratch: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    proc = _spawn("local", "up", "--state", str(state), env=_env(tag, scratch))
+    try:
+        banner, env = _banner(proc)
+        assert f"state is kept in {state}" in banner and "nothing to restore yet" in banner
+        s3, sqs = _client(env, "s3"), _client(env, "sqs")
+        s3.create_bucket(Bucket="kept")
+        s3.put_object(Bucket="kept", Key="a/b c.bin", Body=b"\x00\x01binary",
+                      ContentType="application/x-npy", Metadata={"origin": "test"})
+        s3.put_object(Bucket="kept", Key="same.txt", Body=b"\x00\x01binary")
+        dlq = sqs.create_queue(QueueName="work-dlq")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
+            "Attributes"]["QueueArn"]
+        policy = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"})
+        work = sqs.create_queue(QueueName="work", Attributes={
+            "RedrivePolicy": policy, "VisibilityTimeout": "1"})["QueueUrl"]
+        sqs.send_message(QueueUrl=work, MessageBody="first", MessageAttributes={
+            "reason": {"DataType": "String", "StringValue": "kept"}})
+        assert sqs.receive_message(QueueUrl=work, MaxNumberOfMessages=1)["Messages"]
+        sqs.send_message(QueueUrl=work, MessageBody="second")
+        done_mark, run_mark = tmp_path / "done", tmp_path / "running"
+        sm, finished = _slow_job(env, tmp_path, done_mark, sleep=0)
+        assert _ended(sm, finished)["TransformJobStatus"] == "Completed"
+        sm, running = _slow_job(env, tmp_path, run_mark)
+        _wait_for("the second job's model to start", run_mark.exists, proc,
+                  explain=lambda: _job_story(env, sm, running))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert _all_gone(tag) == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+    proc = _spawn("local", "up", "--state", str(state), env=_env(tag, scratch))
+    try:
+        banner, env = _banner(proc)
+        # kept/: 2; each model bucket: model.tar.gz, in/a.jsonl; the finished job: its .out
+        assert "restored 3 buckets, 7 objects, 2 queues, 2 models, 2 jobs" in banner, banner
+        s3, sqs, sm = _client(env, "s3"), _client(env, "sqs"), _client(env, "sagemaker")
+        got = s3.get_object(Bucket="kept", Key="a/b c.bin")
+        assert got["Body"].read() == b"\x00\x01binary"
+        assert got["ContentType"] == "application/x-npy" and got["Metadata"] == {
+            "origin": "test"}
+        assert s3.get_object(Bucket="kept", Key="same.txt")["Body"].read() == b"\x00\x01binary"
+        work = sqs.get_queue_url(QueueName="work")["QueueUrl"]
+        attrs = sqs.get_queue_attributes(QueueUrl=work, AttributeNames=["All"])["Attributes"]
+        assert json.loads(attrs["RedrivePolicy"])["maxReceiveCount"] in (3, "3")
+        received = sqs.receive_message(QueueUrl=work, MaxNumberOfMessages=10,
+                                       AttributeNames=["ApproximateReceiveCount"],
+                                       MessageAttributeNames=["All"])["Messages"]
+        counts = {m["Body"]: int(m["Attributes"]["ApproximateReceiveCount"]) for m in received}
+        assert counts == {"first": 2, "second": 1}  # the earlier receive is remembered
+        first = next(m for m in received if m["Body"] == "first")
+        assert first["MessageAttributes"]["reason"]["StringValue"] == "kept"
+        assert sm.describe_transform_job(TransformJobName=finished)[
+            "TransformJobStatus"] == "Completed"
+        interrupted = sm.describe_transform_job(TransformJobName=running)
+        assert interrupted["TransformJobStatus"] == "Failed"
+        assert "the embedded stack stopped" in interrupted["FailureReason"]
+        assert len(sm.list_models()["Models"]) == 2
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=60) == 128 + signal.SIGHUP
+    finally:
+        proc.kill()
+        proc.wait()
