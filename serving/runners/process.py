@@ -65,9 +65,12 @@ def default_command() -> list[str]:
     return [sys.executable, "-m", "serving.cli", "serve"]
 
 
-def _kill_group(pid: int) -> None:
+def _kill_group(pid: int, base_dir: Path | None = None) -> None:
+    """At interpreter exit, for a container never stopped: its group, then its folder."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+    if base_dir is not None:
+        shutil.rmtree(base_dir, ignore_errors=True)
 
 
 class Container:
@@ -96,7 +99,8 @@ class Container:
         self._stopped = False
         self._gone = threading.Event()
         self._lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, _kill_group, process.pid)
+        self._finalizer = weakref.finalize(self, _kill_group, process.pid,
+                                           None if keep_files else base_dir)
 
     @property
     def pid(self) -> int:

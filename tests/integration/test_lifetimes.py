@@ -507,3 +507,30 @@ def test_local_up_state_survives_a_restart(tag: str, scratch: Path, tmp_path: Pa
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- smserve pipeline run -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGKILL],
+                         ids=lambda s: signal.Signals(s).name)
+def test_pipeline_run_leaves_nothing_after_a_signal(
+        signo: int, tag: str, scratch: Path, stack: LocalStack, clients: ClientFactory,
+        bucket: str) -> None:
+    upload_clips(clients.client("s3"), bucket, "videos/", 2)
+    env = _env(tag, scratch, **stack.environ(), SMSERVE_ALLOWED_BUCKETS=bucket)
+    proc = _spawn("pipeline", "run", "--input", f"s3://{bucket}/videos/", "--models",
+                  "clip_stats", env=env)
+    try:
+        _wait_for("a model server (java)", _has(tag, "java"), proc)
+        proc.send_signal(signo)
+        code = proc.wait(timeout=DEADLINE)
+        assert _all_gone(tag) == []
+        if signo == signal.SIGKILL:
+            return
+        out = proc.stdout.read() if proc.stdout else ""
+        assert code == 128 + signo, out
+        assert _leftover_files(scratch) == []
+    finally:
+        proc.kill()
+        proc.wait()
