@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serving import diskspace
 from serving.errors import ServerStartError
 from serving.ports import is_free
 from serving.server import mms
@@ -191,11 +192,13 @@ def start(settings: Settings, model: Path | None = None, port: int | None = None
             "--port N (SAGEMAKER_BIND_TO_PORT)"
         )
     given = run_dir or settings.run_dir
-    run_dir = given or Path(tempfile.mkdtemp(prefix="smserve-serve-"))
-    (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
-    (run_dir / "logs").mkdir(exist_ok=True)
-    model_dir = resolve_model_dir(settings, model, run_dir)
-    mms.write_config(settings, run_dir, port)
+    with diskspace.guard(given or Path(tempfile.gettempdir()), None,
+                         "the server's run directory"):
+        run_dir = given or Path(tempfile.mkdtemp(prefix="smserve-serve-"))
+        (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        (run_dir / "logs").mkdir(exist_ok=True)
+        model_dir = resolve_model_dir(settings, model, run_dir)
+        mms.write_config(settings, run_dir, port)
     env = dict(settings.environ)
     # model/code is NOT put on PYTHONPATH: its serving.py would shadow our
     # `serving` package. serving.handler loads the entry module by path.

@@ -86,3 +86,17 @@ def test_a_log_on_a_full_disk_is_still_drained_and_its_error_kept() -> None:
         assert pump.write_needed > 0
         assert len(lines) == 4000 and lines[-1].startswith("03999 ")
         assert pump.tail(1).startswith("03999 ")
+
+
+def test_serve_on_a_full_disk_names_the_run_directory_it_could_not_write() -> None:
+    from serving.server.serve import start
+    from serving.settings import Settings
+
+    with small_disk("64k") as disk:
+        fill(disk)
+        with pytest.raises(NoSpaceError) as caught:
+            start(Settings.from_environ({}), CLIP_STATS, 1, run_dir=disk / "run")
+    # the first write that does not fit: the model staged into the run directory
+    assert caught.value.message.startswith(f"no space left on {disk / 'run' / 'model'}, 0 B "
+                                           "free/"), caught.value.message
+    assert "needed while writing the staged model" in caught.value.message
