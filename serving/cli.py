@@ -2,13 +2,20 @@
 
 Every subcommand maps our errors to exit codes here, in one place: a
 :class:`~serving.errors.SmserveError` prints ``smserve: error: <message>``
-and exits with the error's ``exit_code``; Ctrl-C exits 130. Heavy modules
-are imported inside the command that needs them, so ``--help`` is instant.
+and exits with the error's ``exit_code``. Signals are mapped here too:
+SIGTERM (what Airflow, CI, ``timeout`` and systemd send) and SIGHUP (a closed
+terminal) run the same clean-up as Ctrl-C (SIGINT) in every command, and
+exit ``128 + signal`` (130, 143, 129). Whatever a command started (model
+servers, jobs' containers) ends with it; a model server also ends on its own
+when its starter is killed with SIGKILL. Heavy modules are imported inside the
+command that needs them, so ``--help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -119,15 +126,23 @@ def cmd_transform(args: argparse.Namespace) -> int:
 
 def cmd_local_up(args: argparse.Namespace) -> int:
     """Run the embedded AWS stack in the foreground."""
-    import signal
     import threading
 
     from serving.local.stack import LocalStack
 
-    stack = LocalStack(port=args.port, echo=lambda line: print(f"# {line}", flush=True)).start()
+    state = Path(args.state).resolve() if args.state else None
+    stack = LocalStack(port=args.port, echo=lambda line: _say(f"# {line}"), state=state).start()
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
     print(f"# embedded AWS stack (S3, SQS, ECR, IAM, STS, CloudWatch Logs) on {stack.endpoint_url}")
+    if state is None:
+        print("# state is NOT kept: stopping the stack loses every bucket, object, queue, model "
+              "and job\n# (smserve local up --state DIR keeps them across restarts)")
+    else:
+        restored = stack.restored
+        print(f"# state is kept in {state}: buckets, objects, queues, models and finished jobs "
+              "are saved\n# when the stack stops (Ctrl-C, SIGTERM, SIGHUP; not on SIGKILL); "
+              + ("restored " + ", ".join(f"{n} {what}" for what, n in restored.items())
+                 if restored else "nothing to restore yet"))
     print("# and the SageMaker API (models and batch transform jobs that really run, as local "
           "processes;\n# job logs in CloudWatch Logs /aws/sagemaker/TransformJobs; "
           "smserve replay JOB re-sends a failed object)")
@@ -139,9 +154,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     print("# paste these into another shell; Ctrl-C stops the stack")
     print(stack.exports(), flush=True)
     try:
-        done.wait()
-    except KeyboardInterrupt:
-        pass
+        done.wait()  # until a stop signal (main() turns each into _Stopped)
     finally:
         stack.stop()
     return 0
@@ -231,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = local.add_parser("up", help="run S3/SQS/ECR/IAM/STS/Logs and SageMaker on 127.0.0.1",
                           description=cmd_local_up.__doc__)
     up.add_argument("--port", type=port, default=None, help="port (default: a free one)")
+    up.add_argument("--state", default=None, metavar="DIR",
+                    help="keep buckets, objects, queues, models and finished jobs in DIR "
+                         "across restarts (default: nothing is kept)")
     up.set_defaults(func=cmd_local_up)
 
     p = sub.add_parser("demo", help="run the example models on the embedded stack",
@@ -246,18 +262,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C, so the same clean-up runs."""
+
+    def __init__(self, signo: int) -> None:
+        super().__init__(signo)
+        self.signo = signo
+
+
+def _stop_on(signo: int, frame: object) -> None:
+    # Once is enough: a second signal must not interrupt the clean-up under way.
+    for other in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(other, signal.SIG_IGN)
+    raise _Stopped(signo)
+
+
+def _say(line: str, *, err: bool = False) -> None:
+    """Print, unless the terminal is gone (SIGHUP) or stdout's disk is full."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _handle_stop_signals() -> None:
+    """SIGTERM and SIGHUP unwind the command like SIGINT (main thread only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signo in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signo) is not signal.SIG_IGN:  # nohup keeps SIGHUP ignored
+            signal.signal(signo, _stop_on)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _handle_stop_signals()
     try:
         code: int = args.func(args)
         return code
     except SmserveError as err:
-        print(f"smserve: error: {err.message}", file=sys.stderr)
+        _say(f"smserve: error: {err.message}", err=True)
         return err.exit_code
+    except _Stopped as stop:
+        _say(f"smserve: stopped by {signal.Signals(stop.signo).name}; what it started has "
+             "been stopped", err=True)
+        return 128 + stop.signo
     except KeyboardInterrupt:
-        print("smserve: interrupted", file=sys.stderr)
+        _say("smserve: interrupted", err=True)
         return 130
     except Exception as err:
         if type(err).__module__.startswith("botocore"):

@@ -105,6 +105,14 @@ class StorageError(SmserveError):
     code = "StorageError"
 
 
+class NoSpaceError(StorageError, OSError):
+    """A local disk is full (ENOSPC): names the path, what is free and what was needed."""
+
+    status = 507
+    code = "NoSpace"
+    exit_code = 7
+
+
 # --- tool errors (CLI, config, jobs) ----------------------------------------
 
 

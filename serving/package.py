@@ -32,7 +32,8 @@ import tempfile
 import zlib
 from pathlib import Path
 
-from serving.errors import ConfigError, ModelSpecError
+from serving import diskspace
+from serving.errors import ConfigError, ModelSpecError, NoSpaceError
 
 HANDLER_FILE = "serving.py"
 CODE_DIR = "code"
@@ -133,10 +134,12 @@ def stage(model_folder: str | Path, dest: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not an empty folder; stage into a new one")
     out.mkdir(parents=True, exist_ok=True)
-    for name, source in members:
-        target = out / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+    needed = sum(source.stat().st_size for _, source in members)
+    with diskspace.guard(out, needed, "the staged model"):
+        for name, source in members:
+            target = out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
     return out
 
 
@@ -222,6 +225,8 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
             has a member with an absolute path, one that would land outside
             ``dest`` (``..``, a link pointing out) or a device or similar; the
             message names the archive and the member.
+        NoSpaceError: ``dest``'s disk filled up (the message names it, what is
+            free and what the archive needs).
     """
     source = Path(archive)
     target = Path(dest)
@@ -246,8 +251,10 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
                         f"({_why(err)}); rebuild it with smserve package",
                         archive=str(source), member=member.name,
                     ) from err
-            tar.extractall(target, members=members, filter="data")
-    except ConfigError:
+            needed = sum(m.size for m in members if m.isfile())
+            with diskspace.guard(target, needed, "the extracted model"):
+                tar.extractall(target, members=members, filter="data")
+    except (ConfigError, NoSpaceError):
         raise
     except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise ConfigError(

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from serving.errors import StackError
@@ -42,6 +43,8 @@ class LocalStack:
         settings: what transform jobs' containers start from (their environment,
             ``SMSERVE_CONTAINER_STARTUP_TIMEOUT``); default: the process environment.
         echo: receives one line per transform job status change.
+        state: a folder that keeps buckets, objects, queues, models and finished
+            jobs across restarts (:mod:`serving.local.state`); None keeps nothing.
 
     Attributes:
         sagemaker: the SageMaker API (:class:`~serving.local.sagemaker.SageMakerService`),
@@ -50,7 +53,8 @@ class LocalStack:
 
     def __init__(self, port: int | None = None, region: str = "us-east-1", *,
                  settings: Settings | None = None,
-                 echo: Callable[[str], None] | None = None) -> None:
+                 echo: Callable[[str], None] | None = None,
+                 state: Path | None = None) -> None:
         if port is not None and not is_free(port):
             raise StackError(
                 f"port {port} is in use; pick another with --port, or omit it for a free one"
@@ -59,6 +63,9 @@ class LocalStack:
         self.region = region
         self._base = settings
         self._echo = echo
+        self.state = state
+        #: What was restored from ``state`` at start (counts), or None.
+        self.restored: dict[str, int] | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.sagemaker: Any = None
@@ -130,9 +137,12 @@ class LocalStack:
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(self.endpoint_url + "/moto-api/", timeout=2):
-                    return self
+                    pass
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
+                continue
+            self._load_state()
+            return self
         self.stop()
         raise StackError(f"the embedded stack did not answer on {self.endpoint_url} "
                          f"within {timeout:.0f} s")
@@ -161,20 +171,46 @@ class LocalStack:
         """``127.0.0.1:PORT`` of the registry behind ECR, or None when none runs."""
         return self.registry.address if self.registry is not None else None
 
-    def stop(self) -> None:
-        """Stop running transform jobs (and their containers), then the server (idempotent)."""
+    def _load_state(self) -> None:
+        if self.state is None:
+            return
+        from serving.local import state
+
+        if state.has_state(self.state):
+            try:
+                self.restored = state.load(self, self.state)
+            except BaseException:
+                self.stop(save=False)
+                raise
+
+    def stop(self, *, save: bool = True) -> None:
+        """Stop running transform jobs (and their containers), then the server (idempotent).
+
+        With ``state``, what the stack holds is saved there first (``save``).
+        """
+        jobs = None
+        if save and self.state is not None and self._server is not None:
+            from serving.local.state import INTERRUPTED
+
+            jobs = self.sagemaker.jobs.export(INTERRUPTED)
         if self.sagemaker is not None:
             self.sagemaker.shutdown()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        if self.registry is not None:
-            self.registry.stop()
-            self.registry = None
+        try:
+            if jobs is not None and self.state is not None:
+                from serving.local import state
+
+                state.save(self, self.state, jobs)
+        finally:
+            if self._server is not None:
+                self._server.shutdown()
+                self._server.server_close()
+                self._server = None
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+                self._thread = None
+            if self.registry is not None:
+                self.registry.stop()
+                self.registry = None
 
     def reset(self) -> None:
         """Forget every bucket, queue, repository, model and job (moto's reset API)."""

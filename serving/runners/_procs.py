@@ -3,8 +3,11 @@
 A server may start helpers in process groups of their own (the model server
 supervisor puts multi-model-server in a new group, so it can stop it), so
 killing the group alone could leave them behind. We take a snapshot of the
-tree before signalling and make sure every process in it has ended. Linux's
-``/proc`` gives the tree; elsewhere only the group is signalled.
+tree before signalling and make sure every process in it has ended. A
+container is started as the leader of a new session, and its helpers stay in
+that session, so they are found even once re-parented (their supervisor was
+killed). Linux's ``/proc`` gives the tree; elsewhere only the group is
+signalled.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from pathlib import Path
 _PROC = Path("/proc")
 
 
-def _table() -> dict[int, tuple[int, int, str]]:
-    """pid -> (parent pid, process group, state) for every process we can see."""
-    rows: dict[int, tuple[int, int, str]] = {}
+def _table() -> dict[int, tuple[int, int, str, int]]:
+    """pid -> (parent pid, process group, state, session) for every process we can see."""
+    rows: dict[int, tuple[int, int, str, int]] = {}
     for stat in _PROC.glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            rows[int(stat.parent.name)] = (int(fields[1]), int(fields[2]), fields[0])
+            rows[int(stat.parent.name)] = (int(fields[1]), int(fields[2]), fields[0],
+                                           int(fields[3]))
         except (OSError, IndexError, ValueError):
             continue  # it ended while we looked
     return rows
@@ -45,14 +49,15 @@ def running(pids: set[int]) -> set[int]:
 
 
 def tree(pid: int) -> set[int]:
-    """``pid``, its descendants and the members of its process group."""
+    """``pid``, its descendants and the members of its process group and session."""
     if not _PROC.is_dir():
         return {pid}
     table = _table()
-    found = {pid} | {p for p, (_, group, _) in table.items() if group == pid}
+    found = {pid} | {p for p, (_, group, _, session) in table.items()
+                     if pid in (group, session)}
     frontier = set(found)
     while frontier:
-        frontier = {p for p, (parent, _, _) in table.items()
+        frontier = {p for p, (parent, _, _, _) in table.items()
                     if parent in frontier and p not in found}
         found |= frontier
     return found

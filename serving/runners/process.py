@@ -9,16 +9,23 @@ by default) once per container, each with:
 - its own free loopback port below 32767, given as ``SAGEMAKER_BIND_TO_PORT``;
 - the runner's environment, then the container environment passed to
   :meth:`ProcessRunner.start` (see :func:`serving.transform.params.container_environment`);
-- its output in ``container.log`` in that directory (optionally followed
-  line by line into a callback).
+- its output drained from a pipe into ``container.log`` in that directory
+  (and optionally line by line into a callback) by a thread that keeps reading
+  when the file cannot be written: :attr:`Container.disk_error` then says why.
 
 It waits until ``GET /ping`` answers 200 and is not "Unhealthy" (each ping
 times out after ``ping_timeout``), fails fast with the log's last lines when
-the process exits, and gives up after ``startup_timeout``. Each process is
-the leader of its own process group; :meth:`Container.stop` ends the whole
-group and every descendant, even one in a group of its own (SIGTERM, then
-SIGKILL after a grace period). No error path leaves a
-process behind, and a container never stopped is killed at interpreter exit.
+the process exits, and gives up after ``startup_timeout``. A start that fails
+for a reason outside the model (the process exited before the model was
+loaded and no ``model_error.txt`` says the model failed: a port taken between
+choosing and binding it, a JVM that could not start under load) is tried
+again on a new port, ``start_attempts`` times in all; the error names every
+try. Each process is the leader of its own session and process group;
+:meth:`Container.stop` ends the whole group, the session and every
+descendant (SIGTERM, then SIGKILL after a grace period). No error path leaves
+a process behind, and a container never stopped is killed at interpreter
+exit. ``smserve serve`` ends itself (and multi-model-server) when the process
+that started it dies, so a killed runner leaves no server behind either.
 """
 
 from __future__ import annotations
@@ -31,23 +38,22 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Generic, Protocol, TypeVar
 
 from serving.errors import ServerStartError
 from serving.ports import free_port
-from serving.runners._health import ping
-from serving.runners._logs import LogFollower, tail
+from serving.runners._logs import LogPump
 from serving.runners._procs import terminate
-from serving.server.markers import MODEL_READY_FILE
+from serving.runners._start import TAIL_LINES, Startable, StartGroup, start_all, wait_healthy
+from serving.server.markers import MODEL_ERROR_FILE, MODEL_READY_FILE
 
-TAIL_LINES = 40
 _PORT_CLASH = ("Address already in use", "BindException", "port is in use")
+#: What ``smserve serve`` says when it could not start for a reason outside the model.
+_OUTSIDE_MODEL = (*_PORT_CLASH, "is in use", "multi-model-server exited",
+                  "worker died before", "cannot start")
 
 
 def default_command() -> list[str]:
@@ -55,9 +61,12 @@ def default_command() -> list[str]:
     return [sys.executable, "-m", "serving.cli", "serve"]
 
 
-def _kill_group(pid: int) -> None:
+def _kill_group(pid: int, base_dir: Path | None = None) -> None:
+    """At interpreter exit, for a container never stopped: its group, then its folder."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+    if base_dir is not None:
+        shutil.rmtree(base_dir, ignore_errors=True)
 
 
 class Container:
@@ -73,7 +82,7 @@ class Container:
 
     def __init__(self, index: int, process: subprocess.Popen[bytes], port: int, base_dir: Path,
                  log_path: Path, *, host: str = "127.0.0.1", grace: float = 10.0,
-                 keep_files: bool = False, follower: LogFollower | None = None) -> None:
+                 keep_files: bool = False, pump: LogPump | None = None) -> None:
         self.index = index
         self.process = process
         self.port = port
@@ -82,10 +91,12 @@ class Container:
         self.log_path = log_path
         self.grace = grace
         self.keep_files = keep_files
-        self._follower = follower
+        self._pump = pump
         self._stopped = False
+        self._gone = threading.Event()
         self._lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, _kill_group, process.pid)
+        self._finalizer = weakref.finalize(self, _kill_group, process.pid,
+                                           None if keep_files else base_dir)
 
     @property
     def pid(self) -> int:
@@ -98,25 +109,50 @@ class Container:
 
     def log_tail(self, lines: int = TAIL_LINES) -> str:
         """The last ``lines`` lines of the container's output."""
-        return tail(self.log_path, lines)
+        if self._pump is None:
+            return ""
+        if self.process.poll() is not None:
+            self._pump.stop()  # its last words are still in the pipe: read them first
+        return self._pump.tail(lines)
+
+    @property
+    def disk_error(self) -> str | None:
+        """Why the container's log could not be written (a full disk), or None.
+
+        The message reads "no space left on <path>, <free>/<needed>" for a full
+        disk; the output is still drained either way.
+        """
+        if self._pump is None or self._pump.write_error is None:
+            return None
+        from serving import diskspace
+
+        err = self._pump.write_error
+        if diskspace.is_full(err):
+            return diskspace.no_space(self.base_dir, self._pump.write_needed,
+                                      "the container log").message
+        return f"cannot write the container log {self.log_path}: {err}"
 
     def stop(self, grace: float | None = None) -> None:
         """End the process group: SIGTERM, then SIGKILL after ``grace`` seconds.
 
-        Safe to call twice; removes the private directory unless ``keep_files``.
+        Safe to call twice, from any thread: a second call returns once the
+        first has finished. Removes the private directory unless ``keep_files``.
         """
         with self._lock:
-            if self._stopped:
-                return
+            first = not self._stopped
             self._stopped = True
+        if not first:
+            self._gone.wait()
+            return
         try:
             terminate(self.process, self.grace if grace is None else grace)
         finally:
             self._finalizer.detach()
-            if self._follower is not None:
-                self._follower.stop()
+            if self._pump is not None:
+                self._pump.stop()
             if not self.keep_files:
                 shutil.rmtree(self.base_dir, ignore_errors=True)
+            self._gone.set()
 
     def __enter__(self) -> Container:
         return self
@@ -142,12 +178,15 @@ class ProcessRunner:
         stop_grace: seconds between SIGTERM and SIGKILL.
         keep_files: keep each container's private directory (and log) after stop.
         poll_interval: seconds between pings.
+        start_attempts: tries per container when a start fails for a reason
+            outside the model (each on a new port).
     """
 
     def __init__(self, command: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
                  startup_timeout: float = 120.0, ping_timeout: float = 2.0, *,
                  log: Callable[[str], None] | None = None, stop_grace: float = 10.0,
-                 keep_files: bool = False, poll_interval: float = 0.1) -> None:
+                 keep_files: bool = False, poll_interval: float = 0.1,
+                 start_attempts: int = 3) -> None:
         if env is None:
             from serving.settings import Settings
 
@@ -164,6 +203,7 @@ class ProcessRunner:
         self.stop_grace = stop_grace
         self.keep_files = keep_files
         self.poll_interval = poll_interval
+        self.start_attempts = max(1, start_attempts)
 
     def start(self, model_dir: Path, environment: Mapping[str, str] | None = None,
               count: int = 1) -> list[Container]:
@@ -190,7 +230,8 @@ class ProcessRunner:
 
     def _start_one(self, model_dir: Path, environment: Mapping[str, str], index: int,
                    group: StartGroup[Container]) -> Container:
-        for attempt in range(2):
+        failures: list[str] = []
+        for attempt in range(1, self.start_attempts + 1):
             container = self._spawn(model_dir, environment, index)
             group.add(container)
             try:
@@ -201,15 +242,40 @@ class ProcessRunner:
                              loaded=self._loaded(container))
                 return container
             except ServerStartError as err:
-                clash = any(s in container.log_tail() for s in _PORT_CLASH)
+                retry = (attempt < self.start_attempts and not group.abort.is_set()
+                         and self._outside_model(container))
                 container.stop(grace=2.0)
                 group.discard(container)
-                if not clash or attempt or group.abort.is_set():
+                if not retry:
+                    if failures:
+                        err.message += ("\nEarlier tries of this container, each on a new "
+                                        "port: " + "; ".join(failures))
+                        err.args = (err.message,)
                     raise
+                first = err.message.splitlines()[0]
+                failures.append(f"try {attempt}: {first}")
                 if self.log:
-                    self.log(f"[container {index}] port {container.port} was taken; "
-                             f"retrying on another ({err.message.splitlines()[0]})")
+                    self.log(f"[container {index}] start failed outside the model ({first}); "
+                             f"trying again on another port ({attempt + 1} of "
+                             f"{self.start_attempts})")
         raise AssertionError("unreachable")
+
+    def _outside_model(self, container: Container) -> bool:
+        """Whether a failed start is worth another try: not the model's own failure.
+
+        The process must have exited (a start that timed out already had its
+        time) and no ``model_error.txt`` says ``model_fn`` or the handler
+        failed; a taken port is always worth it.
+        """
+        tail = container.log_tail()
+        if any(s in tail for s in _PORT_CLASH):
+            return True
+        if container.process.poll() is None:
+            return False
+        if (container.base_dir / "run" / MODEL_ERROR_FILE).exists():
+            return False
+        said = [line for line in tail.splitlines() if line.startswith("smserve: error:")]
+        return not said or any(s in said[-1] for s in _OUTSIDE_MODEL)
 
     def _spawn(self, model_dir: Path, environment: Mapping[str, str], index: int) -> Container:
         base = Path(tempfile.mkdtemp(prefix=f"smserve-container{index}-"))
@@ -220,28 +286,36 @@ class ProcessRunner:
                    "SAGEMAKER_BIND_TO_PORT": str(port), "PYTHONUNBUFFERED": "1",
                    "SMSERVE_RUN_DIR": str(base / "run")}
             log_path = base / "container.log"
-            with open(log_path, "wb") as out:
-                process = subprocess.Popen(self.command, env=env, cwd=base, stdout=out,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           start_new_session=True)
+            process = subprocess.Popen(self.command, env=env, cwd=base, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
         except OSError as err:
             shutil.rmtree(base, ignore_errors=True)
+            from serving import diskspace
+
+            if diskspace.is_full(err):
+                raise ServerStartError(diskspace.no_space(base, _size(model_dir),
+                                                          f"container {index}'s model").message,
+                                       model_dir=str(model_dir)) from err
             raise ServerStartError(f"cannot start container {index} ({' '.join(self.command)})"
                                    f": {err}", model_dir=str(model_dir)) from err
         except BaseException:
             shutil.rmtree(base, ignore_errors=True)
             raise
-        follower = None
-        if self.log is not None:
-            follower = LogFollower(log_path, self.log, prefix=f"[container {index}] ")
+        assert process.stdout is not None
+        pump = LogPump(process.stdout, log_path, self.log, prefix=f"[container {index}] ")
         return Container(index, process, port, base, log_path, grace=self.stop_grace,
-                         keep_files=self.keep_files, follower=follower)
+                         keep_files=self.keep_files, pump=pump)
 
     def _loaded(self, container: Container) -> Callable[[], bool] | None:
         """Whether ``smserve serve`` says model_fn has finished (None: /ping alone judges)."""
         if not self.ready_marker:
             return None
         return (container.base_dir / "run" / MODEL_READY_FILE).exists
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _link_or_copy(src: str, dst: str) -> str:
@@ -252,126 +326,5 @@ def _link_or_copy(src: str, dst: str) -> str:
     return dst
 
 
-# --- what the process and Docker runners share --------------------------------------------------
-
-
-class _Exits(Protocol):
-    def poll(self) -> int | None: ...
-
-
-class Startable(Protocol):
-    """What :func:`start_all` and :func:`wait_healthy` need of a container."""
-
-    @property
-    def index(self) -> int: ...
-
-    @property
-    def port(self) -> int: ...
-
-    @property
-    def process(self) -> _Exits: ...
-
-    def log_tail(self, lines: int = TAIL_LINES) -> str: ...
-
-    def stop(self, grace: float | None = None) -> None: ...
-
-
-_C = TypeVar("_C", bound=Startable)
-
-
-class StartGroup(Generic[_C]):
-    """The containers of one :func:`start_all` call, and the flag that abandons their start.
-
-    A worker adds its container as soon as it exists (so an interrupted start
-    stops it) and discards it once it has stopped it itself.
-    """
-
-    def __init__(self) -> None:
-        self.abort = threading.Event()
-        self._lock = threading.Lock()
-        self._started: list[_C] = []
-
-    def add(self, container: _C) -> None:
-        with self._lock:
-            self._started.append(container)
-
-    def discard(self, container: _C) -> None:
-        with self._lock:
-            if container in self._started:
-                self._started.remove(container)
-
-    def started(self) -> list[_C]:
-        """The containers added and not discarded, in index order."""
-        with self._lock:
-            return sorted(self._started, key=lambda c: c.index)
-
-
-def start_all(count: int, start_one: Callable[[int, StartGroup[_C]], _C], *,
-              thread_name_prefix: str) -> list[_C]:
-    """Run ``start_one(index, group)`` for ``range(count)`` concurrently.
-
-    ``start_one`` adds its container to ``group`` and returns it once healthy.
-    The first failure sets ``group.abort`` (the others give up), and every
-    container still in the group is stopped before the error is raised again;
-    so is an interruption of the caller.
-
-    Returns:
-        the containers, in index order.
-    """
-    group: StartGroup[_C] = StartGroup()
-    try:
-        with ThreadPoolExecutor(max(1, count), thread_name_prefix=thread_name_prefix) as pool:
-            try:
-                futures = [pool.submit(start_one, i, group) for i in range(count)]
-                first: BaseException | None = None
-                for future in futures:
-                    try:
-                        future.result()
-                    except Exception as err:
-                        group.abort.set()
-                        first = first or err
-                if first is not None:
-                    raise first
-            except BaseException:
-                group.abort.set()
-                raise
-    except BaseException:
-        for container in group.started():
-            container.stop(grace=2.0)
-        raise
-    return group.started()
-
-
-def wait_healthy(container: Startable, abort: threading.Event, *, where: str,
-                 startup_timeout: float, ping_timeout: float, poll_interval: float,
-                 loaded: Callable[[], bool] | None = None) -> None:
-    """Ping ``container`` until it is healthy (and ``loaded()``, when given).
-
-    Raises:
-        ServerStartError: it exited, ``abort`` was set, or ``startup_timeout``
-            passed; ``where`` names it in the message.
-    """
-    deadline = time.monotonic() + startup_timeout
-    state = "no answer yet"
-    while True:
-        code = container.process.poll()
-        if code is not None:
-            raise ServerStartError(
-                f"{where} exited with code {code} before answering /ping; the model "
-                f"failed to load or the server could not start. Last log lines:\n"
-                f"{container.log_tail()}", exit_code=code)
-        if abort.is_set():
-            raise ServerStartError(f"{where}: start abandoned because another container "
-                                   "failed to start")
-        ready, state = ping(container.port, ping_timeout)
-        if ready and loaded is not None:
-            ready = loaded()
-            state = state if ready else "waiting for the model to load"
-        if ready:
-            return
-        if time.monotonic() >= deadline:
-            raise ServerStartError(
-                f"{where} did not answer /ping with 200 (healthy) within "
-                f"{startup_timeout:g} s (last: {state}); raise the start-up timeout "
-                f"if the model loads slowly. Last log lines:\n{container.log_tail()}")
-        time.sleep(poll_interval)
+__all__ = ["TAIL_LINES", "Container", "ProcessRunner", "StartGroup", "Startable", "default_command",
+           "start_all", "wait_healthy"]

@@ -4,7 +4,15 @@ The supervisor prepares a private run directory, writes multi-model-server's
 configuration there, starts MMS in its own process group, and waits until the
 model is loaded. If ``model_fn`` fails, it stops MMS and exits non-zero with
 the cause, within seconds; if MMS dies later, it exits with MMS's status. On
-SIGTERM or SIGINT it stops MMS and everything MMS started.
+SIGTERM, SIGINT or SIGHUP, and when its own parent process dies, it stops MMS
+and everything MMS started.
+
+Nothing outlives it, however it ends: MMS runs under
+:mod:`serving.server.guard`, which ends the whole tree (the launcher, Java,
+the workers, even once re-parented) when told to stop or when this
+supervisor dies, SIGKILL included. MMS's output is drained whatever happens
+to the place it is echoed to (a full disk, a closed terminal), so MMS never
+blocks on a full pipe.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serving import diskspace
 from serving.errors import ServerStartError
 from serving.ports import is_free
 from serving.server import mms
@@ -53,7 +62,11 @@ class ServerProcess:
     _log_ended: bool = False
 
     def pump(self, echo: Callable[[str], None]) -> None:
-        """Forward MMS's output to ``echo`` and watch it for dead workers."""
+        """Forward MMS's output to ``echo`` and watch it for dead workers.
+
+        An ``echo`` that fails (stdout on a full disk, a closed terminal) loses
+        that line, not the pipe: reading goes on, so MMS never blocks.
+        """
         assert self.process.stdout is not None
         try:
             for raw in self.process.stdout:
@@ -61,7 +74,8 @@ class ServerProcess:
                 self.tail.append(line)
                 if any(marker in line for marker in _WORKER_DIED):
                     self.worker_died.set()
-                echo(line)
+                with contextlib.suppress(Exception):
+                    echo(line)
                 if ANSWERED_MARK in line:
                     with self._log_moved:
                         self.answers_logged += 1
@@ -165,8 +179,23 @@ def _ping(url: str) -> str | None:
 
 
 def _print(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):  # a full disk or a closed terminal
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def guarded(command: list[str], remove: Path | None = None) -> list[str]:
+    """``command`` under :mod:`serving.server.guard`, watching this process.
+
+    Args:
+        command: what to run.
+        remove: a folder the guard removes if this process dies first.
+    """
+    flag = ["--pdeathsig"] if threading.current_thread() is threading.main_thread() else []
+    if remove is not None:
+        flag += ["--remove", str(remove)]
+    return [sys.executable, "-m", "serving.server.guard", *flag, str(os.getpid()), "--",
+            *command]
 
 
 def start(settings: Settings, model: Path | None = None, port: int | None = None,
@@ -196,11 +225,13 @@ def start(settings: Settings, model: Path | None = None, port: int | None = None
             "--port N (SAGEMAKER_BIND_TO_PORT)"
         )
     given = run_dir or settings.run_dir
-    run_dir = given or Path(tempfile.mkdtemp(prefix="smserve-serve-"))
-    (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
-    (run_dir / "logs").mkdir(exist_ok=True)
-    model_dir = resolve_model_dir(settings, model, run_dir)
-    mms.write_config(settings, run_dir, port)
+    with diskspace.guard(given or Path(tempfile.gettempdir()), None,
+                         "the server's run directory"):
+        run_dir = given or Path(tempfile.mkdtemp(prefix="smserve-serve-"))
+        (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        (run_dir / "logs").mkdir(exist_ok=True)
+        model_dir = resolve_model_dir(settings, model, run_dir)
+        mms.write_config(settings, run_dir, port)
     env = dict(settings.environ)
     # model/code is NOT put on PYTHONPATH: its serving.py would shadow our
     # `serving` package. serving.handler loads the entry module by path.
@@ -214,9 +245,12 @@ def start(settings: Settings, model: Path | None = None, port: int | None = None
         "SETUPTOOLS_USE_DISTUTILS": env.get("SETUPTOOLS_USE_DISTUTILS", "stdlib"),
         "PYTHONUNBUFFERED": "1",
     })
-    process = subprocess.Popen(mms.command(run_dir, model_dir), cwd=run_dir, env=env,
+    # A process group of its own (stopped as one) in this session (so whoever
+    # started us finds it by session id even once it is re-parented).
+    process = subprocess.Popen(guarded(mms.command(run_dir, model_dir),
+                                       remove=None if given else run_dir), cwd=run_dir, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+                               stdin=subprocess.DEVNULL, process_group=0)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", run_dir,
                            owns_run_dir=given is None)
     server.pump_thread = threading.Thread(target=server.pump, args=(echo,), name="mms-log",
@@ -280,27 +314,36 @@ def running(settings: Settings, model: Path | None = None,
 
 
 class _StopRequested(Exception):
-    """SIGTERM or SIGINT arrived while the model was still loading."""
+    """SIGTERM, SIGINT or SIGHUP arrived (or the parent died) while the model was loading."""
+
+
+#: The signals that stop the server (and run the same clean-up).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def serve_forever(settings: Settings, model: Path | None = None, port: int | None = None,
-                  echo: Callable[[str], None] = print) -> int:
-    """Run the server in the foreground until SIGTERM/SIGINT; returns the exit status.
+                  echo: Callable[[str], None] = _print) -> int:
+    """Run the server in the foreground until a stop signal; returns the exit status.
 
-    A stop request while the model is still loading stops MMS at once (exit 0)
+    SIGTERM, SIGINT and SIGHUP stop it, and so does the death of the process
+    that started it (it is re-parented: ``getppid()`` changes). A stop
+    request while the model is still loading stops MMS at once (exit 0)
     rather than after ``model_fn`` returns.
     """
     stopping = False
+    parent = os.getppid()
 
     def _stop(signo: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
 
     def _check_stop() -> None:
+        nonlocal stopping
+        stopping = stopping or os.getppid() != parent
         if stopping:
             raise _StopRequested
 
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS}
     try:
         try:
             server = start(settings, model, port, on_wait=_check_stop)
@@ -312,6 +355,9 @@ def serve_forever(settings: Settings, model: Path | None = None, port: int | Non
                  "Ctrl-C stops it")
             error_file = server.run_dir / MODEL_ERROR_FILE
             while not stopping:
+                if os.getppid() != parent:
+                    echo("smserve: the process that started this server has ended; stopping")
+                    return 0
                 code = server.process.poll()
                 if code is not None:
                     echo(f"smserve: multi-model-server exited with status {code}")

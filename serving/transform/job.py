@@ -8,6 +8,8 @@ always stops them, on every path.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -95,6 +97,10 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
         runner = choose_runner(clients.settings.container_runner, image, env, log=log)
     options = dict(plane_options or {})
     workdir = Path(tempfile.mkdtemp(prefix="smserve-job-"))
+    # Removed at interpreter exit too: a stopped `smserve pipeline run` ends
+    # while this may still run in one of its threads.
+    remove_at_exit = functools.partial(shutil.rmtree, workdir, ignore_errors=True)
+    atexit.register(remove_at_exit)
     containers: list[Container] = []
     try:
         model_dir = prepare_model(model, workdir)
@@ -115,6 +121,7 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
         if made_runner:
             close_runner(runner)
         shutil.rmtree(workdir, ignore_errors=True)
+        atexit.unregister(remove_at_exit)
     say(result.summary())
     if not result.ok:
         reason = result.failure_reason()

@@ -38,6 +38,19 @@ SERVER = textwrap.dedent('''
         except FileExistsError:
             print("second container refuses to start", flush=True)
             sys.exit(4)
+    if mode == "flaky":  # fails once outside the model (like a JVM that could not start)
+        try:
+            os.close(os.open(os.environ["FAKE_LOCK"], os.O_CREAT | os.O_EXCL))
+            print("smserve: error: multi-model-server exited with status 1", flush=True)
+            sys.exit(3)
+        except FileExistsError:
+            pass
+    if mode == "model-fails":
+        os.makedirs(os.path.join(base, "run"), exist_ok=True)
+        with open(os.path.join(base, "run", "model_error.txt"), "w") as fh:
+            fh.write("ValueError: no weights")
+        print("smserve: error: the model failed to load: ValueError: no weights", flush=True)
+        sys.exit(3)
     if mode == "hang":
         time.sleep(600)
     if mode == "child":
@@ -199,11 +212,49 @@ def test_one_failing_container_stops_the_others(script: list[str], model_dir: Pa
                                                 tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     env = {"FAKE_MODE": "one-fails", "FAKE_PIDS": str(pids), "FAKE_LOCK": str(tmp_path / "lk")}
-    runner = ProcessRunner(script, env=env, startup_timeout=30)
+    runner = ProcessRunner(script, env=env, startup_timeout=30, start_attempts=1)
     with pytest.raises(ServerStartError, match="exited with code 4"):
         runner.start(model_dir, {}, count=2)
     assert len(pids_in(pids)) == 2
     assert all(gone(pid) for pid in pids_in(pids))
+
+
+def test_a_start_that_fails_outside_the_model_is_tried_again_on_a_new_port(
+        script: list[str], model_dir: Path, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    lines: list[str] = []
+    env = {"FAKE_MODE": "flaky", "FAKE_PIDS": str(pids), "FAKE_LOCK": str(tmp_path / "lk")}
+    runner = ProcessRunner(script, env=env, startup_timeout=30, log=lines.append)
+    (container,) = runner.start(model_dir, {})
+    with container, urllib.request.urlopen(container.url + "/ping", timeout=5) as resp:
+        assert resp.status == 200
+    first, second = pids_in(pids)
+    assert gone(first) and gone(second)
+    assert any("trying again on another port (2 of 3)" in line for line in lines)
+
+
+def test_a_start_that_keeps_failing_outside_the_model_names_every_try(
+        script: list[str], model_dir: Path, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    env = {"FAKE_MODE": "one-fails", "FAKE_PIDS": str(pids), "FAKE_LOCK": str(tmp_path / "lk")}
+    os.close(os.open(tmp_path / "lk", os.O_CREAT))  # every start refuses
+    runner = ProcessRunner(script, env=env, startup_timeout=30, start_attempts=2)
+    with pytest.raises(ServerStartError) as caught:
+        runner.start(model_dir, {})
+    assert "second container refuses to start" in caught.value.message  # its own words
+    assert "Earlier tries of this container, each on a new port: try 1:" in caught.value.message
+    assert len(pids_in(pids)) == 2
+    assert all(gone(pid) for pid in pids_in(pids))
+
+
+def test_a_model_that_fails_to_load_is_not_tried_again(script: list[str], model_dir: Path,
+                                                        tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    runner = ProcessRunner(script, env={"FAKE_MODE": "model-fails", "FAKE_PIDS": str(pids)},
+                           startup_timeout=30)
+    with pytest.raises(ServerStartError, match="the model failed to load: ValueError"):
+        runner.start(model_dir, {})
+    assert len(pids_in(pids)) == 1
 
 
 def test_log_lines_are_streamed_to_the_callback(script: list[str], model_dir: Path) -> None:

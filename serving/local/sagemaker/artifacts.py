@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from serving.errors import ConfigError, TransformError
+from serving import diskspace
+from serving.errors import ConfigError, NoSpaceError, TransformError
 from serving.transform.spec import parse_s3_uri
 
 ARCHIVE = "model.tar.gz"
@@ -73,6 +74,10 @@ def fetch_model(s3: Any, container: Mapping[str, Any], workdir: Path,
         with open(archive, "wb") as out:
             s3.download_fileobj(bucket, key, out)
     except Exception as err:
+        if diskspace.is_full(err):
+            archive.unlink(missing_ok=True)
+            raise _failure(diskspace.no_space(workdir, _size(s3, bucket, key),
+                                              f"the model data {url}").message, url) from err
         raise _failure(f"Could not download model data from {url}: {_code(err)}. Make sure "
                        f"the object exists (aws s3 ls {url}); if it does not, {_FIX}",
                        url) from err
@@ -80,6 +85,8 @@ def fetch_model(s3: Any, container: Mapping[str, Any], workdir: Path,
 
     try:
         model_dir = extract_archive(archive, workdir / "model")
+    except NoSpaceError as err:
+        raise _failure(err.message, url) from err
     except ConfigError as err:
         text = err.message.replace(str(archive), url)
         raise _failure(f"the {text}, upload it and create the model and the job again",
@@ -90,6 +97,13 @@ def fetch_model(s3: Any, container: Mapping[str, Any], workdir: Path,
         raise _failure(f"model data {url} has no code/{program}; the archive must hold the "
                        f"handlers under code/ (SAGEMAKER_PROGRAM names the file): {_FIX}", url)
     return model_dir
+
+
+def _size(s3: Any, bucket: str, key: str) -> int | None:
+    try:
+        return int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+    except Exception:  # only for the message: unknown is fine
+        return None
 
 
 def _code(err: Exception) -> str:

@@ -10,11 +10,17 @@ the model's ``Image`` itself on the Docker engine that environment names.
 It ends in an :class:`Outcome`: ``Completed``, ``Failed`` with a
 ``FailureReason`` (at most 1024 characters, saying what happened and what to
 change) or ``Stopped``. Every line goes to the job's CloudWatch log.
+
+While the data plane runs, a watcher looks at the containers: one whose entry
+process died (``smserve serve`` killed, even with SIGKILL) or whose disk filled
+up (its log could not be written) fails the job at once with that reason;
+SageMaker fails a job whose container exits, too.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -46,6 +52,8 @@ _Started = Container | DockerContainer
 STOP_GRACE = 5.0
 #: Seconds to wait for a container that stopped answering to exit, before blaming it.
 DEATH_WAIT = 3.0
+#: Seconds between looks at the containers while the job runs.
+WATCH_INTERVAL = 0.2
 
 
 @dataclass(frozen=True)
@@ -265,15 +273,32 @@ class TransformRun:
             stopping = self._stopping
         if stopping:
             return Outcome("Stopped")
+        done = threading.Event()
+        broken: list[str] = []
+        watcher = threading.Thread(target=self._watch, args=(containers, plane, done, broken),
+                                   name=f"watch-{self.spec.name}", daemon=True)
+        watcher.start()
         try:
             result = plane.run(objects)
         except (TransformError, ConfigError) as err:
             if self.stopping:
                 return Outcome("Stopped")
+            if broken:
+                return Outcome("Failed", _cut(broken[0]))
             return Outcome("Failed", _cut(f"ClientError: {err.message}"))
+        finally:
+            done.set()
+            watcher.join()
         self.log.data(result.summary())
         if self.stopping:
             return Outcome("Stopped", result=result)
+        if broken:
+            failed = [o for o in result.failed if not (o.error or "").startswith("Stopped")]
+            more = ""
+            if failed:
+                more = " Objects: " + result.failure_reason(
+                    limit=max(0, MAX_FAILURE_REASON - len(broken[0]) - 10))
+            return Outcome("Failed", _cut(broken[0] + more), result)
         if result.ok:
             return Outcome("Completed", result=result)
         died = self._died(containers, result)
@@ -292,6 +317,37 @@ class TransformRun:
     def _spawned(self) -> list[_Started]:
         with self._lock:
             return list(self._containers)
+
+    def _watch(self, containers: list[_Started], plane: DataPlane, done: threading.Event,
+               broken: list[str]) -> None:
+        """Until ``done``: fail the job when a container dies or its disk fills up."""
+        while not done.wait(WATCH_INTERVAL):
+            reason = self._broken(containers)
+            if reason is None or self.stopping:
+                continue
+            broken.append(reason)
+            self.log.data(f"{self.spec.name}: {reason}")
+            plane.stop()
+            for container in containers:  # in-flight requests end with their server
+                container.stop(grace=STOP_GRACE)
+            return
+
+    def _broken(self, containers: list[_Started]) -> str | None:
+        for container in containers:
+            instance = self.log.instance_ids[container.index]
+            stream = self.log.container_stream(container.index)
+            full = getattr(container, "disk_error", None)  # the docker runner has none
+            if full is not None:
+                return (f"InternalServerError: container {instance}: {full}. Its log is in "
+                        f"{stream}.")
+            code = container.process.poll()
+            if code is not None:
+                how = f"exited with code {code}" + (
+                    f" (killed by {signal.Signals(-code).name})" if code < 0 else "")
+                return (f"AlgorithmError: the entry process of container {instance} (smserve "
+                        f"serve) {how} during the job, so the job failed as SageMaker fails "
+                        f"one whose container exits; its log is in {stream}.")
+        return None
 
     def _died(self, containers: list[_Started], result: JobResult) -> str:
         lost = any((o.error or "").startswith("ConnectionError") for o in result.failed)
@@ -315,6 +371,17 @@ class TransformRun:
                 if line.strip().startswith("smserve: error:")]
         if said:  # the server's own word on why (a model_fn that raised, a bad handler)
             text += f" The container said: {said[-1].removeprefix('smserve: error:').strip()}"
+            errors = [line.strip() for line in tail_lines.splitlines()
+                      if "Error:" in line and "smserve: error:" not in line]
+            if errors and errors[-1] not in text:  # the worker's own exception
+                text += f" ({errors[-1]})"
+        else:  # no word of its own: its last lines are the best reason there is
+            last = [line.strip() for line in tail_lines.splitlines() if line.strip()][-3:]
+            if last:
+                text += " Its last log lines: " + " | ".join(last)
+        earlier = err.message.partition("Earlier tries of this container")[2]
+        if earlier and "Earlier tries" not in text:
+            text += " Earlier tries" + earlier.split("\n", 1)[0]
         for container in self._spawned():  # paths as the container sees them
             base_dir = getattr(container, "base_dir", None)
             if base_dir is not None:

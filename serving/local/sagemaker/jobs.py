@@ -13,10 +13,11 @@ keeps them for good.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -269,6 +270,50 @@ class JobStore:
             if job.run is not None:
                 job.run.join(max(0.0, deadline - time.monotonic()))
 
+    def export(self, reason: str) -> Sequence[dict[str, Any]]:
+        """Every job as plain data (for ``smserve local up --state``).
+
+        A job still running is exported as ``Failed`` with ``reason``: it will
+        not run on after a restart.
+        """
+        with self._lock:
+            jobs = list(self._jobs.values())
+            out: builtins.list[dict[str, Any]] = []
+            for job in jobs:
+                running = job.status not in TERMINAL
+                out.append({
+                    "name": job.name, "arn": job.arn, "request": dict(job.request),
+                    "model": {"name": job.model.name, "arn": job.model.arn,
+                              "request": dict(job.model.request),
+                              "creation_time": job.model.creation_time},
+                    "creation_time": job.creation_time,
+                    "status": "Failed" if running else job.status,
+                    "failure_reason": reason if running else job.failure_reason,
+                    "start_time": job.start_time,
+                    "end_time": self._clock() if running else job.end_time,
+                    "last_modified": self._clock() if running else job.last_modified,
+                    "instance_ids": list(job.instance_ids),
+                    "result": job.record()["Result"],
+                })
+        return out
+
+    def restore(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        """Add jobs :meth:`export` wrote (finished: they are not run again)."""
+        for entry in entries:
+            result = entry.get("result")
+            job = JobRecord(
+                entry["name"], entry["arn"], entry["request"],
+                TransformJobSpec.from_request(entry["request"]),
+                ModelRecord(entry["model"]["name"], entry["model"]["arn"],
+                            entry["model"]["request"], entry["model"]["creation_time"]),
+                entry["creation_time"], status=entry["status"],
+                failure_reason=entry.get("failure_reason"), start_time=entry.get("start_time"),
+                end_time=entry.get("end_time"), last_modified=entry.get("last_modified") or 0.0,
+                instance_ids=list(entry.get("instance_ids") or []),
+                result=_result(result) if result else None)
+            with self._lock:
+                self._jobs.setdefault(job.name.lower(), job)
+
     def reset(self) -> None:
         """Stop every running job and forget them all."""
         self.shutdown()
@@ -289,3 +334,11 @@ class JobStore:
             seconds = job.end_time - job.creation_time
         line = f"transform job {job.name}: {status} after {seconds:.1f} s"
         self._echo(line + (f": {job.failure_reason}" if job.failure_reason else ""))
+
+
+def _result(data: Mapping[str, Any]) -> JobResult:
+    from serving.transform.result import ObjectResult
+
+    return JobResult(data["name"], tuple(ObjectResult(**o) for o in data["objects"]),
+                     seconds=data.get("seconds", 0.0), params=data.get("params") or {},
+                     execution_parameters=data.get("execution_parameters"))
