@@ -41,6 +41,10 @@ class ModelResult:
         failed: records not written.
         reason: why the model failed; None when it succeeded.
         job: the transform job's name.
+        failures: one ``(input object key, why)`` per failed record.
+        status: ``done``, ``partial`` (some records failed; the others'
+            outputs exist and downstream models run on them) or ``failed``;
+            None: ``failed`` when there is a ``reason``, else ``done``.
     """
 
     written: int = 0
@@ -48,6 +52,15 @@ class ModelResult:
     failed: int = 0
     reason: str | None = None
     job: str | None = None
+    failures: tuple[tuple[str, str], ...] = ()
+    status: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        """The model's status: :attr:`status`, or what ``reason`` implies."""
+        if self.status is not None:
+            return self.status
+        return "failed" if self.reason else "done"
 
 
 #: ``run_one(model, progress) -> ModelResult``: the part that touches the outside.
@@ -188,7 +201,7 @@ class Scheduler:
         with self._cond:
             report = self._state[name]
             self._finish(name, dataclasses.replace(
-                report, status="failed" if result.reason else "done", written=result.written,
+                report, status=result.outcome, written=result.written,
                 skipped=result.skipped, failed=result.failed, reason=result.reason,
-                job=result.job, ended=ended))
+                job=result.job, ended=ended, failures=result.failures))
             self._cond.notify_all()

@@ -95,8 +95,11 @@ class LiveView:
         elif r.status == "done":
             took = f"  {r.seconds:.1f} s" if r.seconds is not None else ""
             text = f"done     {r.written} written, {r.skipped} skipped{took}"
+        elif r.status == "partial":
+            text = f"partial  {r.written} written, {r.skipped} skipped, {r.failed} failed"
         elif r.status == "failed":
-            text = f"failed   {_first_line(r.reason or '')}"
+            first = r.reason or (f"{r.failures[0][0]}: {r.failures[0][1]}" if r.failures else "")
+            text = f"failed   {_first_line(first)}"
         elif r.status == "skipped":
             text = f"skipped  {_first_line(r.reason or '')}"
         else:
