@@ -271,7 +271,11 @@ def run_pipeline(graph: Graph, clients: ClientFactory, input_uri: str, *,
         else:
             result = ModelResult(reason=None, status="done")
         result = _merge_blocked(result, blocked)
-        return dataclasses.replace(result, skipped=result.skipped + work[name].exist)
+        result = dataclasses.replace(result, skipped=result.skipped + work[name].exist)
+        if result.failures and not result.reason:  # per-record failures: did any succeed?
+            result = dataclasses.replace(
+                result, status="partial" if result.written + result.skipped else "failed")
+        return result
 
     scheduler = Scheduler(chosen, run_one, on_change=view.update, on_tick=view.tick,
                           clock=clock)
