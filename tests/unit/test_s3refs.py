@@ -645,3 +645,63 @@ def test_runtime_uses_the_environment(aws_env: dict[str, str], s3: Any, bucket: 
             s3refs.runtime().validate(rec(bucket))
     finally:
         s3refs.reset_runtime()
+
+
+# --- retries ---------------------------------------------------------------------
+
+
+class _Answering:
+    """A loopback HTTP server answering every request with one status; counts the requests."""
+
+    def __init__(self, status: int, code: str) -> None:
+        import http.server
+
+        outer = self
+        self.count = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                outer.count += 1
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                        "<Message>no</Message></Error>").encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(("status", "code", "tries"), [
+    (403, "AccessDenied", 1), (404, "NoSuchKey", 1),
+    (503, "SlowDown", 5),  # 1 + the factory's 4 retries
+])
+def test_s3_calls_retry_only_answers_that_can_change(settings: Settings, status: int, code: str,
+                                                     tries: int) -> None:
+    server = _Answering(status, code)
+    try:
+        local = settings.with_changes(endpoint_url=server.url, service_endpoints={})
+        refs = S3Refs(ClientFactory(local).client("s3"), local)
+        with pytest.raises((InputNotFound, StorageError)) as info:
+            refs.fetch(rec("bk", "out/1", x="in/a"))  # one GetObject, as botocore retries it
+        assert "in/a" in str(info.value)
+        assert server.count == tries, f"{status}: {server.count} request(s)"
+    finally:
+        server.close()
