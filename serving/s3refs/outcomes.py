@@ -62,6 +62,9 @@ class RecordResult:
         error: for a failed record, the error's code (``InvalidInput``...).
         message: for a failed record, what is wrong and what to fix; it names
             the input key(s).
+        cause: for a failed record, the exception (with its traceback), for
+            tools that show where the model failed (``smserve check``); not
+            part of the answer, nor of equality.
     """
 
     status: str
@@ -71,6 +74,7 @@ class RecordResult:
     inputs: Mapping[str, str] = field(default_factory=dict)
     error: str | None = None
     message: str | None = None
+    cause: BaseException | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -115,11 +119,13 @@ def describe_inputs(record: RequestRecord) -> str:
 
 
 def as_error(err: BaseException) -> SmserveError:
-    """``err`` as one of ours; a foreign exception becomes a PredictionError (no traceback)."""
+    """``err`` as one of ours; a foreign exception becomes a PredictionError caused by it."""
     if isinstance(err, SmserveError):
         return err
-    return PredictionError(f"predict raised {type(err).__name__} on this record; see the "
+    ours = PredictionError(f"predict raised {type(err).__name__} on this record; see the "
                            "server log")
+    ours.__cause__ = err
+    return ours
 
 
 def failed(record: RequestRecord, err: BaseException) -> RecordResult:
@@ -132,7 +138,7 @@ def failed(record: RequestRecord, err: BaseException) -> RecordResult:
         text = f"{where}: {text}"
     return RecordResult("failed", record.bucket, record.output_path, 0,
                         dict(record.inputs) if isinstance(record.inputs, Mapping) else {},
-                        ours.code, text)
+                        ours.code, text, err)
 
 
 def error_document(result: RecordResult, model: str | None = None) -> bytes:
