@@ -74,7 +74,7 @@ def run_round(name: str, folder: Path, setup: Any, keys: list[str], records: int
              for i in range(records)]
     for number, body in enumerate(jsonl_objects(lines, objects)):
         s3.put_object(Bucket=BUCKET, Key=f"{base}input/part-{number:02d}.jsonl", Body=body)
-    spec = TransformJobSpec.simple(f"bench-outcomes-{name}", "bench-model",
+    spec = TransformJobSpec.simple(f"bench-outcomes-{name.replace('_', '-')}", "bench-model",
                                    f"s3://{BUCKET}/{base}input/", f"s3://{BUCKET}/{base}output/",
                                    **spec_kwargs)
     log: list[str] = []

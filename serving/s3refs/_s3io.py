@@ -2,7 +2,7 @@
 
 What each record may touch is :mod:`serving.s3refs.records`' business, and
 what its answer says is :mod:`serving.s3refs.outcomes`'; this module makes
-the S3 calls (HeadObject, GetObject, PutObject, DeleteObject) on a thread
+the S3 calls (HeadObject, GetObject, PutObject, DeleteObjects) on a thread
 pool, and :meth:`S3Refs.process` strings them together with one outcome per
 record. The client it is given decides the retries: the factory's clients
 (:class:`serving.aws.ClientFactory`, botocore's ``standard`` mode) retry
@@ -34,6 +34,8 @@ from serving.settings import Settings
 log = logging.getLogger("serving.s3refs")
 
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+#: Most keys one DeleteObjects call takes (S3's limit).
+_DELETE_BATCH = 1000
 
 T = TypeVar("T")
 
@@ -154,9 +156,10 @@ class S3Refs:
            order, and returns one ``bytes`` (or an exception) per record; see
            :func:`~serving.s3refs.call_predict` for how a raising batch is
            split so only its bad records fail.
-        5. Outputs are written concurrently, each in one PutObject, and an
-           earlier error document of the record is deleted. A failed record
-           gets an error document at ``<output_path>.error.json`` instead.
+        5. Outputs are written concurrently, each in one PutObject; then the
+           written records' earlier error documents are deleted (one
+           DeleteObjects per 1000). A failed record gets an error document at
+           ``<output_path>.error.json`` instead.
 
         Returns:
             One result per record, in input order.
@@ -205,12 +208,13 @@ class S3Refs:
             else:
                 good.append(i)
                 pairs.append((records[i], out))
-        sizes = self._map(lambda pair: self._write_output(pair[0], pair[1], content_type),
-                          pairs)
+        sizes = self._map(lambda pair: self._put(pair[0], pair[1], content_type), pairs)
         for i, size in zip(good, sizes, strict=True):
             r = records[i]
             results[i] = failed(r, size) if isinstance(size, SmserveError) else \
                 RecordResult("written", r.bucket, r.output_path, size, dict(r.inputs))
+        self._clear_error_documents([records[i] for i in good
+                                     if getattr(results[i], "status", None) == "written"])
         for i, same in copies.items():
             results[i] = results[same]
         final = [r for r in results if r is not None]
@@ -290,14 +294,29 @@ class S3Refs:
             raise storage_error(err, "PutObject", record.bucket, key) from err
         return len(data)
 
-    def _write_output(self, record: RequestRecord, body: bytes, content_type: str) -> int:
-        size = self._put(record, body, content_type)
-        key = error_path(record.output_path)
-        try:  # a success clears an earlier failure (no object: S3 answers 204 all the same)
-            self._s3.delete_object(Bucket=record.bucket, Key=key)
-        except Exception as err:
-            raise storage_error(err, "DeleteObject", record.bucket, key) from err
-        return size
+    def _clear_error_documents(self, written: Sequence[RequestRecord]) -> None:
+        """Delete the error documents of records just written: one DeleteObjects per 1000.
+
+        A success clears an earlier failure; S3 answers a key that is not there
+        as deleted, so no lookup is needed. A refusal is logged, not raised:
+        the output, not the error document, says the record is done.
+        """
+        by_bucket: dict[str, list[str]] = {}
+        for r in written:
+            by_bucket.setdefault(r.bucket, []).append(error_path(r.output_path))
+        for bucket, keys in by_bucket.items():
+            for start in range(0, len(keys), _DELETE_BATCH):
+                chunk = keys[start:start + _DELETE_BATCH]
+                try:
+                    answer = self._s3.delete_objects(Bucket=bucket, Delete={
+                        "Objects": [{"Key": k} for k in chunk], "Quiet": True})
+                except Exception as err:
+                    log.warning("could not delete error documents in s3://%s: %s", bucket,
+                                storage_error(err, "DeleteObjects", bucket, chunk[0]))
+                    continue
+                for bad in answer.get("Errors") or []:
+                    log.warning("could not delete s3://%s/%s: %s", bucket, bad.get("Key"),
+                                bad.get("Code"))
 
     def _put_error(self, pair: tuple[RequestRecord, RecordResult]) -> int:
         record, result = pair
