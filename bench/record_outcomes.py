@@ -16,7 +16,14 @@ model's own batch settings, alternating between two folders of that model:
 plane's time (containers already healthy), medians of ``--rounds`` each
 (goal <= 0.02).
 
-    .venv/bin/python bench/record_outcomes.py [--records 240] [--rounds 3]
+On a busy machine the transforms' spread hides a 2 % difference, so the
+same two folders' handlers also run **in-process** here, on the same
+``MultiRecord`` bodies (``--inproc-rounds`` alternating repetitions, fresh
+output keys each time, so every record costs a HeadObject, a GetObject and a
+PutObject): ``inproc_cost`` compares the fastest repetition of each path
+(the least disturbed by other load) and the medians.
+
+    .venv/bin/python bench/record_outcomes.py [--records 240] [--rounds 3] [--inproc-rounds 9]
 
 The last line of stdout is one JSON object with the figures.
 """
@@ -28,6 +35,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +52,7 @@ from _common import (
 )
 
 GOAL_COST = 0.02
+JSONLINES = "application/jsonlines"
 HERE = Path(__file__).resolve().parent
 
 
@@ -92,13 +101,50 @@ def run_round(name: str, folder: Path, setup: Any, keys: list[str], records: int
     return records / result.seconds
 
 
+def inproc_rates(folders: dict[str, Path], keys: list[str], records: int, per_request: int,
+                 repetitions: int) -> dict[str, list[float]]:
+    """Records/s of each folder's handlers invoked here, alternating, fresh outputs each time."""
+    from serving.handler import load_handlers
+
+    loaded = {}
+    for name, folder in folders.items():
+        handlers = load_handlers(folder, "serving.py")
+        loaded[name] = (handlers, handlers.load_model(folder))
+    rates: dict[str, list[float]] = {name: [] for name in folders}
+    for number in range(repetitions + 1):  # the first repetition warms both up, unmeasured
+        names = list(folders) if number % 2 == 0 else list(reversed(folders))
+        for name in names:
+            handlers, model = loaded[name]
+            lines = [json.dumps({"bucket": BUCKET, "inputs": {"video": keys[i % len(keys)]},
+                                 "output_path": f"{OUTPUT_PREFIX}bench/outcomes/inproc/{name}/"
+                                                f"{number}/rec-{i:05d}.npy"}).encode()
+                     for i in range(records)]
+            bodies = [b"\n".join(lines[i:i + per_request])
+                      for i in range(0, records, per_request)]
+            start = time.perf_counter()
+            written = 0
+            for body in bodies:
+                answer = handlers.invoke(model, body, JSONLINES, JSONLINES).body
+                written += answer.count(b'"written"')
+            seconds = time.perf_counter() - start
+            if written != records:
+                raise RuntimeError(f"in-process {name}: {written} of {records} written")
+            if number:
+                rates[name].append(records / seconds)
+                say(f"  in-process {number} {name:<15} {records / seconds:8.1f} records/s")
+    return rates
+
+
 def main() -> int:
-    parser = start_script(__doc__)
+    parser = start_script(__doc__, worker_threads=True)
     parser.add_argument("--model", default="frame_features")
     parser.add_argument("--records", type=int, default=240)
     parser.add_argument("--objects", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clips", type=int, default=4)
+    parser.add_argument("--inproc-rounds", type=int, default=9)
+    parser.add_argument("--per-request", type=int, default=48,
+                        help="records per in-process request body")
     args = parser.parse_args()
 
     from local_test.clips import upload_clips
@@ -112,8 +158,9 @@ def main() -> int:
                    "content_type": spec.content_type, "accept": spec.accept}
     model_env = dict(spec.container_environment())
     rates: dict[str, list[float]] = {"outcomes": [], "all_or_nothing": []}
+    inproc: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="smserve-bench-") as tmp, \
-            bench_stack(args.stack, in_process=False) as setup:
+            bench_stack(args.stack) as setup:
         folders = {"outcomes": MODELS / args.model,
                    "all_or_nothing": baseline_folder(args.model, Path(tmp))}
         keys = upload_clips(setup.s3, BUCKET, "bench/clips/", args.clips)
@@ -128,19 +175,39 @@ def main() -> int:
                                  args.objects, spec_kwargs, model_env)
                 rates[name].append(rate)
                 say(f"  round {number + 1} {name:<15} {rate:8.1f} records/s (data plane)")
+        if args.inproc_rounds:
+            inproc = inproc_rates(folders, keys, args.records, args.per_request,
+                                  args.inproc_rounds)
     with_rate = statistics.median(rates["outcomes"])
     without = statistics.median(rates["all_or_nothing"])
     cost = 1 - with_rate / without
     ok = cost <= GOAL_COST
     say("")
-    say(f"per-record outcomes: {with_rate:.1f} records/s, all or nothing: {without:.1f} "
-        f"records/s; cost {100 * cost:+.1f} % (goal <= {100 * GOAL_COST:g} %: "
-        f"{'met' if ok else 'MISSED'}) ({bench.seconds():.0f} s)")
+    say(f"transform, per-record outcomes: {with_rate:.1f} records/s, all or nothing: "
+        f"{without:.1f} records/s; cost {100 * cost:+.1f} % (goal <= {100 * GOAL_COST:g} %: "
+        f"{'met' if ok else 'MISSED'})")
+    figures: dict[str, Any] = {}
+    if inproc:
+        best = 1 - max(inproc["outcomes"]) / max(inproc["all_or_nothing"])
+        mid = 1 - statistics.median(inproc["outcomes"]) / statistics.median(
+            inproc["all_or_nothing"])
+        inproc_ok = best <= GOAL_COST
+        say(f"in-process, per-record outcomes: best {max(inproc['outcomes']):.1f}, median "
+            f"{statistics.median(inproc['outcomes']):.1f} records/s; all or nothing: best "
+            f"{max(inproc['all_or_nothing']):.1f}, median "
+            f"{statistics.median(inproc['all_or_nothing']):.1f}; cost (best) "
+            f"{100 * best:+.1f} % (goal <= {100 * GOAL_COST:g} %: "
+            f"{'met' if inproc_ok else 'MISSED'}), cost (median) {100 * mid:+.1f} %")
+        figures = {"inproc_rates": {k: [r3(v) for v in vs] for k, vs in inproc.items()},
+                   "inproc_cost_best": r3(best), "inproc_cost_median": r3(mid),
+                   "inproc_goal_met": inproc_ok}
+    say(f"({bench.seconds():.0f} s)")
     bench.finish({"model": args.model, "records": args.records, "rounds": args.rounds,
                   "outcomes_records_per_s": r3(with_rate),
                   "all_or_nothing_records_per_s": r3(without),
                   "rates": {k: [r3(v) for v in vs] for k, vs in rates.items()},
-                  "cost": r3(cost), "goal_cost": GOAL_COST, "goals_met": {"cost": ok}})
+                  "cost": r3(cost), "goal_cost": GOAL_COST, "goals_met": {"cost": ok},
+                  **figures})
     return 0
 
 
