@@ -13,6 +13,7 @@ import pytest
 
 from local_test.clips import clip_bytes, make_clip, upload_clips
 from serving import s3refs
+from serving.errors import BadRequest, InvalidInput
 from serving.handler import Handlers, load_handlers
 from serving.modelspec import discover
 from serving.pipeline import Graph
@@ -161,3 +162,13 @@ def test_smserve_check_passes_on_clip_stats(stack: Any) -> None:
     assert report.ok, report.render()
     assert report.answers[0]["status"] == "written"
     assert "ndarray uint8 (8, 32, 32, 3)" in report.inputs[0]
+
+
+def test_a_clip_of_100000_frames_is_refused_before_any_work(loaded: tuple[Handlers, Any]) -> None:
+    # a view: the shape of a 100,000-frame clip without its 300 MB
+    clip = np.broadcast_to(np.zeros((1, 32, 32, 3), np.uint8), (100_000, 32, 32, 3))
+    with pytest.raises(InvalidInput, match=r"at most 67108864 pixels per clip \(split it"):
+        loaded[0].module.check_clip(clip)
+    with pytest.raises(InvalidInput, match=r"shape \(0, 32, 32, 3\)"):
+        loaded[0].module.check_clip(np.zeros((0, 32, 32, 3), np.uint8))
+    assert isinstance(loaded[0].module.read_clip({"video": b"not npy"}), BadRequest)

@@ -15,6 +15,7 @@ import pytest
 
 from local_test.clips import clip_bytes, make_clip, upload_clips
 from serving import s3refs
+from serving.errors import InvalidInput
 from serving.handler import Handlers, load_handlers
 from serving.modelspec import discover
 from serving.pipeline import Graph
@@ -306,3 +307,12 @@ def test_frame_features_runs_on_the_gpu_and_matches_the_cpu(frame_features: Any)
     chainer.serializers.load_npz(str(MODELS / "frame_features" / "weights.npz"), cpu_net)
     on_cpu = handlers.module.features(type(model)(cpu_net, False), clip)
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-3, atol=1e-4)
+
+
+def test_a_clip_of_100000_frames_is_refused_before_any_work(frame_features: Any) -> None:
+    clip = np.broadcast_to(np.zeros((1, 32, 32, 3), np.uint8), (100_000, 32, 32, 3))
+    with pytest.raises(InvalidInput, match=r"at most 67108864 pixels per clip"):
+        frame_features[0].module.check_clip(clip)
+    nan = np.full((4, 32, 32, 3), np.nan, np.float32)
+    with pytest.raises(InvalidInput, match="dtype float32"):
+        frame_features[0].module.check_clip(nan)
