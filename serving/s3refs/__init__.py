@@ -35,7 +35,8 @@ and write under ``SMSERVE_OUTPUT_PREFIXES``; keys are relative and cannot climb
 out of their prefix. Error messages name the input, the field and what to
 change, never credentials.
 
-Parts: :mod:`~serving.s3refs.records` (records and their checks, no I/O),
+Parts: :mod:`~serving.s3refs.records` (records, parsing, conflicts between
+them), :mod:`~serving.s3refs.checks` (what a record may touch; no I/O),
 :mod:`~serving.s3refs.outcomes` (outcomes, error documents, per-record
 predict), ``_s3io`` (:class:`S3Refs`: the S3 calls).
 """
@@ -46,6 +47,7 @@ import os
 import threading
 
 from serving.s3refs._s3io import S3Refs
+from serving.s3refs.checks import validate
 from serving.s3refs.outcomes import (
     ERROR_SUFFIX,
     STATUSES,
@@ -66,7 +68,6 @@ from serving.s3refs.records import (
     conflicts,
     dumps_records,
     parse_records,
-    validate,
 )
 from serving.settings import Settings
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from serving.errors import InputNotFound, PayloadTooLarge, SmserveError, StorageError
+from serving.s3refs.checks import validate, validate_output
 from serving.s3refs.outcomes import (
     Predict,
     RecordResult,
@@ -28,7 +29,7 @@ from serving.s3refs.outcomes import (
     error_path,
     failed,
 )
-from serving.s3refs.records import RequestRecord, conflicts, validate, validate_output
+from serving.s3refs.records import RequestRecord, conflicts
 from serving.settings import Settings
 
 log = logging.getLogger("serving.s3refs")
