@@ -131,6 +131,11 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     print("# and the SageMaker API (models and batch transform jobs that really run, as local "
           "processes;\n# job logs in CloudWatch Logs /aws/sagemaker/TransformJobs; "
           "smserve replay JOB re-sends a failed object)")
+    if stack.registry_address:
+        print(f"# ECR's images live in a real registry on {stack.registry_address} "
+              "(smserve image push puts them there)")
+    for notice in stack.notices:
+        print(f"# {notice}")
     print("# paste these into another shell; Ctrl-C stops the stack")
     print(stack.exports(), flush=True)
     try:

@@ -41,6 +41,7 @@ class ModelResult:
         failed: records not written.
         reason: why the model failed; None when it succeeded.
         job: the transform job's name.
+        runner: what ran it (``local process``, ``docker smserve-cpu:0.1.0``...).
         failures: one ``(input object key, why)`` per failed record.
         status: ``done``, ``partial`` (some records failed; the others'
             outputs exist and downstream models run on them) or ``failed``;
@@ -52,6 +53,7 @@ class ModelResult:
     failed: int = 0
     reason: str | None = None
     job: str | None = None
+    runner: str | None = None
     failures: tuple[tuple[str, str], ...] = ()
     status: str | None = None
 
@@ -203,5 +205,5 @@ class Scheduler:
             self._finish(name, dataclasses.replace(
                 report, status=result.outcome, written=result.written,
                 skipped=result.skipped, failed=result.failed, reason=result.reason,
-                job=result.job, ended=ended, failures=result.failures))
+                job=result.job, runner=result.runner, ended=ended, failures=result.failures))
             self._cond.notify_all()

@@ -183,10 +183,11 @@ def smserve(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[s
 
 @pytest.fixture()
 def cli_env(stack: LocalStack) -> dict[str, str]:
-    env = {k: os.environ[k] for k in ("HOME", "LANG", "TMPDIR", "JAVA_HOME", "PYTHONPATH")
+    env = {k: os.environ[k] for k in ("HOME", "LANG", "TMPDIR", "JAVA_HOME")
            if k in os.environ}
     env.update(stack.environ())
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's serving, whatever the venv installed
     return env  # no SMSERVE_ALLOWED_BUCKETS: the command allows the input bucket itself
 
 
@@ -294,3 +295,32 @@ def test_command_one_bad_clip_among_five_fails_alone_and_a_rerun_redoes_nothing(
     assert {k: s3.head_object(Bucket=bucket, Key=k)["LastModified"] for k in written} == stamps
     assert f"s3://{bucket}/videos/broken.npy: input 'video' has shape (3, 5)" in again.stdout
     assert good[0] not in again.stdout.split("input object(s) failed")[-1]
+
+
+def test_command_api_creates_models_from_the_recorded_ecr_image(
+        tmp_path: Path, clients: ClientFactory, bucket: str, cli_env: dict[str, str],
+        stack: LocalStack, stack_images: dict[str, str]) -> None:
+    from serving import imagerecord
+
+    root = tmp_path / "models"
+    write_model(root, "a")
+    put_inputs(clients, bucket, 1)
+    images_file = tmp_path / "images.json"
+    args = ("pipeline", "run", "--input", f"s3://{bucket}/in/", "--models-dir", str(root),
+            "--api", "--output-prefix", "api-results/")
+    env = {**cli_env, "SMSERVE_IMAGES_FILE": str(images_file)}
+
+    refused = smserve(*args, env=env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "no ECR image for the cpu model(s) at " + stack.endpoint_url in refused.stderr
+    assert "smserve image push --flavor cpu --repository smserve-cpu" in refused.stderr
+
+    imagerecord.record(images_file, "cpu", stack_images["cpu"], None, stack.endpoint_url)
+    proc = smserve(*args, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert keys_under(clients, bucket, "api-results/a/") == {"api-results/a/in/clip-0.npy"}
+    sm = clients.client("sagemaker")
+    made = [m["ModelName"] for m in sm.list_models(NameContains="smserve-a-")["Models"]]
+    assert len(made) == 1
+    container = sm.describe_model(ModelName=made[0])["PrimaryContainer"]
+    assert container["Image"] == stack_images["cpu"]
