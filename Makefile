@@ -58,6 +58,7 @@ test-random: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/serving_overhead.py
 	$(BIN)/python bench/transform_throughput.py
+	$(BIN)/python bench/record_outcomes.py
 	$(BIN)/python bench/local_transform.py
 	$(BIN)/python bench/pipeline_local.py
 	$(BIN)/python bench/pipeline.py

@@ -20,9 +20,19 @@ Variable names the bucket and the queue (see ``config.py``)::
   ``transform`` runs them as a batch transform job with a deterministic name
   (a retry adopts a job that already finished); models with no path between
   them run at the same time;
-- ``delete_messages`` runs only when every model succeeded;
-- ``report`` always runs, logs one summary, and fails the run when a model
-  (or anything else) failed.
+- ``delete_messages`` runs once every model is done, whatever happened: it
+  deletes the message of every object that every model finished (written or
+  skipped) and keeps the others on the queue, each with why (the failed
+  records' messages, read from the transforms' ``.out`` objects), its
+  receive count and whether the next failure dead-letters it; the reason is
+  also written to ``s3://<bucket>/<work_prefix>notes/<message id>.json``;
+- a model whose records partly failed is ``partial``: its transform task
+  succeeds, so downstream models run on the records whose upstream output
+  exists;
+- ``report`` runs last, always (``all_done``, downstream of every model and
+  of ``delete_messages``), logs one summary naming each model's outcome and
+  each message's fate, and fails the run when a model (or a record, or
+  anything else) failed.
 """
 
 from __future__ import annotations
@@ -42,8 +52,8 @@ from operators.wrap import Wrapper, wrap
 
 DEFAULT_ARGS = {"owner": "smserve", "retry_delay": timedelta(seconds=30)}
 START = datetime(2026, 1, 1, tzinfo=UTC)
-NOT_RUN = {"delete_messages": "the batch's messages stay on the queue; they come back after "
-                              "their visibility timeout and finished work is skipped"}
+NOT_RUN = {"delete_messages": "no batch was processed; any received message stays on the "
+                              "queue and comes back after its visibility timeout"}
 
 
 def build_inference_dag(dag_id: str, env: str, schedule: timedelta | None,
@@ -73,9 +83,11 @@ def build_inference_dag(dag_id: str, env: str, schedule: timedelta | None,
                 groups[dep] >> groups[name]
         models = Wrapper([groups[n] for n in order if not graph.dependencies(n)],
                          [groups[n] for n in order if n not in used])
-        (wrap(sensor) >> batch >> gate >> models
-         >> delete_messages(env, batch, messages)
-         >> reporter({n: list(graph.dependencies(n)) for n in order}, not_run=NOT_RUN)())
+        delete = delete_messages(env, order)
+        report = reporter({n: list(graph.dependencies(n)) for n in order}, not_run=NOT_RUN)()
+        wrap(sensor) >> batch >> gate >> models >> delete >> report
+        for group in groups.values():  # the report waits for every model, whatever happens
+            group >> report
     return dag
 
 

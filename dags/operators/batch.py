@@ -7,11 +7,12 @@ environment's Variable when they run, and report what they did (see
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from airflow.sdk import get_current_context, task
+from airflow.sdk import TriggerRule, get_current_context, task
 
 from config import ConfigError, load_config
 from operators.aws import Aws, describe_error, error_code
@@ -20,6 +21,8 @@ from operators.report import fail, report_message
 from operators.sqs import dead_letter, delete_batch, queue_url
 
 __all__ = ["delete_messages", "existing_keys", "parse_messages", "skip_if_empty"]
+
+log = logging.getLogger("smserve.batch")
 
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 #: Parallel HeadObject calls.
@@ -122,19 +125,73 @@ def batch_messages(batch: Mapping[str, Any], messages: Sequence[Mapping[str, Any
     return [m for m in messages or [] if m.get("MessageId") in wanted]
 
 
-@task(retries=2)
-def delete_messages(env: str, batch: Mapping[str, Any],
-                    messages: Sequence[Mapping[str, Any]] | None) -> None:
-    """Delete the batch's messages (every model succeeded); stale receipt handles are reported."""
+@task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
+def delete_messages(env: str, models: Sequence[str]) -> None:
+    """Delete each message whose every object every model finished; keep the others, saying why.
+
+    Runs when every model's tasks are done, whatever their state. A message
+    is deleted when every model's output exists for every object it names
+    (written now, or skipped because it existed); any other is kept: it comes
+    back after its visibility timeout, and SQS moves it to the dead-letter
+    queue after the queue's ``maxReceiveCount``. Each kept message's reason
+    (the failed records' messages, from the transforms' ``.out`` objects) is
+    in this task's report and in ``s3://<bucket>/<work_prefix>notes/<id>.json``.
+
+    Args:
+        env: the settings' environment.
+        models: the models of the DAG, in run order.
+    """
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from operators.messages import object_refs
+    from operators.models import model_graph
+    from operators.outcomes import message_fates, read_outcomes, write_note
+    from operators.report import collect_states, task_state
+    from operators.requests import run_prefix
+
     ti = get_current_context()["ti"]
+    batch = ti.xcom_pull(task_ids="parse_messages")
+    messages = ti.xcom_pull(task_ids="wait_for_messages", key="messages")
+    if not isinstance(batch, Mapping) or not batch.get("keys"):
+        raise AirflowSkipException("no batch to process")
     chosen = batch_messages(batch, messages)
+    bucket = str(batch["bucket"])
     try:
         cfg = load_config(env)
         aws = Aws(cfg.aws_conn_id, cfg.variable)
-        result = delete_batch(aws.sqs, str(batch["queue_url"]), chosen)
+        keys_of = {str(m["MessageId"]): [k for _, k in object_refs(str(m.get("Body", "")))]
+                   for m in chosen}
+        every = list(dict.fromkeys(k for keys in keys_of.values() for k in keys))
+        graph = model_graph()
+        expected = {}
+        for model in models:
+            records = graph.build_requests(model, bucket, every, prefix=cfg.output_prefix)
+            expected[model] = {k: r.output_path
+                               for k, r in zip(dict.fromkeys(every), records, strict=True)}
+        exists = existing_keys(aws.s3, bucket, [o for m in expected.values() for o in m.values()])
+        base = run_prefix(cfg, ti.dag_id, ti.run_id, str(batch["batch"]))
+        outcomes = {m: read_outcomes(aws.s3, bucket, f"{base}{m}/out/") for m in models}
+        states = collect_states(ti)
+        ended = {m: f"its transform task is {task_state(states, f'{m}.transform') or 'unknown'}"
+                 for m in models}
+        fates = message_fates(chosen, keys_of, expected, exists, outcomes, ended)
+        letters = dead_letter(aws.sqs, str(batch["queue_url"]))
+        done = [m for m, f in zip(chosen, fates, strict=True) if f.delete]
+        result = delete_batch(aws.sqs, str(batch["queue_url"]), done)
+        notes = [write_note(aws.s3, bucket, cfg.work_prefix, f, dag_id=ti.dag_id,
+                            run_id=ti.run_id, body=str(m.get("Body", "")))
+                 for m, f in zip(chosen, fates, strict=True) if not f.delete]
     except ConfigError as err:
         fail(ti, str(err))
-    lines = [f"deleted {len(result.deleted)} of {len(chosen)} message(s)"]
+    kept = [f for f in fates if not f.delete]
+    lines = [f"deleted {len(result.deleted)} of {len(chosen)} message(s)"
+             + (f"; {len(kept)} kept on the queue (why: below, and in "
+                f"s3://{bucket}/{cfg.work_prefix.rstrip('/')}/notes/<message id>.json)"
+                if kept else "")]
+    lines += [f.describe(letters.max_receive_count, letters.queue,
+                         cfg.visibility_timeout_seconds) for f in fates]
+    if notes:
+        log.info("wrote %d note(s): %s", len(notes), ", ".join(notes))
     if result.stale:
         lines.append(f"{len(result.stale)} receipt handle(s) went stale (the message was "
                      "received again after its visibility timeout); it comes back and its "

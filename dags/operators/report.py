@@ -35,6 +35,7 @@ __all__ = [
     "REPORT_KEY",
     "SUMMARY_KEY",
     "TaskOutcome",
+    "collect_states",
     "fail",
     "is_model_report",
     "report_message",
@@ -213,6 +214,8 @@ def summarize(title: str, outcomes: Sequence[TaskOutcome],
     deps = dict(models or {})
     rows = _model_rows(outcomes, deps) if deps else {}
     problems = [f"{m} failed" for m, r in rows.items() if r.get("status") == "failed"]
+    problems += [f"{m} failed on {r.get('failed', '?')} record(s)" for m, r in rows.items()
+                 if r.get("status") == "partial"]
     body: list[str] = []
     table_done = False
     for outcome in outcomes:
@@ -245,6 +248,11 @@ def summarize(title: str, outcomes: Sequence[TaskOutcome],
     verdict = "succeeded" if not problems else "FAILED: " + "; ".join(
         p.split(":", 1)[0] if ":" in p else p for p in problems)
     return [f"{title}: {verdict}", *body], problems
+
+
+def collect_states(ti: Any) -> dict[str, str]:
+    """Task id (``<task_id>_<index>`` for a mapped one) -> state, for the running DAG run."""
+    return _states(ti)
 
 
 def _states(ti: Any) -> dict[str, str]:

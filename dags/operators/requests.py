@@ -23,7 +23,7 @@ from config import ConfigError, PipelineConfig, load_config
 from operators.aws import Aws, describe_error, error_code
 from operators.batch import batch_messages, existing_keys
 from operators.models import model_graph
-from operators.report import fail
+from operators.report import fail, report_message
 from operators.sqs import extend_visibility
 
 __all__ = ["prepare_requests", "run_prefix"]
@@ -73,9 +73,12 @@ def prepare_requests(model: str, env: str, batch: Mapping[str, Any],
                            "went stale): %s", len(lost), ", ".join(lost))
         from serving.s3refs import dumps_records
 
-        records = model_graph().build_requests(model, bucket, keys, prefix=cfg.output_prefix)
+        graph = model_graph()
+        records = graph.build_requests(model, bucket, keys, prefix=cfg.output_prefix)
         found = existing_keys(aws.s3, bucket, [r.output_path for r in records])
         pending = [r for r in records if r.output_path not in found]
+        pending, blocked = _upstream_ready(aws.s3, bucket, graph[model].upstream_inputs,
+                                           pending, keys, records)
         body = dumps_records(pending)
         base = run_prefix(cfg, ti.dag_id, ti.run_id, str(batch["batch"])) + f"{model}/"
         request_uri = None
@@ -90,9 +93,36 @@ def prepare_requests(model: str, env: str, batch: Mapping[str, Any],
             raise
         _model_failed(ti, model, len(keys), f"building the requests failed: "
                                             f"{describe_error(err)}")
+    exist = len(records) - len(pending) - len(blocked)
     log.info("%s: %d record(s), %d to run, %d output(s) exist%s", model, len(records),
-                len(pending), len(records) - len(pending),
-                f"; requests in {request_uri}" if request_uri else "")
-    return {"model": model, "batch": str(batch["batch"]), "records": len(records),
-            "pending": len(pending), "exist": len(records) - len(pending),
+             len(pending), exist, f"; requests in {request_uri}" if request_uri else "")
+    if blocked:  # said in the report: these objects are not run by this model
+        report_message(ti, [f"{model}: {len(blocked)} record(s) not run: their upstream "
+                            "output does not exist (the upstream model failed on them):",
+                            *blocked])
+    return {"model": model, "batch": str(batch["batch"]), "records": len(records) - len(blocked),
+            "pending": len(pending), "exist": exist, "blocked": len(blocked),
             "request_uri": request_uri, "output_uri": f"s3://{bucket}/{base}out/"}
+
+
+def _upstream_ready(s3: Any, bucket: str, upstream: Mapping[str, str], pending: list[Any],
+                    keys: Sequence[str], records: Sequence[Any]) -> tuple[list[Any], list[str]]:
+    """``pending`` without the records whose upstream model wrote no output, and those objects.
+
+    An upstream model that failed on some records (``partial``) still lets
+    this model run; it runs on the records whose inputs exist.
+    """
+    if not upstream or not pending:
+        return pending, []
+    source = {r.output_path: key for r, key in zip(records, dict.fromkeys(keys), strict=True)}
+    wanted = sorted({r.inputs[name] for r in pending for name in upstream})
+    there = existing_keys(s3, bucket, wanted)
+    ready, blocked = [], []
+    for r in pending:
+        missing = sorted({src for name, src in upstream.items() if r.inputs[name] not in there})
+        if missing:
+            blocked.append(f"{source.get(r.output_path, r.output_path)}: no output of "
+                           f"{', '.join(missing)}")
+        else:
+            ready.append(r)
+    return ready, blocked

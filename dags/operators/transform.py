@@ -220,16 +220,24 @@ class BatchTransformOperator(BaseSensorOperator):
 
     def _done(self, ti: Any, aws: Aws, work: Mapping[str, Any], found: Mapping[str, Any],
               adopted: bool) -> None:
+        from serving.transform.spec import parse_s3_uri
+
+        from operators.outcomes import failed_reason, read_outcomes
+
         name = found["TransformJobName"]
         written, skipped, other = count_answers(aws.s3,
                                                 found["TransformOutput"]["S3OutputPath"])
+        answers = list(read_outcomes(aws.s3, *parse_s3_uri(
+            found["TransformOutput"]["S3OutputPath"], "S3OutputPath")).values())
+        failed = sum(o.get("status") == "failed" for o in answers)
+        other -= failed  # per-record failures are outcomes, not broken answers
         records = int(work.get("records", 0))
-        skipped += max(0, records - written - skipped - other)
+        skipped += max(0, records - written - skipped - other - failed)
         started, ended = _epoch(found.get("TransformStartTime")), \
             _epoch(found.get("TransformEndTime"))
         report: dict[str, Any] = {
             "model": self.model, "status": "done", "records": records, "written": written,
-            "skipped": skipped, "failed": other, "reason": None, "job": name,
+            "skipped": skipped, "failed": other + failed, "reason": None, "job": name,
             "started": started, "ended": ended,
             "seconds": ended - started if started is not None and ended is not None else None}
         if adopted:
@@ -240,6 +248,11 @@ class BatchTransformOperator(BaseSensorOperator):
                 f"{other} answer(s) of {name} are not {{\"status\": \"written\" | "
                 "\"skipped\"}; the model must answer with serving.s3refs.response()"))
             fail(ti, f"{self.model}: {report['reason']}", report)
+        if failed:  # some records failed: downstream models still run on the others
+            report.update(status="partial" if written + skipped else "failed",
+                          reason=f"transform job {name}: {failed_reason(answers)}")
+            if not written + skipped:
+                fail(ti, f"{self.model}: {report['reason']}", report)
         report_message(ti, report)
 
     def _failed(self, ti: Any, work: Mapping[str, Any], reason: str,

@@ -22,7 +22,7 @@ import numpy as np
 from model import StatsConfig, clip_stats
 
 from serving import codecs, s3refs
-from serving.errors import InvalidInput
+from serving.errors import BadRequest, InvalidInput, SmserveError
 
 NPY = "application/x-npy"
 JSON = "application/json"
@@ -41,9 +41,9 @@ def input_fn(body: bytes, content_type: str) -> list[s3refs.RequestRecord]:
     return s3refs.parse_records(body, content_type)
 
 
-def check_clip(value: Any, index: int) -> np.ndarray:
+def check_clip(value: Any, index: int = 0) -> np.ndarray:
     """The clip as T x H x W x 3 uint8, or InvalidInput saying what is wrong."""
-    where = f"record {index}: input {INPUT!r}"
+    where = f"input {INPUT!r}"
     expected = "T x H x W x 3 uint8 with T, H and W >= 1"
     if not isinstance(value, np.ndarray):
         raise InvalidInput(f"{where} is not an array; expected {expected}", record=index)
@@ -58,10 +58,19 @@ def check_clip(value: Any, index: int) -> np.ndarray:
     return value
 
 
-def compute(config: StatsConfig, batch: Sequence[dict[str, bytes]]) -> list[bytes]:
-    """One JSON document per record."""
-    clips = [check_clip(codecs.decode(item[INPUT], NPY), i) for i, item in enumerate(batch)]
-    return [codecs.encode(clip_stats(clip, config), JSON) for clip in clips]
+def read_clip(item: dict[str, bytes], index: int = 0) -> np.ndarray | SmserveError:
+    """The record's clip, or the error that says what is wrong with it (a 4xx)."""
+    try:
+        return check_clip(codecs.decode(item[INPUT], NPY), index)
+    except BadRequest as err:
+        return err
+
+
+def compute(config: StatsConfig, batch: Sequence[dict[str, bytes]]) -> list[bytes | SmserveError]:
+    """One JSON document per record; a record whose clip is wrong gets its error instead."""
+    clips = [read_clip(item, i) for i, item in enumerate(batch)]
+    return [c if isinstance(c, SmserveError) else codecs.encode(clip_stats(c, config), JSON)
+            for c in clips]
 
 
 def predict_fn(records: list[s3refs.RequestRecord],

@@ -17,7 +17,7 @@ import numpy as np
 from model import FEATURE_DIM, FrameFeatures, to_input
 
 from serving import codecs, s3refs
-from serving.errors import InvalidInput
+from serving.errors import BadRequest, InvalidInput, SmserveError
 
 NPY = "application/x-npy"
 INPUT = "video"
@@ -64,9 +64,9 @@ def input_fn(body: bytes, content_type: str) -> list[s3refs.RequestRecord]:
     return s3refs.parse_records(body, content_type)
 
 
-def check_clip(value: Any, index: int) -> np.ndarray:
+def check_clip(value: Any, index: int = 0) -> np.ndarray:
     """The clip as a T x H x W x 3 uint8 array, or InvalidInput saying what is wrong."""
-    where = f"record {index}: input {INPUT!r}"
+    where = f"input {INPUT!r}"
     expected = f"T x H x W x 3 uint8 with T >= 1, H and W >= {MIN_SIDE}"
     if not isinstance(value, np.ndarray):
         raise InvalidInput(f"{where} is not an array; expected {expected}", record=index)
@@ -105,9 +105,21 @@ def features(loaded: Loaded, frames: np.ndarray) -> np.ndarray:
     return out
 
 
-def compute(loaded: Loaded, batch: Sequence[dict[str, bytes]]) -> list[bytes]:
-    """One ``.npy`` of T x 64 features per record; clips of one frame size run together."""
-    clips = [check_clip(codecs.decode(item[INPUT], NPY), i) for i, item in enumerate(batch)]
+def read_clip(item: dict[str, bytes], index: int = 0) -> np.ndarray | SmserveError:
+    """The record's clip, or the error that says what is wrong with it (a 4xx)."""
+    try:
+        return check_clip(codecs.decode(item[INPUT], NPY), index)
+    except BadRequest as err:
+        return err
+
+
+def compute(loaded: Loaded, batch: Sequence[dict[str, bytes]]) -> list[bytes | SmserveError]:
+    """One ``.npy`` of T x 64 features per record; clips of one frame size run together.
+
+    A record whose clip is wrong gets its error in place of bytes; the others run.
+    """
+    read = [read_clip(item, i) for i, item in enumerate(batch)]
+    clips = [c for c in read if not isinstance(c, SmserveError)]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, clip in enumerate(clips):
         groups.setdefault((clip.shape[1], clip.shape[2]), []).append(i)
@@ -120,7 +132,8 @@ def compute(loaded: Loaded, batch: Sequence[dict[str, bytes]]) -> list[bytes]:
             count = len(clips[i])
             results[i] = feats[offset:offset + count]
             offset += count
-    return [codecs.encode(r, NPY) for r in results]
+    encoded = iter([codecs.encode(r, NPY) for r in results])
+    return [c if isinstance(c, SmserveError) else next(encoded) for c in read]
 
 
 def predict_fn(records: list[s3refs.RequestRecord],

@@ -18,7 +18,7 @@ import numpy as np
 from model import CLASSES, FEATURE_DIM, SceneClassifier
 
 from serving import codecs, s3refs
-from serving.errors import InvalidInput
+from serving.errors import BadRequest, InvalidInput, SmserveError
 
 NPY = "application/x-npy"
 JSON = "application/json"
@@ -39,9 +39,9 @@ def input_fn(body: bytes, content_type: str) -> list[s3refs.RequestRecord]:
     return s3refs.parse_records(body, content_type)
 
 
-def check_features(value: Any, index: int) -> np.ndarray:
+def check_features(value: Any, index: int = 0) -> np.ndarray:
     """The features as T x 64 float32, or InvalidInput saying what is wrong."""
-    where = f"record {index}: input {INPUT!r}"
+    where = f"input {INPUT!r}"
     expected = f"T x {FEATURE_DIM} float32 with T >= 1 (frame_features' output)"
     if not isinstance(value, np.ndarray):
         raise InvalidInput(f"{where} is not an array; expected {expected}", record=index)
@@ -65,11 +65,26 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def compute(net: SceneClassifier, batch: Sequence[dict[str, bytes]]) -> list[bytes]:
-    """One JSON answer per record; all records go through the network together."""
+def read_features(item: dict[str, bytes], index: int = 0) -> np.ndarray | SmserveError:
+    """The record's features, or the error that says what is wrong with them (a 4xx)."""
+    try:
+        return check_features(codecs.decode(item[INPUT], NPY), index)
+    except BadRequest as err:
+        return err
+
+
+def compute(net: SceneClassifier, batch: Sequence[dict[str, bytes]]
+            ) -> list[bytes | SmserveError]:
+    """One JSON answer per record; all good records go through the network together.
+
+    A record whose features are wrong gets its error in place of bytes.
+    """
     import chainer
 
-    clips = [check_features(codecs.decode(item[INPUT], NPY), i) for i, item in enumerate(batch)]
+    read = [read_features(item, i) for i, item in enumerate(batch)]
+    clips = [c for c in read if not isinstance(c, SmserveError)]
+    if not clips:
+        return list(read)
     means = np.stack([c.mean(axis=0) for c in clips]).astype(np.float32)
     with chainer.using_config("train", False), chainer.no_backprop_mode():
         probs = softmax(net(means).array)
@@ -83,7 +98,8 @@ def compute(net: SceneClassifier, batch: Sequence[dict[str, bytes]]) -> list[byt
             "top_probability": float(p[top]),
             "frames": len(clip),
         }, JSON))
-    return out
+    answers = iter(out)
+    return [c if isinstance(c, SmserveError) else next(answers) for c in read]
 
 
 def predict_fn(records: list[s3refs.RequestRecord],

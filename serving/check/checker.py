@@ -194,6 +194,16 @@ def _invoke(report: Report, meter: _Meter, handlers: Handlers, model: Any, sampl
     wrapped: dict[str, Any] = {
         name: _measured(meter, stages[name], getattr(handlers, name), _args(*args))
         for name, args in names}
+    seen: list[Any] = []  # what predict_fn returned: per-record outcomes keep their exceptions
+    if "predict_fn" in wrapped:
+        measured = wrapped["predict_fn"]
+
+        def predict_fn(data: Any, model: Any) -> Any:
+            out = measured(data, model)
+            seen.append(out)
+            return out
+
+        wrapped["predict_fn"] = predict_fn
     timed = replace(handlers, **wrapped)
     try:
         response = timed.invoke(model, sample.body, sample.content_type, sample.accept)
@@ -203,5 +213,10 @@ def _invoke(report: Report, meter: _Meter, handlers: Handlers, model: Any, sampl
         stages[name].ok = False
         report.failure = failure_of(name, err, folder, at_start=False)
         return None
-    return round_trip(report, response.body, response.content_type, sample, folder,
-                       names[-1][0])
+    causes = {i: r.cause for i, r in enumerate(seen[0] if seen else [])
+              if getattr(r, "cause", None) is not None}
+    answers = round_trip(report, response.body, response.content_type, sample, folder,
+                         names[-1][0], causes)
+    if report.failure is not None and report.failure.handler == "predict_fn" and seen:
+        stages["predict_fn"].ok = False
+    return answers

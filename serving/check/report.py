@@ -56,6 +56,8 @@ class Failure:
         body: the JSON body it would answer.
         sagemaker: in words, what SageMaker would have done.
         exit_code: the command's exit status (never 0).
+        record: for a record answered ``failed`` inside a 200 answer, its
+            index (``status`` and ``body`` are then the record's error).
     """
 
     handler: str
@@ -66,6 +68,7 @@ class Failure:
     body: str
     sagemaker: str
     exit_code: int = 1
+    record: int | None = None
 
 
 @dataclass
@@ -139,7 +142,10 @@ def _failure_lines(f: Failure) -> list[str]:
     lines.append("")
     lines.append(f"fix: {f.fix}")
     lines.append(f"SageMaker: {f.sagemaker}")
-    lines.append(f"  answer: HTTP {f.status} {f.body}")
+    if f.record is not None:  # a per-record outcome inside a 200 answer
+        lines.append(f"  answer: HTTP 200, record {f.record} failed ({f.status}): {f.body}")
+    else:
+        lines.append(f"  answer: HTTP {f.status} {f.body}")
     return lines
 
 

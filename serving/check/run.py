@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from serving import codecs
-from serving.check.report import Report, Stage, describe, failure_of
+from serving.check.report import Failure, Report, Stage, describe, failure_of
 from serving.check.sample import Sample
 from serving.errors import PredictionError, SmserveError
 from serving.modelspec import ModelSpec
@@ -67,8 +67,14 @@ class Run:
 
 
 def round_trip(report: Report, body: bytes, content_type: str, sample: Sample, folder: Path,
-                handler: str) -> list[Any] | None:
-    """Decode the answer as the declared accept type; for S3 references, one per record."""
+                handler: str, causes: Mapping[int, BaseException] | None = None
+                ) -> list[Any] | None:
+    """Decode the answer as the declared accept type; for S3 references, one per record.
+
+    A record answered ``failed`` fails the check (:func:`record_failure`);
+    ``causes`` (record index -> exception) keeps the model's traceback.
+    """
+    causes = causes or {}
     stage = Stage("decode as accept",
                   inputs=f"bytes ({len(body):,}) as {codecs.resolve_accept(sample.accept)!r}")
     report.stages.append(stage)
@@ -98,4 +104,35 @@ def round_trip(report: Report, body: bytes, content_type: str, sample: Sample, f
             folder, at_start=False)
         return None
     report.answers = answers
+    if sample.records is not None:
+        for index, answer in enumerate(answers):
+            if isinstance(answer, dict) and answer.get("status") == "failed":
+                stage.output = f"{describe(value)}; record {index} failed"
+                report.failure = record_failure(index, answer, folder, causes.get(index))
+                break
     return answers
+
+
+def record_failure(index: int, answer: Mapping[str, Any], folder: Path,
+                   cause: BaseException | None = None) -> Failure:
+    """The check's failure for a record the model answered ``failed`` (a 200 answer).
+
+    The error is rebuilt from the answer's code (its HTTP status is the one
+    the record's error has); ``cause``, when the check saw the exception,
+    keeps the model's frames for the trace.
+    """
+    import serving.errors as errors
+
+    code = str(answer.get("error") or "PredictionError")
+    kind: type[SmserveError] = PredictionError
+    for value in vars(errors).values():
+        if isinstance(value, type) and issubclass(value, SmserveError) and value.code == code:
+            kind = value
+            break
+    err = kind(f"record {index}: {answer.get('message') or 'failed'}", record=index)
+    err.__cause__ = cause
+    failure = failure_of("predict_fn", err, folder, at_start=False)
+    return replace(failure, record=index, sagemaker=(
+        "the container answers 200 with this record failed (the other records are written); "
+        "in a batch transform the job completes, an error document is written beside the "
+        "record's output, and a rerun retries only this record; the record's error:"))

@@ -21,7 +21,7 @@ each as soon as the models it depends on (depends_on in model.toml) have
 finished, independent models at the same time within the GPU-memory and
 CPU-worker budgets. Records whose output exists are skipped unless
 --overwrite, so running the command again redoes only what is missing.
-Exit status: 0 when every model succeeded, 4 when one failed, 2 for a bad
+Exit status: 0 when every model succeeded, 4 when one failed (on any record), 2 for a bad
 graph or flag.
 """
 

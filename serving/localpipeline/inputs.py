@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,12 +146,19 @@ class ModelWork:
         pending: the records to send (their output is missing, or ``overwrite``).
         missing_inputs: model left out of the run (``--models``) -> pending
             records that read its output although it does not exist: they will fail.
+        sources: a record's ``output_path`` -> the input object it is for
+            (what the report names when the record fails).
     """
 
     model: str
     records: tuple[RequestRecord, ...]
     pending: tuple[RequestRecord, ...]
     missing_inputs: Mapping[str, int] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def source(self, record: RequestRecord) -> str:
+        """The input object ``record`` is for (its output key when unknown)."""
+        return self.sources.get(record.output_path, record.output_path)
 
     @property
     def exist(self) -> int:
@@ -182,8 +189,42 @@ def build_work(graph: Graph, s3: Any, bucket: str, keys: Sequence[str], *, prefi
             count = sum((r.bucket, r.inputs[input_name]) not in there for r in pending[name])
             if count:
                 missing[source] = max(missing.get(source, 0), count)
-        work[name] = ModelWork(name, tuple(rs), pending[name], missing)
+        sources = dict(zip((r.output_path for r in rs), dict.fromkeys(keys), strict=True))
+        work[name] = ModelWork(name, tuple(rs), pending[name], missing, sources)
     return work
+
+
+def upstream_ready(graph: Graph, s3: Any, work: ModelWork
+                   ) -> tuple[ModelWork, tuple[tuple[str, str], ...]]:
+    """``work`` without the records whose input from a model of this run does not exist.
+
+    Called when a model is about to start: an upstream model that failed on
+    some records (``partial``) wrote no output for them, so this model cannot
+    run them either.
+
+    Returns:
+        ``(work with those records left out, one (input object, why) per record left out)``.
+
+    Raises:
+        StorageError: as :func:`existing_keys`.
+    """
+    inside = {i: src for i, src in graph[work.model].upstream_inputs.items() if src in graph}
+    if not inside or not work.pending:
+        return work, ()
+    refs = {(r.bucket, r.inputs[i]) for r in work.pending for i in inside}
+    there = existing_keys(s3, refs)
+    ready: list[RequestRecord] = []
+    blocked: list[tuple[str, str]] = []
+    for r in work.pending:
+        gone = sorted({src for i, src in inside.items() if (r.bucket, r.inputs[i]) not in there})
+        if gone:
+            blocked.append((work.source(r), f"not run: upstream {', '.join(gone)} wrote no "
+                                            "output for it (it failed there)"))
+        else:
+            ready.append(r)
+    if not blocked:
+        return work, ()
+    return replace(work, pending=tuple(ready)), tuple(blocked)
 
 
 def describe_work(work: Mapping[str, ModelWork], inputs: int) -> list[str]:

@@ -14,8 +14,11 @@ from typing import Any
 from serving.errors import TransformError
 from serving.localpipeline.plan import Plan
 
-#: A model's state. ``planned`` only appears in a dry run.
-STATUSES = ("waiting", "running", "done", "failed", "skipped", "planned")
+#: A model's state. ``planned`` only appears in a dry run; ``partial``: some
+#: records failed, the others' outputs exist.
+STATUSES = ("waiting", "running", "done", "partial", "failed", "skipped", "planned")
+#: Failed objects listed per model in the summary (the rest are counted).
+SHOWN_FAILURES = 20
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class ModelReport:
         ended: monotonic time it finished (None: not started, or still running).
         done_records: records answered so far (progress, while running).
         total_records: records sent to the transform (progress, while running).
+        failures: one ``(input object key, why)`` per failed record.
     """
 
     model: str
@@ -52,6 +56,7 @@ class ModelReport:
     ended: float | None = None
     done_records: int = 0
     total_records: int = 0
+    failures: tuple[tuple[str, str], ...] = ()
 
     @property
     def seconds(self) -> float | None:
@@ -65,8 +70,8 @@ class ModelReport:
         return {"model": self.model, "status": self.status, "records": self.records,
                 "written": self.written, "skipped": self.skipped, "failed": self.failed,
                 "reason": self.reason, "job": self.job, "runner": self.runner,
-                "started": self.started,
-                "ended": self.ended, "seconds": self.seconds}
+                "started": self.started, "ended": self.ended, "seconds": self.seconds,
+                "failures": [{"key": k, "message": m} for k, m in self.failures]}
 
 
 @dataclass(frozen=True)
@@ -95,13 +100,18 @@ class PipelineReport:
 
     @property
     def ok(self) -> bool:
-        """True when no model failed (so none was skipped for a failed one)."""
+        """True when no model failed, even partly (so none was skipped for a failed one)."""
         return not self.failed_models
 
     @property
     def failed_models(self) -> list[str]:
-        """Models that failed."""
-        return [m.model for m in self.models if m.status == "failed"]
+        """Models that failed, or failed on some records (``partial``)."""
+        return [m.model for m in self.models if m.status in ("failed", "partial")]
+
+    @property
+    def failed_objects(self) -> list[str]:
+        """Input objects some model failed on, each once, in the order first met."""
+        return list(dict.fromkeys(key for m in self.models for key, _ in m.failures))
 
     @property
     def exit_code(self) -> int:
@@ -128,6 +138,7 @@ class PipelineReport:
         """The report as JSON-ready data."""
         return {"input": self.input_uri, "inputs": self.inputs, "ok": self.ok,
                 "dry_run": self.dry_run, "seconds": self.seconds,
+                "failed_objects": self.failed_objects,
                 "models": [m.to_dict() for m in self.models], "plan": self.plan.to_dict()}
 
 
@@ -147,7 +158,9 @@ def report_message(report: PipelineReport) -> str:
             rows.append(f"  {m.model:<{width}}  {m.status:<8} {m.records:>7} "
                         f"{m.records - m.skipped:>7} {m.skipped:>7}")
         return "\n".join([head, *rows])
-    failed = report.failed_models
+    failed = [f"{m.model} on {m.failed} of {m.failed + m.written + m.skipped} record(s)"
+              if m.status == "partial" else m.model
+              for m in report.models if m.model in report.failed_models]
     outcome = "succeeded" if report.ok else f"FAILED ({', '.join(failed)})"
     head = (f"pipeline on {report.input_uri}: {report.inputs} input object(s), "
             f"{len(report.models)} model(s), {report.seconds:.1f} s: {outcome}")
@@ -160,4 +173,13 @@ def report_message(report: PipelineReport) -> str:
                     f"{m.failed:>7}  {took}{ran}")
         if m.reason:
             rows.append(_indent(m.reason, "      "))
+        for key, why in m.failures[:SHOWN_FAILURES]:
+            rows.append(_indent(f"failed: {key}: {why}", "      "))
+        if len(m.failures) > SHOWN_FAILURES:
+            rows.append(f"      ... and {len(m.failures) - SHOWN_FAILURES} more failed object(s)")
+    objects = report.failed_objects
+    if objects:
+        rows.append(f"  {len(objects)} input object(s) failed; fix or remove them and run "
+                    "again (finished outputs are skipped): " + ", ".join(objects[:SHOWN_FAILURES])
+                    + (" ..." if len(objects) > SHOWN_FAILURES else ""))
     return "\n".join([head, *rows])

@@ -33,6 +33,7 @@ from serving.localpipeline.inputs import (
     existing,
     list_inputs,
     select,
+    upstream_ready,
 )
 from serving.localpipeline.plan import Resources, plan
 from serving.localpipeline.report import ModelReport, PipelineReport, report_message
@@ -41,7 +42,7 @@ from serving.localpipeline.view import LiveView
 from serving.pipeline import DEFAULT_PREFIX, Graph
 from serving.runners.docker import close_runner, runner_description
 from serving.runners.process import ProcessRunner
-from serving.s3refs import dumps_records
+from serving.s3refs import RecordResult, dumps_records
 from serving.sagemaker.jobs import SageMakerJobs, predict_via_api
 from serving.transform.result import MAX_FAILURE_REASON
 from serving.transform.spec import parse_s3_uri
@@ -126,16 +127,7 @@ class TransformRunner:
                         close_runner(runner)
         except Exception as err:
             return dataclasses.replace(self._failed(work, name, err), runner=runner_label)
-        statuses = [a.get("status") if isinstance(a, dict) else None for a in answers]
-        written = statuses.count("written")
-        skipped = statuses.count("skipped")
-        odd = len(statuses) - written - skipped
-        reason = None
-        if odd:
-            reason = (f"{odd} answer(s) of {work.model} are not {{\"status\": \"written\" | "
-                      "\"skipped\", ...}; the model must answer with serving.s3refs.response()")
-        return ModelResult(written=written, skipped=skipped, failed=odd,
-                           reason=reason, job=name, runner=runner_label)
+        return dataclasses.replace(outcome_result(work, answers, name), runner=runner_label)
 
     def _runner(self, flavor: str, log: Callable[[str], None] | None) -> Any:
         """The runner ``SMSERVE_CONTAINER_RUNNER`` chooses for a model of image ``flavor``."""
@@ -157,6 +149,53 @@ class TransformRunner:
             written = 0
         return ModelResult(written=written, failed=len(work.pending) - written,
                            reason=reason[:MAX_FAILURE_REASON], job=name)
+
+
+def outcome_result(work: ModelWork, answers: Sequence[Any], job: str | None) -> ModelResult:
+    """Count a transform's per-record outcomes (one answer per pending record, in order).
+
+    A failed record is named by its input object, with the model's message;
+    an answer that is not an outcome counts as failed (the model does not
+    answer with :func:`serving.s3refs.response`).
+    """
+    written = skipped = 0
+    failures: list[tuple[str, str]] = []
+    odd = 0
+    for record, answer in zip(work.pending, answers, strict=True):
+        outcome = RecordResult.from_dict(answer)
+        if outcome is None:
+            odd += 1
+            failures.append((work.source(record), "the answer is not a per-record outcome"))
+        elif outcome.status == "written":
+            written += 1
+        elif outcome.status == "skipped":
+            skipped += 1
+        else:
+            failures.append((work.source(record),
+                             f"{outcome.error}: {outcome.message}" if outcome.error
+                             else outcome.message or "failed"))
+    reason = None
+    if odd:
+        reason = (f"{odd} answer(s) of {work.model} are not {{\"status\": \"written\" | "
+                  "\"skipped\" | \"failed\", ...}; the model must answer with "
+                  "serving.s3refs.response()")
+    status = "done"
+    if failures:
+        status = "partial" if written + skipped else "failed"
+    return ModelResult(written=written, skipped=skipped, failed=len(failures), reason=reason,
+                       job=job, failures=tuple(failures), status=status)
+
+
+def _merge_blocked(result: ModelResult, blocked: tuple[tuple[str, str], ...]) -> ModelResult:
+    """Add the records left out for a failed upstream record to ``result``'s failures."""
+    if not blocked:
+        return result
+    failures = (*result.failures, *blocked)
+    status = result.outcome
+    if status == "done":
+        status = "partial" if result.written + result.skipped else "failed"
+    return dataclasses.replace(result, failed=result.failed + len(blocked), failures=failures,
+                               status=status)
 
 
 def _nothing_to_do(work: ModelWork) -> ModelReport:
@@ -244,8 +283,17 @@ def run_pipeline(graph: Graph, clients: ClientFactory, input_uri: str, *,
     model_runner = run_model
 
     def run_one(name: str, progress: ProgressFn) -> ModelResult:
-        result = model_runner(work[name], progress)
-        return dataclasses.replace(result, skipped=result.skipped + work[name].exist)
+        ready, blocked = upstream_ready(sub, s3, work[name])
+        if ready.pending:
+            result = model_runner(ready, progress)
+        else:
+            result = ModelResult(reason=None, status="done")
+        result = _merge_blocked(result, blocked)
+        result = dataclasses.replace(result, skipped=result.skipped + work[name].exist)
+        if result.failures and not result.reason:  # per-record failures: did any succeed?
+            result = dataclasses.replace(
+                result, status="partial" if result.written + result.skipped else "failed")
+        return result
 
     scheduler = Scheduler(chosen, run_one, on_change=view.update, on_tick=view.tick,
                           clock=clock)

@@ -42,6 +42,10 @@ class ModelResult:
         reason: why the model failed; None when it succeeded.
         job: the transform job's name.
         runner: what ran it (``local process``, ``docker smserve-cpu:0.1.0``...).
+        failures: one ``(input object key, why)`` per failed record.
+        status: ``done``, ``partial`` (some records failed; the others'
+            outputs exist and downstream models run on them) or ``failed``;
+            None: ``failed`` when there is a ``reason``, else ``done``.
     """
 
     written: int = 0
@@ -50,6 +54,15 @@ class ModelResult:
     reason: str | None = None
     job: str | None = None
     runner: str | None = None
+    failures: tuple[tuple[str, str], ...] = ()
+    status: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        """The model's status: :attr:`status`, or what ``reason`` implies."""
+        if self.status is not None:
+            return self.status
+        return "failed" if self.reason else "done"
 
 
 #: ``run_one(model, progress) -> ModelResult``: the part that touches the outside.
@@ -190,7 +203,7 @@ class Scheduler:
         with self._cond:
             report = self._state[name]
             self._finish(name, dataclasses.replace(
-                report, status="failed" if result.reason else "done", written=result.written,
+                report, status=result.outcome, written=result.written,
                 skipped=result.skipped, failed=result.failed, reason=result.reason,
-                job=result.job, runner=result.runner, ended=ended))
+                job=result.job, runner=result.runner, ended=ended, failures=result.failures))
             self._cond.notify_all()

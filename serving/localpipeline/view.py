@@ -96,11 +96,16 @@ class LiveView:
             took = f"  {r.seconds:.1f} s" if r.seconds is not None else ""
             ran = f"  -> {r.runner}" if r.runner else ""
             text = f"done     {r.written} written, {r.skipped} skipped{took}{ran}"
+        elif r.status == "partial":
+            ran = f"  -> {r.runner}" if r.runner else ""
+            text = (f"partial  {r.written} written, {r.skipped} skipped, {r.failed} "
+                    f"failed{ran}")
         elif r.status == "failed":
             ran = f" ({r.runner})" if r.runner else ""
+            first = r.reason or (f"{r.failures[0][0]}: {r.failures[0][1]}" if r.failures else "")
             # a log keeps the whole first line (an engine's message); a terminal, one row
             limit = 10_000 if timestamp else 90
-            text = f"failed{ran}   {_first_line(r.reason or '', limit)}"
+            text = f"failed{ran}   {_first_line(first, limit)}"
         elif r.status == "skipped":
             text = f"skipped  {_first_line(r.reason or '')}"
         else:

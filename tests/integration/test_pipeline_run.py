@@ -9,6 +9,7 @@ run starts one real model server (a few seconds), so the graphs stay small.
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -181,7 +182,8 @@ def smserve(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[s
 
 @pytest.fixture()
 def cli_env(stack: LocalStack) -> dict[str, str]:
-    env = {k: os.environ[k] for k in ("HOME", "LANG", "TMPDIR", "JAVA_HOME") if k in os.environ}
+    env = {k: os.environ[k] for k in ("HOME", "LANG", "TMPDIR", "JAVA_HOME")
+           if k in os.environ}
     env.update(stack.environ())
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     env["PYTHONPATH"] = str(ROOT)  # this checkout's serving, whatever the venv installed
@@ -251,6 +253,47 @@ def test_command_refuses_bad_graphs_naming_the_file(
     assert proc.returncode == 2, proc.stderr
     assert f"{good / 'b'} has serving.py but no model.toml" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_command_one_bad_clip_among_five_fails_alone_and_a_rerun_redoes_nothing(
+        clients: ClientFactory, bucket: str, cli_env: dict[str, str]) -> None:
+    """The example models on five good clips and one object that is not a clip."""
+    from local_test.clips import upload_clips
+
+    s3 = clients.client("s3")
+    good = upload_clips(s3, bucket, "videos/", 5)
+    s3.put_object(Bucket=bucket, Key="videos/broken.npy", Body=npy(np.zeros((3, 5), np.uint8)))
+    args = ("pipeline", "run", "--input", f"s3://{bucket}/videos/", "--models-dir",
+            str(ROOT / "models"), "--gpu-memory-mb", "0", "--cpu-workers", "4")
+    proc = smserve(*args, env=cli_env)
+    shown = f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 4, shown
+    outputs = {m: keys_under(clients, bucket, f"results/{m}/")
+               for m in ("frame_features", "scene_classifier", "clip_stats")}
+    written = {k for keys in outputs.values() for k in keys if not k.endswith(".error.json")}
+    assert len(written) == 15 and not any("broken" in k for k in written), shown
+    assert {k for keys in outputs.values() for k in keys if k.endswith(".error.json")} == {
+        "results/frame_features/videos/broken.npy.error.json",
+        "results/clip_stats/videos/broken.json.error.json"}
+    # the report names the object by its key, with what is wrong and the exit status says so
+    assert f"failed: videos/broken.npy: InvalidInput: s3://{bucket}/videos/broken.npy: input " \
+           "'video' has shape (3, 5)" in proc.stdout, shown
+    assert "upstream frame_features wrote no output" in proc.stdout, shown
+    assert "1 input object(s) failed" in proc.stdout and "record 5" not in proc.stdout, shown
+    doc = json.loads(s3.get_object(
+        Bucket=bucket, Key="results/clip_stats/videos/broken.json.error.json")["Body"].read())
+    assert doc["inputs"] == {"video": "videos/broken.npy"} and doc["error"] == "InvalidInput"
+
+    stamps = {k: s3.head_object(Bucket=bucket, Key=k)["LastModified"] for k in written}
+    again = smserve(*args, env=cli_env)
+    shown = f"exit {again.returncode}\n{again.stdout}\n{again.stderr}"
+    assert again.returncode == 4, shown
+    assert again.stdout.count("6 record(s): 1 to run, 5 output(s) exist") == 3, shown
+    assert "FAILED (clip_stats on 1 of 6 record(s), frame_features on 1 of 6 record(s), " \
+           "scene_classifier on 1 of 6 record(s))" in again.stdout, shown
+    assert {k: s3.head_object(Bucket=bucket, Key=k)["LastModified"] for k in written} == stamps
+    assert f"s3://{bucket}/videos/broken.npy: input 'video' has shape (3, 5)" in again.stdout
+    assert good[0] not in again.stdout.split("input object(s) failed")[-1]
 
 
 def test_command_api_creates_models_from_the_recorded_ecr_image(

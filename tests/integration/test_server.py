@@ -351,7 +351,41 @@ BAD: dict[str, Bad] = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD.values()), ids=list(BAD))
+#: Cases about one record: the answer is a 200 with that record ``failed`` (per-record outcomes).
+PER_RECORD = {"missing-output-path", "bucket-not-allowed", "dotdot-output", "absolute-output",
+              "output-outside-prefix", "missing-input-object", "pickled-npy", "wrong-shape"}
+
+
+@pytest.mark.parametrize("case", [c for n, c in BAD.items() if n in PER_RECORD],
+                         ids=[n for n in BAD if n in PER_RECORD])
+def test_a_bad_record_is_answered_failed_and_writes_no_output(server: Running, data: Data,
+                                                              s3: Any, case: Bad) -> None:
+    before = {b: _keys(s3, b) for b in (data.bucket, data.other_bucket)}
+    good = {"bucket": data.bucket, "inputs": {"video": data.clips[0]},
+            "output_path": f"results/bad/good-{case.error}-{case.status}.npy", "overwrite": True}
+    body = case.body(data) + b"\n" + json.dumps(good).encode()
+
+    resp = _post(server.url, body, "application/jsonlines")
+
+    assert resp.status_code == 200, resp.text
+    assert "Traceback" not in resp.text
+    bad, ok = [json.loads(line) for line in resp.text.splitlines()]
+    assert (bad["status"], bad["error"]) == ("failed", case.error), bad
+    assert case.hint in bad["message"]
+    assert ok["status"] == "written"  # its neighbour is written whatever it does
+    assert _ping(server.url) == 200
+    after = {b: _keys(s3, b) for b in before}
+    new = set(after[data.bucket]) - set(before[data.bucket])
+    assert good["output_path"] in new
+    # nothing of the bad record but, where it may write, its error document
+    assert new - {good["output_path"]} <= {"results/bad/out.npy.error.json"}
+    assert after[data.other_bucket] == before[data.other_bucket]
+    s3.delete_object(Bucket=data.bucket, Key=good["output_path"])
+    s3.delete_object(Bucket=data.bucket, Key="results/bad/out.npy.error.json")
+
+
+@pytest.mark.parametrize("case", [c for n, c in BAD.items() if n not in PER_RECORD],
+                         ids=[n for n in BAD if n not in PER_RECORD])
 def test_bad_input_is_refused_with_a_json_error(server: Running, data: Data, s3: Any,
                                                 case: Bad) -> None:
     before = {b: _keys(s3, b) for b in (data.bucket, data.other_bucket)}

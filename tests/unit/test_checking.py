@@ -291,22 +291,24 @@ def test_an_error_deep_in_predict_shows_the_models_frames(stack: Any, clip_stats
     assert failure.trace.rstrip().endswith("ZeroDivisionError: division by zero")
     assert "s3refs.py" not in failure.trace
     assert failure.status == 500
-    assert [s.ok for s in report.stages] == [True, True, False, True]
+    # predict_fn answers the record failed; output_fn and decoding still run
+    assert [s.ok for s in report.stages] == [True, True, False, True, True]
+    assert "record 0 failed" in report.stages[-1].output
 
 
-def test_a_refused_input_is_what_sagemaker_answers_with_a_4xx(stack: Any,
-                                                             clip_stats: Path) -> None:
+def test_a_refused_input_fails_its_record_and_the_check(stack: Any, clip_stats: Path) -> None:
     data = clip_stats / "sample_data" / "samples" / "clips" / "clip-000.npy"
     data.write_bytes(npy(np.zeros((2, 8, 8, 3), np.float32)))
     failure = check(clip_stats, stack=stack).failure
     assert failure is not None
     assert failure.handler == "predict_fn"
-    assert failure.status == 422
+    assert failure.status == 422  # the record's error; the request itself answers 200
     assert json.loads(failure.body) == {
         "error": "InvalidInput",
-        "message": "record 0: input 'video' has dtype float32; expected T x H x W x 3 uint8 "
-                   "with T, H and W >= 1"}
+        "message": "record 0: s3://smserve-samples/samples/clips/clip-000.npy: input 'video' "
+                   "has dtype float32; expected T x H x W x 3 uint8 with T, H and W >= 1"}
     assert "in check_clip" in failure.trace
+    assert "answers 200 with this record failed" in failure.sagemaker
 
 
 def test_an_output_fn_that_returns_a_dict(stack: Any, clip_stats: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from local_test.clips import clip_bytes, make_clip, upload_clips
 from serving import s3refs
-from serving.errors import InvalidInput
+from serving.errors import BadRequest, InvalidInput
 from serving.handler import Handlers, load_handlers
 from serving.modelspec import discover
 from serving.pipeline import Graph
@@ -139,19 +139,20 @@ def test_model_fn_needs_no_weights(tmp_path: Path, loaded: Any) -> None:
     (np.zeros((0, 32, 32, 3), np.uint8), "shape (0, 32, 32, 3)"),
     (np.zeros((2, 8, 8, 3), np.float32), "dtype float32"),
 ])
-def test_a_wrong_clip_is_a_422_and_writes_nothing(s3: Any, bucket: str, loaded: Any,
-                                                  array: np.ndarray, expect: str) -> None:
+def test_a_wrong_clip_fails_alone(s3: Any, bucket: str, loaded: Any,
+                                  array: np.ndarray, expect: str) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array)
     s3.put_object(Bucket=bucket, Key="in/bad.npy", Body=buffer.getvalue())
     records = Graph(discover(MODELS)).build_requests("clip_stats", bucket, ["in/bad.npy"])
-    with pytest.raises(InvalidInput) as info:
-        invoke(loaded, records)
-    assert info.value.status == 422
-    assert "record 0: input 'video'" in str(info.value)
-    assert expect in str(info.value)
+    [answer] = invoke(loaded, records)
+    assert (answer["status"], answer["error"]) == ("failed", "InvalidInput")
+    assert answer["message"].startswith(f"s3://{bucket}/in/bad.npy: input 'video'")
+    assert expect in answer["message"]
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
-    assert keys == ["in/bad.npy"]
+    assert keys == ["in/bad.npy", records[0].output_path + ".error.json"]
+    doc = read_json(s3, bucket, records[0].output_path + ".error.json")
+    assert doc["inputs"] == {"video": "in/bad.npy"} and doc["error"] == "InvalidInput"
 
 
 def test_smserve_check_passes_on_clip_stats(stack: Any) -> None:
@@ -161,3 +162,13 @@ def test_smserve_check_passes_on_clip_stats(stack: Any) -> None:
     assert report.ok, report.render()
     assert report.answers[0]["status"] == "written"
     assert "ndarray uint8 (8, 32, 32, 3)" in report.inputs[0]
+
+
+def test_a_clip_of_100000_frames_is_refused_before_any_work(loaded: tuple[Handlers, Any]) -> None:
+    # a view: the shape of a 100,000-frame clip without its 300 MB
+    clip = np.broadcast_to(np.zeros((1, 32, 32, 3), np.uint8), (100_000, 32, 32, 3))
+    with pytest.raises(InvalidInput, match=r"at most 67108864 pixels per clip \(split it"):
+        loaded[0].module.check_clip(clip)
+    with pytest.raises(InvalidInput, match=r"shape \(0, 32, 32, 3\)"):
+        loaded[0].module.check_clip(np.zeros((0, 32, 32, 3), np.uint8))
+    assert isinstance(loaded[0].module.read_clip({"video": b"not npy"}), BadRequest)

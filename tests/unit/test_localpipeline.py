@@ -529,6 +529,61 @@ def test_models_option_warns_about_missing_upstream_outputs(
                for line in lines)
 
 
+class OutcomeRunner:
+    """Answers like a real transform: one outcome per record; fails records of ``bad`` inputs."""
+
+    def __init__(self, clients: ClientFactory, bad: set[str]) -> None:
+        self.s3 = clients.client("s3")
+        self.bad = bad
+        self.sent: dict[str, list[str]] = {}
+
+    def __call__(self, work: ModelWork, progress: ProgressFn) -> ModelResult:
+        from serving.localpipeline.run import outcome_result
+
+        answers = []
+        self.sent[work.model] = [work.source(r) for r in work.pending]
+        for r in work.pending:
+            if work.source(r) in self.bad:
+                answers.append({"status": "failed", "bucket": r.bucket, "key": r.output_path,
+                                "inputs": dict(r.inputs), "error": "InvalidInput",
+                                "message": f"s3://{r.bucket}/{r.inputs['x']}: not a clip"})
+            else:
+                self.s3.put_object(Bucket=r.bucket, Key=r.output_path, Body=b"out")
+                answers.append({"status": "written", "bucket": r.bucket, "key": r.output_path,
+                                "bytes": 3, "inputs": dict(r.inputs)})
+        return outcome_result(work, answers, f"job-{work.model}")
+
+
+def test_one_bad_object_fails_alone_and_downstream_runs_on_the_rest(
+        clients: ClientFactory, bucket: str) -> None:
+    put_inputs(clients, bucket, ["in/a.npy", "in/bad.npy", "in/c.npy"])
+    g = graph(spec("a"), spec("b", "a"), spec("x"))
+    runner = OutcomeRunner(clients, {"in/bad.npy"})
+    report, lines = run(g, clients, f"s3://{bucket}/in/", run_model=runner)
+    a, b = report.model("a"), report.model("b")
+    assert (a.status, a.written, a.failed) == ("partial", 2, 1)
+    assert a.failures == (("in/bad.npy", f"InvalidInput: s3://{bucket}/in/bad.npy: not a clip"),)
+    assert runner.sent["b"] == ["in/a.npy", "in/c.npy"]  # only where a's output exists
+    assert (b.status, b.written, b.failed) == ("partial", 2, 1)
+    assert "upstream a wrote no output" in b.failures[0][1]
+    assert report.failed_objects == ["in/bad.npy"]
+    assert report.exit_code == 4
+    text = report_message(report)
+    assert ("FAILED (a on 1 of 3 record(s), b on 1 of 3 record(s), x on 1 of 3 record(s))"
+            in text)
+    assert f"failed: in/bad.npy: InvalidInput: s3://{bucket}/in/bad.npy: not a clip" in text
+    assert "1 input object(s) failed" in text
+    assert any("a  partial  2 written, 0 skipped, 1 failed" in line for line in lines)
+    assert report.to_dict()["failed_objects"] == ["in/bad.npy"]
+
+    # the object is fixed: a second run sends only it, to every model
+    runner.bad.clear()
+    runner.sent.clear()
+    again, _ = run(g, clients, f"s3://{bucket}/in/", run_model=runner)
+    assert again.exit_code == 0
+    assert runner.sent == {"a": ["in/bad.npy"], "b": ["in/bad.npy"], "x": ["in/bad.npy"]}
+
+
 class LabelledRunner(WritingRunner):
     """A WritingRunner that says which runner ran each model, as TransformRunner does."""
 

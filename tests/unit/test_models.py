@@ -15,7 +15,7 @@ import pytest
 
 from local_test.clips import clip_bytes, make_clip, upload_clips
 from serving import s3refs
-from serving.errors import BadRequest, InvalidInput, SmserveError
+from serving.errors import InvalidInput
 from serving.handler import Handlers, load_handlers
 from serving.modelspec import discover
 from serving.pipeline import Graph
@@ -141,21 +141,24 @@ def test_integer_clips_in_range_are_accepted(frame_features: Any) -> None:
     (np.zeros((2, 32, 32, 3), np.float32), "dtype float32"),
     (np.full((2, 32, 32, 3), 300, np.int32), "outside 0..255"),
 ])
-def test_wrong_clip_is_invalid_input_and_writes_nothing(
+def test_wrong_clip_fails_alone_and_names_its_key(
         s3: Any, bucket: str, graph: Graph, frame_features: Any, array: np.ndarray,
         expect: str) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array)
     s3.put_object(Bucket=bucket, Key="in/bad.npy", Body=buffer.getvalue())
-    records = graph.build_requests("frame_features", bucket, ["in/bad.npy"])
-    with pytest.raises(InvalidInput) as info:
-        invoke(frame_features, records)
-    message = str(info.value)
-    assert "record 0: input 'video'" in message
+    [good] = upload_clips(s3, bucket, "in/good/", 1)
+    records = graph.build_requests("frame_features", bucket, ["in/bad.npy", good])
+    bad, ok = invoke(frame_features, records)
+    assert ok["status"] == "written"
+    assert (bad["status"], bad["error"]) == ("failed", "InvalidInput")
+    message = bad["message"]
+    assert message.startswith(f"s3://{bucket}/in/bad.npy: input 'video'")
     assert expect in message
     assert "T x H x W x 3" in message or "uint8" in message
-    assert info.value.status == 422
-    assert object_keys(s3, bucket) == ["in/bad.npy"]
+    out = records[0].output_path
+    assert object_keys(s3, bucket) == sorted(["in/bad.npy", good, records[1].output_path,
+                                              out + ".error.json"])
 
 
 def test_pickled_npy_is_refused_with_a_4xx(s3: Any, bucket: str, graph: Graph,
@@ -169,12 +172,13 @@ def test_pickled_npy_is_refused_with_a_4xx(s3: Any, bucket: str, graph: Graph,
     for loaded, name, key in [(frame_features, "frame_features", "in/pickled.npy"),
                               (scene_classifier, "scene_classifier", "in/other.npy")]:
         records = graph.build_requests(name, bucket, [key])
-        with pytest.raises(SmserveError) as info:
-            invoke(loaded, records)
-        assert isinstance(info.value, BadRequest)
-        assert 400 <= info.value.status < 500
-        assert "pickle" in str(info.value)
-    assert object_keys(s3, bucket) == ["in/pickled.npy", "results/frame_features/in/other.npy"]
+        [answer] = invoke(loaded, records)
+        assert answer["status"] == "failed"
+        assert "pickle" in answer["message"] and key in answer["message"]
+    assert object_keys(s3, bucket) == [
+        "in/pickled.npy", "results/frame_features/in/other.npy",
+        "results/frame_features/in/pickled.npy.error.json",
+        "results/scene_classifier/in/other.json.error.json"]
 
 
 @pytest.mark.parametrize(("array", "expect"), [
@@ -190,19 +194,22 @@ def test_wrong_features_are_invalid_input(s3: Any, bucket: str, graph: Graph,
     np.save(buffer, array)
     s3.put_object(Bucket=bucket, Key="results/frame_features/in/a.npy", Body=buffer.getvalue())
     records = graph.build_requests("scene_classifier", bucket, ["in/a.npy"])
-    with pytest.raises(InvalidInput) as info:
-        invoke(scene_classifier, records)
-    assert "record 0: input 'features'" in str(info.value)
-    assert expect in str(info.value)
-    assert object_keys(s3, bucket) == ["results/frame_features/in/a.npy"]
+    [answer] = invoke(scene_classifier, records)
+    assert answer["error"] == "InvalidInput"
+    assert answer["message"].startswith(
+        f"s3://{bucket}/results/frame_features/in/a.npy: input 'features'")
+    assert expect in answer["message"]
+    assert object_keys(s3, bucket) == ["results/frame_features/in/a.npy",
+                                       records[0].output_path + ".error.json"]
 
 
 def test_missing_upstream_output_is_a_404(s3: Any, bucket: str, graph: Graph,
                                           scene_classifier: Any) -> None:
     records = graph.build_requests("scene_classifier", bucket, ["in/never.npy"])
-    with pytest.raises(SmserveError) as info:
-        invoke(scene_classifier, records)
-    assert info.value.status == 404
+    [answer] = invoke(scene_classifier, records)
+    assert (answer["status"], answer["error"]) == ("failed", "InputNotFound")
+    assert f"s3://{bucket}/results/frame_features/in/never.npy does not exist" in \
+        answer["message"]
 
 
 #: Held-out clips (never trained on) on which regenerated weights are compared.
@@ -341,3 +348,12 @@ def test_frame_features_runs_on_the_gpu_and_matches_the_cpu(frame_features: Any)
     chainer.serializers.load_npz(str(MODELS / "frame_features" / "weights.npz"), cpu_net)
     on_cpu = handlers.module.features(type(model)(cpu_net, False), clip)
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-3, atol=1e-4)
+
+
+def test_a_clip_of_100000_frames_is_refused_before_any_work(frame_features: Any) -> None:
+    clip = np.broadcast_to(np.zeros((1, 32, 32, 3), np.uint8), (100_000, 32, 32, 3))
+    with pytest.raises(InvalidInput, match=r"at most 67108864 pixels per clip"):
+        frame_features[0].module.check_clip(clip)
+    nan = np.full((4, 32, 32, 3), np.nan, np.float32)
+    with pytest.raises(InvalidInput, match="dtype float32"):
+        frame_features[0].module.check_clip(nan)

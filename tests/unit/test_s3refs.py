@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -16,12 +17,13 @@ from serving.errors import (
     BadRequest,
     Forbidden,
     InputNotFound,
+    InvalidInput,
     PayloadTooLarge,
     PredictionError,
     StorageError,
     UnsupportedContentType,
 )
-from serving.s3refs import RecordResult, RequestRecord, S3Refs, parse_records
+from serving.s3refs import RecordResult, RejectedRecord, RequestRecord, S3Refs, parse_records
 from serving.settings import Settings
 
 # --- helpers -------------------------------------------------------------------
@@ -130,7 +132,22 @@ def test_unsupported_content_type() -> None:
 ])
 def test_parse_malformed(body: bytes, ctype: str, match: str) -> None:
     with pytest.raises(BadRequest, match=match):
-        parse_records(body, ctype)
+        parse_records(body, ctype, strict=True)
+
+
+@pytest.mark.parametrize(("body", "ctype", "match"), [
+    (json.dumps(ONE).encode() + b"\n{oops\n", "application/jsonlines",
+     "line 2 is not valid JSON"),
+    (b"[1, 2]", "application/json", r"record\[0\]: expected a JSON object"),
+    (b'"just a string"', "application/json", "expected a JSON object"),
+    (b"[{}]", "application/json", r"record\[0\]: field 'bucket' is missing"),
+])
+def test_parse_keeps_a_malformed_record_in_its_place(body: bytes, ctype: str,
+                                                    match: str) -> None:
+    records = parse_records(body, ctype)
+    rejected = [r for r in records if isinstance(r, RejectedRecord)]
+    assert rejected
+    assert re.search(match, str(rejected[0].error))
 
 
 @pytest.mark.parametrize(("change", "match"), [
@@ -155,11 +172,16 @@ def test_parse_bad_record_names_index_and_field(change: dict[str, Any], match: s
     bad = {k: v for k, v in bad.items() if v is not None}
     body = json.dumps([ONE, bad])
     with pytest.raises(BadRequest, match=r"record\[1\]") as info:
-        parse_records(body)
+        parse_records(body, strict=True)
     assert info.match(match)
     lines = json.dumps({**ONE, "output_path": "other"}) + "\n" + json.dumps(bad)
     with pytest.raises(BadRequest, match=r"^line 2: "):
-        parse_records(lines, "application/jsonlines")
+        parse_records(lines, "application/jsonlines", strict=True)
+    # not strict: the bad record is kept in its place with its error; the good one is read
+    good, rejected = parse_records(body)
+    assert good == RequestRecord.from_dict(ONE)
+    assert isinstance(rejected, RejectedRecord)
+    assert re.search(match, str(rejected.error)) and "record[1]" in str(rejected.error)
 
 
 def test_from_dict_uses_index() -> None:
@@ -178,13 +200,16 @@ def test_parse_refuses_too_many_records() -> None:
 def test_parse_refuses_same_output_twice_but_allows_shared_inputs() -> None:
     a = {"bucket": "b", "inputs": {"x": "in/shared"}, "output_path": "out/a"}
     b = {**a, "output_path": "out/b"}
-    assert len(parse_records(json.dumps([a, b]))) == 2
-    with pytest.raises(BadRequest, match=r"record\[0\] and record\[2\] both write s3://b/out/a"):
-        parse_records(json.dumps([a, b, a]))
-    assert len(parse_records(json.dumps([a, {**a, "bucket": "other"}]))) == 2
-    with pytest.raises(BadRequest, match="outputs may not overwrite inputs"):
+    assert len(parse_records(json.dumps([a, b]), strict=True)) == 2
+    assert len(parse_records(json.dumps([a, b, a]), strict=True)) == 3  # a copy: done once
+    clash = {**a, "inputs": {"x": "in/other"}}
+    with pytest.raises(BadRequest, match=r"record\[0\], record\[2\] all write s3://b/out/a"):
+        parse_records(json.dumps([a, b, clash]), strict=True)
+    assert len(parse_records(json.dumps([a, {**a, "bucket": "other"}]), strict=True)) == 2
+    with pytest.raises(BadRequest, match=r"is the output of record\[0\]"):
         parse_records(json.dumps([a, {"bucket": "b", "inputs": {"x": "out/a"},
-                                      "output_path": "out/c"}]))
+                                      "output_path": "out/c"}]), strict=True)
+    assert len(parse_records(json.dumps([a, b, clash]))) == 3  # process() answers each
 
 
 # --- validate ----------------------------------------------------------------
@@ -317,8 +342,8 @@ def test_process_writes_and_answers(refs: S3Refs, s3: Any, bucket: str) -> None:
 
     results = refs.process(records, predict, "text/plain")
     assert seen == [[{"a": b"a", "s": b"s"}, {"b": b"b", "s": b"s"}]]
-    assert results == [RecordResult("written", bucket, "out/1", 3),
-                       RecordResult("written", bucket, "out/2", 3)]
+    assert results == [RecordResult("written", bucket, "out/1", 3, {"a": "in/a", "s": "in/shared"}),
+                       RecordResult("written", bucket, "out/2", 3, {"b": "in/b", "s": "in/shared"})]
     assert get(s3, bucket, "out/1") == b"A|S"
     assert get(s3, bucket, "out/2") == b"B|S"
     assert s3.head_object(Bucket=bucket, Key="out/1")["ContentType"] == "text/plain"
@@ -350,37 +375,95 @@ def test_process_skips_existing_and_overwrite_rewrites(refs: S3Refs, s3: Any,
     assert [r.status for r in again] == ["skipped", "skipped"]
 
 
-def test_process_validates_everything_first(s3: Any, settings: Settings, bucket: str) -> None:
+def error_doc(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    body = get(s3, bucket, key + ".error.json")
+    return None if body is None else json.loads(body)
+
+
+def test_process_fails_bad_records_alone(s3: Any, settings: Settings, bucket: str) -> None:
     put(s3, bucket, "in/a", b"a")
     refs = S3Refs(s3, settings.with_changes(output_prefixes=("results/",)))
-    records = [rec(bucket, "results/ok", x="in/a"), rec(bucket, "elsewhere/x", x="in/a")]
-    with pytest.raises(Forbidden, match="elsewhere/x"):
-        refs.process(records, upper)
-    assert keys(s3, bucket) == ["in/a"]
-    with pytest.raises(Forbidden, match=r"'\.\.' segment"):
-        refs.process([records[0], rec(bucket, "results/../x", x="in/a")], upper)
-    with pytest.raises(BadRequest, match="both write"):
-        refs.process([records[0], records[0]], upper)
-    assert keys(s3, bucket) == ["in/a"]
+    records = [rec(bucket, "results/ok", x="in/a"), rec(bucket, "elsewhere/x", x="in/a"),
+               rec(bucket, "results/../x", x="in/a"), rec(bucket, "results/b", x="/abs")]
+    results = refs.process(records, upper)
+    assert [r.status for r in results] == ["written", "failed", "failed", "failed"]
+    assert results[1].error == "Forbidden" and "elsewhere/x" in (results[1].message or "")
+    assert "'..' segment" in (results[2].message or "")
+    assert "absolute" in (results[3].message or "")
+    assert get(s3, bucket, "results/ok") == b"A"
+    # an error document only where the record may write: never outside the prefixes
+    assert keys(s3, bucket) == ["in/a", "results/b.error.json", "results/ok"]
+    assert error_doc(s3, bucket, "results/b")["error"] == "Forbidden"
 
 
-def test_process_missing_input_writes_nothing(refs: S3Refs, s3: Any, bucket: str) -> None:
+def test_process_duplicates_and_clashes(refs: S3Refs, s3: Any, bucket: str) -> None:
+    put(s3, bucket, "in/a", b"a")
+    put(s3, bucket, "in/b", b"b")
+    same = rec(bucket, "out/1", x="in/a")
+    clash = [rec(bucket, "out/2", x="in/a"), rec(bucket, "out/2", x="in/b")]
+    reader = rec(bucket, "out/3", x="out/1")
+    seen: list[int] = []
+
+    def predict(batch: list[dict[str, bytes]]) -> list[bytes]:
+        seen.append(len(batch))
+        return upper(batch)
+
+    results = refs.process([same, same, *clash, reader], predict)
+    assert seen == [1]  # the copy is done once; the clash and the reader never run
+    assert [r.status for r in results] == ["written", "written", "failed", "failed", "failed"]
+    assert "record[2], record[3] all write" in (results[2].message or "")
+    assert "is the output of record[0]" in (results[4].message or "")
+    assert get(s3, bucket, "out/1") == b"A"
+    assert get(s3, bucket, "out/2") is None
+
+
+def test_process_rejected_records_get_an_outcome(refs: S3Refs, s3: Any, bucket: str) -> None:
+    put(s3, bucket, "in/a", b"a")
+    body = "\n".join([json.dumps({"bucket": bucket, "inputs": {"x": "in/a"},
+                                  "output_path": "out/1"}), "{}", "not json",
+                      json.dumps({"bucket": bucket, "inputs": {"x": "in/a"},
+                                  "output_path": "out/2", "overwirte": True})])
+    results = refs.process(parse_records(body, "application/jsonlines"), upper)
+    assert [r.status for r in results] == ["written", "failed", "failed", "failed"]
+    assert "line 2: field 'bucket' is missing" in (results[1].message or "")
+    assert "line 3 is not valid JSON" in (results[2].message or "")
+    assert results[3].key == "out/2" and "'overwirte'" in (results[3].message or "")
+    assert error_doc(s3, bucket, "out/2")["error"] == "BadRequest"
+    assert get(s3, bucket, "out/1") == b"A"
+
+
+def test_process_missing_input_fails_alone(refs: S3Refs, s3: Any, bucket: str) -> None:
     put(s3, bucket, "in/a", b"a")
     records = [rec(bucket, "out/1", x="in/a"), rec(bucket, "out/2", x="in/gone")]
-    with pytest.raises(InputNotFound, match=f"s3://{bucket}/in/gone"):
-        refs.process(records, lambda batch: pytest.fail("predict called"))
-    assert keys(s3, bucket) == ["in/a"]
+    seen: list[int] = []
+    results = refs.process(records, lambda batch: seen.append(len(batch)) or upper(batch))
+    assert seen == [1]
+    assert [r.status for r in results] == ["written", "failed"]
+    assert results[1].error == "InputNotFound"
+    assert f"s3://{bucket}/in/gone does not exist" in (results[1].message or "")
+    assert results[1].inputs == {"x": "in/gone"}
+    assert keys(s3, bucket) == ["in/a", "out/1", "out/2.error.json"]
+    doc = error_doc(s3, bucket, "out/2")
+    assert doc["inputs"] == {"x": "in/gone"} and doc["error"] == "InputNotFound"
+
+    # the object comes back: a rerun redoes only the failed record and clears its error
+    put(s3, bucket, "in/gone", b"g")
+    seen.clear()
+    again = refs.process(records, lambda batch: seen.append(len(batch)) or upper(batch))
+    assert seen == [1]
+    assert [r.status for r in again] == ["skipped", "written"]
+    assert keys(s3, bucket) == ["in/a", "in/gone", "out/1", "out/2"]
 
 
-def test_process_oversized_input_writes_nothing(s3: Any, settings: Settings,
-                                                bucket: str) -> None:
+def test_process_oversized_input_fails_alone(s3: Any, settings: Settings,
+                                             bucket: str) -> None:
     put(s3, bucket, "in/a", b"a")
     put(s3, bucket, "in/big", b"b" * 100)
     refs = S3Refs(s3, settings.with_changes(max_input_bytes=50))
-    with pytest.raises(PayloadTooLarge):
-        refs.process([rec(bucket, "out/1", x="in/a"), rec(bucket, "out/2", x="in/big")],
-                     lambda batch: pytest.fail("predict called"))
-    assert keys(s3, bucket) == ["in/a", "in/big"]
+    results = refs.process([rec(bucket, "out/1", x="in/a"), rec(bucket, "out/2", x="in/big")],
+                           upper)
+    assert [r.status for r in results] == ["written", "failed"]
+    assert results[1].error == "PayloadTooLarge" and "in/big" in (results[1].message or "")
 
 
 @pytest.mark.parametrize(("predict", "match"), [
@@ -389,15 +472,52 @@ def test_process_oversized_input_writes_nothing(s3: Any, settings: Settings,
     (lambda batch: b"ab", "return a list"),
     (lambda batch: None, "return a list"),
     (lambda batch: ["a", "b"], "output 0 is str, not bytes"),
-    (lambda batch: 1 / 0, "predict raised ZeroDivisionError"),
 ])
-def test_process_bad_predict_writes_nothing(refs: S3Refs, s3: Any, bucket: str, predict: Any,
-                                            match: str) -> None:
+def test_process_predict_breaking_the_contract_writes_nothing(
+        refs: S3Refs, s3: Any, bucket: str, predict: Any, match: str) -> None:
     put(s3, bucket, "in/a", b"a")
     records = [rec(bucket, "out/1", x="in/a"), rec(bucket, "out/2", x="in/a")]
     with pytest.raises(PredictionError, match=match):
         refs.process(records, predict)
     assert keys(s3, bucket) == ["in/a"]
+
+
+def test_process_predict_raising_fails_only_the_bad_records(refs: S3Refs, s3: Any,
+                                                            bucket: str) -> None:
+    for name in "abcdef":
+        put(s3, bucket, f"in/{name}", name.encode())
+    put(s3, bucket, "in/bad", b"bad")
+    names = [*"abc", "bad", *"def"]
+    records = [rec(bucket, f"out/{n}", x=f"in/{n}") for n in names]
+    calls: list[int] = []
+
+    def predict(batch: list[dict[str, bytes]]) -> list[bytes]:
+        calls.append(len(batch))
+        if any(b["x"] == b"bad" for b in batch):
+            raise InvalidInput("input 'x' is bad; expected a letter")
+        return upper(batch)
+
+    results = refs.process(records, predict)
+    assert [r.status for r in results] == ["written"] * 3 + ["failed"] + ["written"] * 3
+    assert results[3].message == f"s3://{bucket}/in/bad: input 'x' is bad; expected a letter"
+    assert calls[0] == 7 and len(calls) < 2 * 7  # halves, not one call per record
+    assert [get(s3, bucket, f"out/{n}") for n in "abcdef"] == [n.upper().encode()
+                                                              for n in "abcdef"]
+    # a foreign exception gives no traceback to the client
+    [bad] = refs.process([rec(bucket, "out/z", x="in/a")], lambda batch: 1 / 0)
+    assert bad.error == "PredictionError"
+    assert "predict raised ZeroDivisionError" in (bad.message or "")
+    assert "division" not in (bad.message or "")
+
+
+def test_process_predict_may_return_an_error_per_record(refs: S3Refs, s3: Any,
+                                                        bucket: str) -> None:
+    put(s3, bucket, "in/a", b"a")
+    records = [rec(bucket, "out/1", x="in/a"), rec(bucket, "out/2", x="in/a")]
+    results = refs.process(records, lambda batch: [b"ok", InvalidInput("all NaN")])
+    assert [(r.status, r.error) for r in results] == [("written", None),
+                                                      ("failed", "InvalidInput")]
+    assert results[1].message == f"s3://{bucket}/in/a: all NaN"
 
 
 def test_process_accepts_bytes_like_and_generators(refs: S3Refs, s3: Any, bucket: str) -> None:
@@ -488,12 +608,17 @@ def test_response_one_and_many() -> None:
     one = RecordResult("written", "b", "out/1", 3)
     body, ctype = s3refs.response([one])
     assert ctype == "application/json"
-    assert json.loads(body) == {"status": "written", "bucket": "b", "key": "out/1", "bytes": 3}
+    assert json.loads(body) == {"status": "written", "bucket": "b", "key": "out/1", "bytes": 3,
+                                "inputs": {}}
     assert not body.endswith(b"\n")
-    two = [one, RecordResult("skipped", "b", "out/2", 9)]
+    two = [one, RecordResult("failed", "b", "out/2", 0, {"x": "in/x"}, "InvalidInput", "bad")]
     body, ctype = s3refs.response(two)
     assert ctype == "application/jsonlines"
     assert [json.loads(line) for line in body.split(b"\n")] == [r.to_dict() for r in two]
+    assert json.loads(body.split(b"\n")[1]) == {
+        "status": "failed", "bucket": "b", "key": "out/2", "inputs": {"x": "in/x"},
+        "error": "InvalidInput", "message": "bad"}
+    assert s3refs.read_outcomes(body + b"\nnot json\n") == [*two, None]
 
 
 # --- runtime -------------------------------------------------------------------
@@ -512,7 +637,7 @@ def test_runtime_uses_the_environment(aws_env: dict[str, str], s3: Any, bucket: 
         assert rt.settings.endpoint_url == aws_env["AWS_ENDPOINT_URL"]
         put(s3, bucket, "in/a", b"abc")
         [result] = rt.process([rec(bucket, "out/a", x="in/a")], upper)
-        assert result == RecordResult("written", bucket, "out/a", 3)
+        assert result == RecordResult("written", bucket, "out/a", 3, {"x": "in/a"})
         assert get(s3, bucket, "out/a") == b"ABC"
         with pytest.raises(Forbidden, match="allow-list"):
             rt.validate(rec("not-" + bucket))
@@ -524,3 +649,63 @@ def test_runtime_uses_the_environment(aws_env: dict[str, str], s3: Any, bucket: 
             s3refs.runtime().validate(rec(bucket))
     finally:
         s3refs.reset_runtime()
+
+
+# --- retries ---------------------------------------------------------------------
+
+
+class _Answering:
+    """A loopback HTTP server answering every request with one status; counts the requests."""
+
+    def __init__(self, status: int, code: str) -> None:
+        import http.server
+
+        outer = self
+        self.count = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                outer.count += 1
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                        "<Message>no</Message></Error>").encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(("status", "code", "tries"), [
+    (403, "AccessDenied", 1), (404, "NoSuchKey", 1),
+    (503, "SlowDown", 5),  # 1 + the factory's 4 retries
+])
+def test_s3_calls_retry_only_answers_that_can_change(settings: Settings, status: int, code: str,
+                                                     tries: int) -> None:
+    server = _Answering(status, code)
+    try:
+        local = settings.with_changes(endpoint_url=server.url, service_endpoints={})
+        refs = S3Refs(ClientFactory(local).client("s3"), local)
+        with pytest.raises((InputNotFound, StorageError)) as info:
+            refs.fetch(rec("bk", "out/1", x="in/a"))  # one GetObject, as botocore retries it
+        assert "in/a" in str(info.value)
+        assert server.count == tries, f"{status}: {server.count} request(s)"
+    finally:
+        server.close()
