@@ -23,6 +23,7 @@ MODELS = ROOT / "models"
 #: ``core`` is every module directly in serving/ except the entry points.
 LAYERS: dict[str, int] = {
     "core": 0,
+    "s3refs": 0,       # the S3-reference requests model authors import (a package of core)
     "server": 1,       # the model server: serve supervisor, MMS config, MMS -> handler adapter
     "runners": 2,      # things that start model-server containers (process, Docker)
     "transform": 3,    # a batch transform: spec, split, batching, data plane, predict()
