@@ -123,12 +123,16 @@ class JobStore:
         startup_timeout: seconds a container may take to pass ``/ping``.
         echo: receives one line per status change (``smserve local up`` prints them).
         clock: epoch seconds.
+        startup_delay: seconds every job waits before its containers start, as AWS
+            provisions instances (``SMSERVE_LOCAL_JOB_STARTUP_SECONDS``).
     """
 
     def __init__(self, models: ModelStore, clients: ClientFactory, *,
                  runner_env: Mapping[str, str], startup_timeout: float,
                  echo: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 startup_delay: float = 0.0) -> None:
+        self.startup_delay = startup_delay
         self.models = models
         self.clients = clients
         self.runner_env = dict(runner_env)
@@ -182,7 +186,7 @@ class JobStore:
         log = JobLog(lambda: self.clients.client("logs"), name, job.instance_ids)
         job.run = TransformRun(
             spec, containers[0], self.clients, log, runner_env=self.runner_env,
-            startup_timeout=self.startup_timeout,
+            startup_timeout=self.startup_timeout, startup_delay=self.startup_delay,
             on_running=lambda: self._running(job),
             on_finished=lambda outcome: self._finished(job, outcome))
         job.start_time = self._clock()

@@ -1,0 +1,361 @@
+"""A simulated day: real components process clips sent at the planned rate, time scaled.
+
+:func:`simulate_day` starts the embedded AWS stack with
+``SMSERVE_LOCAL_JOB_STARTUP_SECONDS`` set to the models' start-up divided by
+``scale`` (simulated seconds per real second: 288 makes 24 h last 5 min),
+then runs two threads on the same scaled clock:
+
+- a generator uploads clip ``k`` to ``s3://BUCKET/incoming/`` and sends its
+  SQS message when the arrival curve of ``capacity.toml`` reaches ``k``;
+- a driver does what the inference DAG does: a run on every schedule tick,
+  one at a time; it waits for ``max_messages`` visible messages or
+  ``max_wait_seconds`` (looking every ``poke_interval_seconds``), receives
+  the batch, runs the model graph on it with the local pipeline run through
+  the stack's SageMaker API (``CreateModel``, ``CreateTransformJob``: real
+  model servers, real S3), and deletes the messages once every model wrote
+  its output.
+
+Every run is recorded as a :class:`~serving.capacity.model.Run` in simulated
+seconds, so :func:`~serving.capacity.model.summarize` gives the measured day
+the way it gives the modelled one. The figures the simulation really had
+(start-up including the containers' own start, seconds per record through the
+model server, the run's own overhead) are measured from the jobs and put into
+an *effective* config; the model's prediction for that config is what the
+measured day is compared with.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from serving.capacity.config import CapacityConfig
+from serving.capacity.model import DaySummary, Run, makespan, model_day, summarize
+from serving.errors import ConfigError, SmserveError
+
+BUCKET = "smserve-capacity"
+QUEUE = "smserve-capacity-preprocessed"
+INCOMING = "incoming/"
+RESULTS = "results/"
+#: Distinct synthetic clips; clip k is clip k mod this.
+CLIP_VARIETY = 16
+
+
+class SimulationError(SmserveError):
+    """A run of the simulated day failed; the figures would not mean anything."""
+
+    status = 500
+    code = "SimulationError"
+    exit_code = 4
+
+
+@dataclass
+class _JobFigure:
+    records: int
+    wall: float  # simulated seconds, CreateTransformJob to its end
+    plane: float  # simulated seconds the data plane took
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """A simulated day and the model's figures for it.
+
+    Attributes:
+        config: the plan's inputs (``capacity.toml``, with the overrides given).
+        effective: ``config`` with the figures the simulation measured.
+        measured: the day as the simulation ran it.
+        predicted: :func:`~serving.capacity.model.model_day` of ``effective``.
+        planned: :func:`~serving.capacity.model.model_day` of ``config``.
+        runs: the measured runs (simulated seconds from the start of the window).
+        scale: simulated seconds per real second.
+        real_seconds: how long it took.
+        startup_delay: the real seconds every job waited before its containers started.
+    """
+
+    config: CapacityConfig
+    effective: CapacityConfig
+    measured: DaySummary
+    predicted: DaySummary
+    planned: DaySummary
+    runs: tuple[Run, ...]
+    scale: float
+    real_seconds: float
+    startup_delay: float
+    measured_figures: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def agreement(self) -> dict[str, float]:
+        """Relative difference, measured vs predicted: throughput and queue age at the peak."""
+        return {"throughput": _rel(self.measured.throughput_per_hour,
+                                   self.predicted.throughput_per_hour),
+                "peak_age": _rel(self.measured.peak_age, self.predicted.peak_age)}
+
+
+def _rel(measured: float, predicted: float) -> float:
+    return abs(measured - predicted) / predicted if predicted else float(measured != 0)
+
+
+class _Clock:
+    """Simulated seconds since the start, from a monotonic clock scaled by ``scale``."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+        self.origin = time.monotonic()
+
+    def now(self) -> float:
+        return (time.monotonic() - self.origin) * self.scale
+
+    def wait_until(self, when: float, stop: threading.Event) -> bool:
+        """Wait until simulated time ``when``; False when ``stop`` was set first."""
+        delay = when / self.scale - (time.monotonic() - self.origin)
+        return not stop.wait(delay) if delay > 0 else not stop.is_set()
+
+
+def simulate_day(cfg: CapacityConfig, models_root: str | Path = "models", *, scale: float = 288.0,
+                 hours: float = 24.0, start_hour: float = 0.0,
+                 echo: Callable[[str], None] = print,
+                 before_stop: Callable[[Any], None] | None = None) -> Simulation:
+    """Run ``hours`` of ``cfg``'s arrivals through the real pipeline, time scaled by ``scale``.
+
+    ``before_stop`` gets the stack's :class:`~serving.aws.ClientFactory` once the day
+    is over, before the stack stops (to look at its S3 and SQS).
+
+    Raises:
+        ConfigError: ``scale`` or ``hours`` is not positive.
+        SimulationError: a run failed (its report is in the message).
+    """
+    from serving.aws import ClientFactory
+    from serving.local.stack import LocalStack
+    from serving.settings import Settings
+
+    if scale <= 0 or hours <= 0:
+        raise ConfigError(f"--scale ({scale:g}) and --hours ({hours:g}) must be more than 0")
+    startups = [m.startup_seconds for m in cfg.models.values()]
+    delay = statistics.fmean(startups) / scale if startups else 0.0
+    base = Settings.from_environ().with_environ({
+        "SMSERVE_LOCAL_JOB_STARTUP_SECONDS": f"{delay:.6f}",
+        "SMSERVE_ALLOWED_BUCKETS": BUCKET, "SMSERVE_OUTPUT_PREFIXES": RESULTS,
+        "SETUPTOOLS_USE_DISTUTILS": "stdlib"})
+    stack = LocalStack(settings=base).start()
+    began = time.monotonic()
+    try:
+        settings = base.with_environ(stack.environ())
+        clients = ClientFactory(settings)
+        clients.client("s3").create_bucket(Bucket=BUCKET)
+        url = clients.client("sqs").create_queue(
+            QueueName=QUEUE, Attributes={"VisibilityTimeout": "43200"})["QueueUrl"]
+        echo(f"simulated day: {hours:g} h from {start_hour:g}:00, {scale:g} simulated s per real "
+             f"s (about {hours * 3600 / scale:.0f} s), job start-up {delay:.2f} s real "
+             f"({delay * scale:.0f} s simulated) on {stack.endpoint_url}")
+        day = _Day(cfg, clients, url, stack, models_root, scale, hours, start_hour, echo)
+        runs, figures = day.run()
+        if before_stop is not None:
+            before_stop(clients)
+    finally:
+        stack.stop()
+    real = time.monotonic() - began
+    counts = {name: spec.instance_count for name, spec in day.graph.specs.items()}
+    effective, measured_figures = _effective(cfg, runs, figures, counts)
+    measured = summarize(effective, runs, arrived=day.sent, hours=hours, start_hour=start_hour)
+    return Simulation(cfg, effective, measured,
+                      model_day(effective, hours=hours, start_hour=start_hour),
+                      model_day(cfg, hours=hours, start_hour=start_hour), tuple(runs), scale,
+                      real, delay, measured_figures)
+
+
+class _Day:
+    """The generator and the DAG-like driver of one simulated day."""
+
+    def __init__(self, cfg: CapacityConfig, clients: Any, url: str, stack: Any,
+                 models_root: str | Path, scale: float, hours: float, start_hour: float,
+                 echo: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.clients = clients
+        self.url = url
+        self.stack = stack
+        self.models_root = models_root
+        self.clock = _Clock(scale)
+        self.horizon = hours * 3600.0
+        self.origin = start_hour * 3600.0
+        self.echo = echo
+        self.sent = 0
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        from serving.localpipeline import load_graph
+
+        self.graph = load_graph(models_root)
+
+    def run(self) -> tuple[list[Run], dict[str, list[_JobFigure]]]:
+        from local_test.clips import clip_bytes
+        from serving.localpipeline import Resources
+        from serving.sagemaker.jobs import SageMakerJobs
+
+        self.clips = [clip_bytes(i) for i in range(CLIP_VARIETY)]
+        self.jobs = SageMakerJobs(self.clients, poll=0.02)
+        self.resources = Resources(0, 4 * max(1, len(self.graph)), "simulation", "simulation")
+        self._warm_up()
+        self.clock = _Clock(self.clock.scale)  # the day starts now
+        generator = threading.Thread(target=self._generate, name="capacity-generator",
+                                     daemon=True)
+        generator.start()
+        try:
+            return self._drive()
+        finally:
+            self.stop.set()
+            generator.join(timeout=30)
+
+    # --- the generator ------------------------------------------------------------------
+
+    def _warm_up(self) -> None:
+        """One clip through every model before the clock starts: caches warm, not counted."""
+        from serving.localpipeline import report_message, run_pipeline
+
+        self.clients.client("s3").put_object(Bucket=BUCKET, Key="warm-up/clip.npy",
+                                             Body=self.clips[0])
+        report = run_pipeline(self.graph, self.clients, f"s3://{BUCKET}/warm-up/",
+                              echo=lambda _line: None, output_prefix=RESULTS, jobs=self.jobs,
+                              resources=self.resources, show_plan=False)
+        if not report.ok:
+            raise SimulationError(f"the warm-up run failed:\n{report_message(report)}")
+
+    def _generate(self) -> None:
+        clips = self.clips
+        s3, sqs = self.clients.client("s3"), self.clients.client("sqs")
+        index = 1
+        try:
+            while True:
+                when = self.cfg.arrivals.arrival_time(index, origin=self.origin) - self.origin
+                if when >= self.horizon or not self.clock.wait_until(when, self.stop):
+                    return
+                key = f"{INCOMING}clip-{index:06d}.npy"
+                s3.put_object(Bucket=BUCKET, Key=key, Body=clips[index % CLIP_VARIETY])
+                sqs.send_message(QueueUrl=self.url, MessageBody=json.dumps(
+                    {"bucket": BUCKET, "key": key, "arrived": when}))
+                self.sent = index
+                index += 1
+        except BaseException as err:  # reported by the driver
+            self.error = err
+            self.stop.set()
+
+    # --- the driver ---------------------------------------------------------------------
+
+    def _drive(self) -> tuple[list[Run], dict[str, list[_JobFigure]]]:
+        graph, jobs, resources = self.graph, self.jobs, self.resources
+        dag = self.cfg.dag
+        runs: list[Run] = []
+        figures: dict[str, list[_JobFigure]] = {name: [] for name in self.cfg.models}
+        start = 0.0
+        while start < self.horizon:
+            if not self.clock.wait_until(start, self.stop):
+                break
+            start = self.clock.now()
+            taken, messages = self._sensor(start)
+            if not messages:
+                runs.append(Run(start, taken, taken, 0))
+            else:
+                runs.append(self._process(len(runs), start, taken, messages, graph, jobs,
+                                          resources, figures))
+            tick = (int(start / dag.interval + 1e-9) + 1) * dag.interval
+            start = max(runs[-1].end, tick)
+        if self.error is not None:
+            raise SimulationError(f"the clip generator failed: {self.error!r}") from self.error
+        return runs, figures
+
+    def _sensor(self, start: float) -> tuple[float, list[dict[str, Any]]]:
+        dag = self.cfg.dag
+        sqs = self.clients.client("sqs")
+        pokes = 0
+        while True:
+            now = self.clock.now()
+            visible = int(sqs.get_queue_attributes(
+                QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages"]
+            )["Attributes"]["ApproximateNumberOfMessages"])
+            if visible >= dag.max_messages or now - start >= dag.max_wait_seconds - 1e-9:
+                break
+            pokes += 1
+            self.clock.wait_until(start + pokes * dag.poke_interval_seconds, self.stop)
+        got: dict[str, dict[str, Any]] = {}
+        while len(got) < dag.max_messages:
+            answer = sqs.receive_message(QueueUrl=self.url, WaitTimeSeconds=0,
+                                         MaxNumberOfMessages=min(10, dag.max_messages - len(got)))
+            batch = answer.get("Messages") or []
+            if not batch:
+                break
+            got.update((m["MessageId"], m) for m in batch)
+        return now, list(got.values())
+
+    def _process(self, number: int, start: float, taken: float, messages: list[dict[str, Any]],
+                 graph: Any, jobs: Any, resources: Any,
+                 figures: dict[str, list[_JobFigure]]) -> Run:
+        from serving.localpipeline import report_message, run_pipeline
+
+        s3, sqs = self.clients.client("s3"), self.clients.client("sqs")
+        bodies = [json.loads(m["Body"]) for m in messages]
+        prefix = f"batches/run-{number:04d}/"
+        for body in bodies:  # the run's own input prefix: the batch, nothing else
+            s3.copy_object(Bucket=BUCKET, Key=prefix + body["key"].rsplit("/", 1)[-1],
+                           CopySource={"Bucket": BUCKET, "Key": body["key"]})
+        lines: list[str] = []
+        report = run_pipeline(graph, self.clients, f"s3://{BUCKET}/{prefix}", echo=lines.append,
+                              output_prefix=RESULTS, jobs=jobs, resources=resources,
+                              show_plan=False)
+        if not report.ok:
+            raise SimulationError(f"run {number} failed:\n{report_message(report)}")
+        for i in range(0, len(messages), 10):
+            sqs.delete_message_batch(QueueUrl=self.url, Entries=[
+                {"Id": str(j), "ReceiptHandle": m["ReceiptHandle"]}
+                for j, m in enumerate(messages[i:i + 10])])
+        end = self.clock.now()
+        walls: dict[str, float] = {}
+        scale = self.clock.scale
+        for model in report.models:
+            if not model.job:
+                continue
+            record = self.stack.sagemaker.jobs.get(model.job)
+            wall = ((record.end_time or record.creation_time) - record.creation_time) * scale
+            plane = (record.result.seconds if record.result else 0.0) * scale
+            walls[model.model] = wall
+            figures[model.model].append(_JobFigure(len(messages), wall, plane))
+        oldest = min(float(b["arrived"]) for b in bodies)
+        self.echo(f"  run {number:>3} at {_hm(start)}: {len(messages):>4} clips, "
+                  f"{(end - taken) / 60:6.1f} min, oldest clip {(end - oldest) / 60:6.1f} min old; "
+                  f"{self.sent} sent so far")
+        return Run(start, taken, end, len(messages), oldest, walls)
+
+
+def _hm(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _effective(cfg: CapacityConfig, runs: list[Run], figures: Mapping[str, list[_JobFigure]],
+               counts: Mapping[str, int]) -> tuple[CapacityConfig, dict[str, dict[str, float]]]:
+    """``cfg`` with the start-up, seconds per record, instances and run overhead it ran with.
+
+    The local stack runs ``model.toml``'s instance count (``counts``), whatever
+    ``capacity.toml`` plans.
+    """
+    changes: dict[str, dict[str, Any]] = {}
+    measured: dict[str, dict[str, float]] = {}
+    for name, jobs in figures.items():
+        if not jobs:
+            continue
+        records = sum(j.records for j in jobs)
+        count = counts.get(name, cfg.models[name].instance_count)
+        per_record = max(sum(j.plane for j in jobs) / records, 1e-6)
+        startup = max(0.0, statistics.fmean(j.wall - j.records * per_record for j in jobs))
+        # the local stack runs model.toml's instance count; per record is per that count
+        changes[name] = {"seconds_per_record": per_record * count, "startup_seconds": startup,
+                         "instance_count": count}
+        measured[name] = {"jobs": len(jobs), "records": records,
+                          "seconds_per_record": per_record * count, "startup_seconds": startup}
+    effective = cfg.with_models(**changes)
+    overheads = [r.end - r.taken - makespan(effective, r.jobs) for r in runs if r.records]
+    overhead = max(0.0, statistics.fmean(overheads)) if overheads else 0.0
+    measured["run"] = {"overhead_seconds": overhead, "runs": len(overheads)}
+    return replace(effective, dag=replace(effective.dag, run_overhead_seconds=overhead)), measured
