@@ -13,7 +13,8 @@ Every key has a default except each model's ``seconds_per_record``::
     max_messages = 100       # clips per run                             (100)
     max_wait_seconds = 120   # run with what came in this long           (120)
     poke_interval_seconds = 30  # between two looks at the queue         (30)
-    run_overhead_seconds = 60   # per run: task scheduling, requests     (60)
+    run_overhead_seconds = 60   # per run: task scheduling, reports      (60)
+    run_seconds_per_record = 0.05  # per clip: parse, HEAD, request, delete (0.05)
 
     [defaults]
     startup_seconds = 360    # a job's instances + image pull            (360)
@@ -109,6 +110,7 @@ class DagSettings:
     max_wait_seconds: float = 120.0
     poke_interval_seconds: float = 30.0
     run_overhead_seconds: float = 60.0
+    run_seconds_per_record: float = 0.05
 
     @property
     def interval(self) -> float:
@@ -247,7 +249,9 @@ def parse_config(data: Mapping[str, Any], specs: Mapping[str, Any], *,
         poke_interval_seconds=float(_number(dag_t, "poke_interval_seconds", "dag", source, 30.0,
                                             above=0)),
         run_overhead_seconds=float(_number(dag_t, "run_overhead_seconds", "dag", source, 60.0,
-                                           low=0)))
+                                           low=0)),
+        run_seconds_per_record=float(_number(dag_t, "run_seconds_per_record", "dag", source,
+                                             0.05, low=0)))
     defaults = _table(data, "defaults", source, ("startup_seconds",))
     startup = float(_number(defaults, "startup_seconds", "defaults", source, 360.0, low=0))
     quotas = _table(data, "quotas", source, ("concurrent_transform_jobs", "instances"))

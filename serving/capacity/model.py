@@ -7,7 +7,8 @@ waits for ``max_messages`` clips or ``max_wait_seconds`` (looking every
 transform job per model in dependency order (independent models at the same
 time, within the account's quotas) and deletes the messages at its end; an
 empty batch skips the run. A job of ``n`` records on ``i`` instances takes
-``startup + n * seconds_per_record / i``.
+``startup + n * seconds_per_record / i``; the run adds ``run_overhead_seconds +
+n * run_seconds_per_record`` of its own (receiving, request files, deletes).
 
 :func:`day_runs` steps through the runs of a day with the arrivals of
 :class:`~serving.capacity.config.Arrivals` (clip ``k`` arrives when the
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 
 from serving.capacity.config import CapacityConfig
 
+#: Runs ending this close to the peak (seconds) make the queue age at the peak.
+PEAK_WINDOW = 3 * 3600.0
 #: Smallest and largest ``max_messages`` the search tries (dags/config.py's range).
 MAX_MESSAGES_RANGE = (1, 10_000)
 
@@ -104,7 +107,9 @@ def run_seconds(cfg: CapacityConfig, records: int) -> float:
     """A run of ``records`` clips, from its batch to its last deletion (0 when empty)."""
     if records <= 0:
         return 0.0
-    return cfg.dag.run_overhead_seconds + makespan(cfg, job_durations(cfg, records))
+    dag = cfg.dag
+    return (dag.run_overhead_seconds + records * dag.run_seconds_per_record
+            + makespan(cfg, job_durations(cfg, records)))
 
 
 def cycle_seconds(cfg: CapacityConfig, records: int | None = None) -> float:
@@ -144,8 +149,9 @@ def bottleneck(cfg: CapacityConfig) -> str:
     if run <= cfg.dag.interval:
         return (f"the schedule: a full run of {n} clips takes {_dur(run)}, and runs start "
                 f"{_dur(cfg.dag.interval)} apart; a larger max_messages raises throughput")
-    parts: list[tuple[float, str]] = [(cfg.dag.run_overhead_seconds, "the run's own overhead "
-                                       "(dag.run_overhead_seconds)")]
+    own = cfg.dag.run_overhead_seconds + n * cfg.dag.run_seconds_per_record
+    parts: list[tuple[float, str]] = [(own, "the run's own work (dag.run_overhead_seconds, "
+                                       "dag.run_seconds_per_record)")]
     for name in critical_path(cfg, n):
         m = cfg.models[name]
         parts.append((m.startup_seconds, f"{name}'s job start-up"))
@@ -212,9 +218,10 @@ class DaySummary:
         arrived: clips that arrived in it.
         processed: clips whose run finished (runs that started in the window).
         throughput_per_hour: ``processed / hours``.
-        peak_age: the oldest clip's age when its run ended, largest among runs
-            ending within an hour of the peak (the whole window when the peak is outside it).
-        max_age: the same over the whole window.
+        peak_age: the oldest clip's age when its run ended, averaged over the runs
+            ending within ``PEAK_WINDOW`` of the peak (the whole window when none does).
+        max_age: the largest such age in the window.
+        mean_age: the mean of such ages over every run of the window.
         runs: runs that had clips; skipped: runs with an empty batch.
         jobs: model -> transform jobs.
         instance_hours: model -> instance-hours (start-up included).
@@ -227,6 +234,7 @@ class DaySummary:
     throughput_per_hour: float
     peak_age: float
     max_age: float
+    mean_age: float
     runs: int
     skipped: int
     jobs: Mapping[str, int]
@@ -245,8 +253,8 @@ def summarize(cfg: CapacityConfig, runs: Sequence[Run], *, arrived: int, hours: 
     full = [r for r in runs if r.records > 0]
     ages = [(r.end, r.end - r.oldest_arrival) for r in full if r.oldest_arrival is not None]
     peak = cfg.arrivals.peak_hour * 3600.0 - start_hour * 3600.0
-    near = [a for end, a in ages if abs(end - peak) <= 3600.0]
-    if not 0 <= peak <= hours * 3600.0 or not near:
+    near = [a for end, a in ages if abs(end - peak) <= PEAK_WINDOW]
+    if not near:
         near = [a for _, a in ages]
     jobs: dict[str, int] = {name: 0 for name in cfg.models}
     hours_used: dict[str, float] = {name: 0.0 for name in cfg.models}
@@ -258,8 +266,11 @@ def summarize(cfg: CapacityConfig, runs: Sequence[Run], *, arrived: int, hours: 
     processed = sum(r.records for r in full)
     cost = {name: hours_used[name] * cfg.prices.get(cfg.models[name].instance_type, 0.0)
             for name in cfg.models}
-    return DaySummary(hours, arrived, processed, processed / hours, max(near, default=0.0),
-                      max((a for _, a in ages), default=0.0), len(full), len(runs) - len(full),
+    peak_age = sum(near) / len(near) if near else 0.0
+    return DaySummary(hours, arrived, processed, processed / hours, peak_age,
+                      max((a for _, a in ages), default=0.0),
+                      sum(a for _, a in ages) / len(ages) if ages else 0.0,
+                      len(full), len(runs) - len(full),
                       jobs, hours_used, cost)
 
 

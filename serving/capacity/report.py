@@ -27,7 +27,8 @@ def plan_lines(result: Plan) -> list[str]:
              f"the peak ({a.peak_hour:g}:00), {a.clips_per_hour * 24:.0f} clips a day",
              f"DAG: a run every {dag.schedule_minutes:g} min, one at a time, each of up to {n} "
              f"clips or what came in {dag.max_wait_seconds:g} s; "
-             f"{dag.run_overhead_seconds:g} s overhead per run",
+             f"the run's own work {dag.run_overhead_seconds:g} s + "
+             f"{dag.run_seconds_per_record:g} s per clip",
              "",
              f"  {'model':<20} {'instances':<22} {'start-up':>9} {'per record':>11} "
              f"{f'job of {n}':>11}"]
@@ -71,8 +72,10 @@ def day_lines(day: DaySummary, currency: str = "USD") -> list[str]:
     lines = [f"the day ({day.hours:g} h from an empty queue): {day.processed} of {day.arrived} "
              f"clips processed ({day.throughput_per_hour:.1f} clips/h), "
              f"{day.backlog} left at the end",
-             f"queue age at the peak: {duration(day.peak_age)} (largest: "
-             f"{duration(day.max_age)}); {day.runs} runs with clips, {day.skipped} with none",
+             f"queue age at the peak (mean of runs ending within 3 h of it): "
+             f"{duration(day.peak_age)} (largest of the window: "
+             f"{duration(day.max_age)}, mean of all runs: {duration(day.mean_age)}); "
+             f"{day.runs} runs with clips, {day.skipped} with none",
              f"  {'model':<20} {'jobs':>5} {'instance-h':>11} {money:>9}"]
     for name in day.jobs:
         cost = f"{day.cost[name]:9.2f}" if currency else ""

@@ -30,7 +30,7 @@ import json
 import statistics
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -90,10 +90,11 @@ class Simulation:
     measured_figures: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def agreement(self) -> dict[str, float]:
-        """Relative difference, measured vs predicted: throughput and queue age at the peak."""
+        """Relative difference, measured vs predicted: throughput, queue age at the peak, mean."""
         return {"throughput": _rel(self.measured.throughput_per_hour,
                                    self.predicted.throughput_per_hour),
-                "peak_age": _rel(self.measured.peak_age, self.predicted.peak_age)}
+                "peak_age": _rel(self.measured.peak_age, self.predicted.peak_age),
+                "mean_age": _rel(self.measured.mean_age, self.predicted.mean_age)}
 
 
 def _rel(measured: float, predicted: float) -> float:
@@ -196,7 +197,7 @@ class _Day:
         from serving.sagemaker.jobs import SageMakerJobs
 
         self.clips = [clip_bytes(i) for i in range(CLIP_VARIETY)]
-        self.jobs = SageMakerJobs(self.clients, poll=0.02)
+        self.jobs = SageMakerJobs(self.clients, poll=0.1)
         self.resources = Resources(0, 4 * max(1, len(self.graph)), "simulation", "simulation")
         self._warm_up()
         self.clock = _Clock(self.clock.scale)  # the day starts now
@@ -333,10 +334,30 @@ def _hm(seconds: float) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
+def _fit(points: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least squares ``y = a + b x`` with ``a, b >= 0``; None without two distinct ``x``."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    mx = statistics.fmean(x for x, _ in points)
+    my = statistics.fmean(y for _, y in points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    b = sum((x - mx) * (y - my) for x, y in points) / sxx
+    a = my - b * mx
+    if b < 0:  # no growth with the batch: a constant
+        return max(0.0, my), 0.0
+    if a < 0:  # through the origin
+        return 0.0, sum(x * y for x, y in points) / sum(x * x for x, _ in points)
+    return a, b
+
+
 def _effective(cfg: CapacityConfig, runs: list[Run], figures: Mapping[str, list[_JobFigure]],
                counts: Mapping[str, int]) -> tuple[CapacityConfig, dict[str, dict[str, float]]]:
     """``cfg`` with the start-up, seconds per record, instances and run overhead it ran with.
 
+    Each model's jobs give ``wall = startup + records * per_record`` by least
+    squares (when the batches differ in size; else the data plane's seconds per
+    record, and the mean of the rest as start-up); the runs give the run's own
+    overhead, ``run - jobs = overhead + records * per_record``, the same way.
     The local stack runs ``model.toml``'s instance count (``counts``), whatever
     ``capacity.toml`` plans.
     """
@@ -347,15 +368,23 @@ def _effective(cfg: CapacityConfig, runs: list[Run], figures: Mapping[str, list[
             continue
         records = sum(j.records for j in jobs)
         count = counts.get(name, cfg.models[name].instance_count)
-        per_record = max(sum(j.plane for j in jobs) / records, 1e-6)
-        startup = max(0.0, statistics.fmean(j.wall - j.records * per_record for j in jobs))
-        # the local stack runs model.toml's instance count; per record is per that count
+        fit = _fit([(j.records, j.wall) for j in jobs])
+        if fit is None:
+            per_record = max(sum(j.plane for j in jobs) / records, 1e-6)
+            startup = max(0.0, statistics.fmean(j.wall - j.records * per_record for j in jobs))
+        else:
+            startup, per_record = fit[0], max(fit[1], 1e-6)
         changes[name] = {"seconds_per_record": per_record * count, "startup_seconds": startup,
                          "instance_count": count}
         measured[name] = {"jobs": len(jobs), "records": records,
                           "seconds_per_record": per_record * count, "startup_seconds": startup}
     effective = cfg.with_models(**changes)
-    overheads = [r.end - r.taken - makespan(effective, r.jobs) for r in runs if r.records]
-    overhead = max(0.0, statistics.fmean(overheads)) if overheads else 0.0
-    measured["run"] = {"overhead_seconds": overhead, "runs": len(overheads)}
-    return replace(effective, dag=replace(effective.dag, run_overhead_seconds=overhead)), measured
+    points = [(r.records, r.end - r.taken - makespan(effective, r.jobs)) for r in runs
+              if r.records]
+    fit = _fit(points)
+    if fit is None:
+        fit = (max(0.0, statistics.fmean(y for _, y in points)) if points else 0.0, 0.0)
+    measured["run"] = {"overhead_seconds": fit[0], "seconds_per_record": fit[1],
+                       "runs": len(points)}
+    dag = replace(effective.dag, run_overhead_seconds=fit[0], run_seconds_per_record=fit[1])
+    return replace(effective, dag=dag), measured

@@ -81,6 +81,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="with --simulate: simulated seconds per real second (default: 288, "
                         "a day in 5 min)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.add_argument("--save", default=None, metavar="FILE",
+                   help="also write the JSON object to FILE")
     p.set_defaults(func=cmd_plan)
 
 
@@ -122,6 +124,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print("\n".join(simulation_lines(sim)))
     if args.json:
         print(json.dumps(out, default=str))
+    if args.save:
+        from pathlib import Path
+
+        Path(args.save).write_text(json.dumps(out, default=str, indent=1) + "\n")
     return 0 if result.keeps_up else 1
 
 
@@ -135,7 +141,8 @@ def simulation_lines(sim: Any) -> list[str]:
              "figures it ran with (simulated seconds):"]
     for name, fig in sim.measured_figures.items():
         if name == "run":
-            lines.append(f"  run overhead {fig['overhead_seconds']:.0f} s over "
+            lines.append(f"  the run's own work: {fig['overhead_seconds']:.0f} s + "
+                         f"{fig['seconds_per_record']:.2f} s per clip, over "
                          f"{fig['runs']:.0f} runs")
         else:
             lines.append(f"  {name:<20} start-up {duration(fig['startup_seconds'])}, "
@@ -146,6 +153,8 @@ def simulation_lines(sim: Any) -> list[str]:
               f"{p.throughput_per_hour:>12.1f}{agree['throughput']:>12.1%}",
               f"{'queue age at the peak':<24}{duration(m.peak_age):>12}"
               f"{duration(p.peak_age):>12}{agree['peak_age']:>12.1%}",
+              f"{'queue age, mean of runs':<24}{duration(m.mean_age):>12}"
+              f"{duration(p.mean_age):>12}{agree['mean_age']:>12.1%}",
               f"{'runs with clips':<24}{m.runs:>12}{p.runs:>12}",
               f"{'transform jobs':<24}{sum(m.jobs.values()):>12}{sum(p.jobs.values()):>12}"]
     return lines

@@ -34,7 +34,8 @@ ORDER = {name: SPECS[name] for name in ("clip_stats", "frame_features", "scene_c
 BASE: dict[str, Any] = {
     "arrivals": {"clips_per_hour": 60, "peak_factor": 1.0},
     "dag": {"schedule_minutes": 10, "max_messages": 100, "max_wait_seconds": 0,
-            "poke_interval_seconds": 30, "run_overhead_seconds": 0},
+            "poke_interval_seconds": 30, "run_overhead_seconds": 0,
+            "run_seconds_per_record": 0},
     "defaults": {"startup_seconds": 300},
     "quotas": {"concurrent_transform_jobs": 4, "instances": {"ml.m5.large": 4}},
     "prices": {"ml.m5.large": 0.1, "ml.g4dn.xlarge": 1.0},
@@ -125,8 +126,8 @@ def test_a_run_follows_the_dependency_chain() -> None:
     cfg = config()
     # frame_features (300 + 10*2) then scene_classifier (300 + 10*1); clip_stats alongside
     assert run_seconds(cfg, 10) == pytest.approx(320 + 310)
-    slow = replace(cfg, dag=replace(cfg.dag, run_overhead_seconds=45))
-    assert run_seconds(slow, 10) == pytest.approx(320 + 310 + 45)
+    slow = replace(cfg, dag=replace(cfg.dag, run_overhead_seconds=45, run_seconds_per_record=2))
+    assert run_seconds(slow, 10) == pytest.approx(320 + 310 + 45 + 20)
     assert run_seconds(cfg, 0) == 0
 
 
@@ -207,7 +208,9 @@ def test_summarize_counts_measured_runs_the_same_way() -> None:
             Run(1200, 1200, 4000, 8, 700.0, {"frame_features": 2000.0})]
     day = summarize(cfg, runs, arrived=20, hours=2)
     assert (day.processed, day.runs, day.skipped, day.backlog) == (13, 2, 1, 7)
-    assert day.max_age == 3300 and day.peak_age == 3300
+    assert day.max_age == 3300 and day.peak_age == (600 + 3300) / 2
+    late = summarize(config(arrivals={"peak_hour": 4}), runs, arrived=20, hours=2)
+    assert late.peak_age == 3300  # only the run ending at 4000 s is within 3 h of 04:00
     assert day.jobs == {"clip_stats": 1, "frame_features": 2, "scene_classifier": 0}
     assert day.instance_hours["frame_features"] == pytest.approx(2400 / 3600)
     assert math.isclose(day.throughput_per_hour, 6.5)
