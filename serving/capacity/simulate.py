@@ -2,15 +2,17 @@
 
 :func:`simulate_day` starts the embedded AWS stack with
 ``SMSERVE_LOCAL_JOB_STARTUP_SECONDS`` set to the models' start-up divided by
-``scale`` (simulated seconds per real second: 288 makes 24 h last 5 min),
+``scale`` (simulated seconds per real second: 320 makes 24 h last 4.5 min),
 then runs two threads on the same scaled clock:
 
-- a generator uploads clip ``k`` to ``s3://BUCKET/incoming/`` and sends its
-  SQS message when the arrival curve of ``capacity.toml`` reaches ``k``;
+- a generator sends clip ``k``'s SQS message when the arrival curve of
+  ``capacity.toml`` reaches ``k`` (the clips' bytes wait in
+  ``s3://BUCKET/incoming/``, uploaded before the day starts);
 - a driver does what the inference DAG does: a run on every schedule tick,
   one at a time; it waits for ``max_messages`` visible messages or
   ``max_wait_seconds`` (looking every ``poke_interval_seconds``), receives
-  the batch, runs the model graph on it with the local pipeline run through
+  the batch, copies its clips under the run's own prefix (``batches/run-N/``),
+  runs the model graph on it with the local pipeline run through
   the stack's SageMaker API (``CreateModel``, ``CreateTransformJob``: real
   model servers, real S3), and deletes the messages once every model wrote
   its output.
@@ -74,7 +76,8 @@ class Simulation:
         planned: :func:`~serving.capacity.model.model_day` of ``config``.
         runs: the measured runs (simulated seconds from the start of the window).
         scale: simulated seconds per real second.
-        real_seconds: how long it took.
+        real_seconds: how long it took, the stack's start and a warm-up run included.
+        day_seconds: how long the day took, from its first second to its last run's end.
         startup_delay: the real seconds every job waited before its containers started.
     """
 
@@ -87,6 +90,7 @@ class Simulation:
     scale: float
     real_seconds: float
     startup_delay: float
+    day_seconds: float = 0.0
     measured_figures: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def agreement(self) -> dict[str, float]:
@@ -117,7 +121,7 @@ class _Clock:
         return not stop.wait(delay) if delay > 0 else not stop.is_set()
 
 
-def simulate_day(cfg: CapacityConfig, models_root: str | Path = "models", *, scale: float = 288.0,
+def simulate_day(cfg: CapacityConfig, models_root: str | Path = "models", *, scale: float = 320.0,
                  hours: float = 24.0, start_hour: float = 0.0,
                  echo: Callable[[str], None] = print,
                  before_stop: Callable[[Any], None] | None = None) -> Simulation:
@@ -166,7 +170,7 @@ def simulate_day(cfg: CapacityConfig, models_root: str | Path = "models", *, sca
     return Simulation(cfg, effective, measured,
                       model_day(effective, hours=hours, start_hour=start_hour),
                       model_day(cfg, hours=hours, start_hour=start_hour), tuple(runs), scale,
-                      real, delay, measured_figures)
+                      real, delay, day.day_seconds, measured_figures)
 
 
 class _Day:
@@ -187,6 +191,8 @@ class _Day:
         self.sent = 0
         self.stop = threading.Event()
         self.error: BaseException | None = None
+        self.day_began = time.monotonic()
+        self.day_seconds = 0.0
         from serving.localpipeline import load_graph
 
         self.graph = load_graph(models_root)
@@ -199,8 +205,12 @@ class _Day:
         self.clips = [clip_bytes(i) for i in range(CLIP_VARIETY)]
         self.jobs = SageMakerJobs(self.clients, poll=0.1)
         self.resources = Resources(0, 4 * max(1, len(self.graph)), "simulation", "simulation")
+        s3 = self.clients.client("s3")
+        for k, body in enumerate(self.clips):
+            s3.put_object(Bucket=BUCKET, Key=f"{INCOMING}clip-{k:03d}.npy", Body=body)
         self._warm_up()
         self.clock = _Clock(self.clock.scale)  # the day starts now
+        self.day_began = time.monotonic()
         generator = threading.Thread(target=self._generate, name="capacity-generator",
                                      daemon=True)
         generator.start()
@@ -225,20 +235,36 @@ class _Day:
             raise SimulationError(f"the warm-up run failed:\n{report_message(report)}")
 
     def _generate(self) -> None:
-        clips = self.clips
-        s3, sqs = self.clients.client("s3"), self.clients.client("sqs")
+        """Send clip ``k``'s message when its arrival time comes (late ones at once, by tens).
+
+        The clips' bytes are uploaded before the day starts (``CLIP_VARIETY`` of
+        them); a message names clip ``k`` and which bytes it has, so the
+        generator's work per clip is one SQS message and it keeps up when the
+        machine is busy.
+        """
+        sqs = self.clients.client("sqs")
+        arrivals, origin = self.cfg.arrivals, self.origin
         index = 1
         try:
-            while True:
-                when = self.cfg.arrivals.arrival_time(index, origin=self.origin) - self.origin
+            while not self.stop.is_set():
+                due: list[tuple[int, float]] = []
+                while len(due) < 10:
+                    when = arrivals.arrival_time(index + len(due), origin=origin) - origin
+                    if when >= self.horizon or when > self.clock.now():
+                        break
+                    due.append((index + len(due), when))
+                if due:
+                    sqs.send_message_batch(QueueUrl=self.url, Entries=[
+                        {"Id": str(k), "MessageBody": json.dumps(
+                            {"bucket": BUCKET, "clip": k, "arrived": t,
+                             "key": f"{INCOMING}clip-{k % CLIP_VARIETY:03d}.npy"})}
+                        for k, t in due])
+                    index += len(due)
+                    self.sent = index - 1
+                    continue
+                when = arrivals.arrival_time(index, origin=origin) - origin
                 if when >= self.horizon or not self.clock.wait_until(when, self.stop):
                     return
-                key = f"{INCOMING}clip-{index:06d}.npy"
-                s3.put_object(Bucket=BUCKET, Key=key, Body=clips[index % CLIP_VARIETY])
-                sqs.send_message(QueueUrl=self.url, MessageBody=json.dumps(
-                    {"bucket": BUCKET, "key": key, "arrived": when}))
-                self.sent = index
-                index += 1
         except BaseException as err:  # reported by the driver
             self.error = err
             self.stop.set()
@@ -263,6 +289,7 @@ class _Day:
                                           resources, figures))
             tick = (int(start / dag.interval + 1e-9) + 1) * dag.interval
             start = max(runs[-1].end, tick)
+        self.day_seconds = time.monotonic() - self.day_began
         if self.error is not None:
             raise SimulationError(f"the clip generator failed: {self.error!r}") from self.error
         return runs, figures
@@ -299,7 +326,7 @@ class _Day:
         bodies = [json.loads(m["Body"]) for m in messages]
         prefix = f"batches/run-{number:04d}/"
         for body in bodies:  # the run's own input prefix: the batch, nothing else
-            s3.copy_object(Bucket=BUCKET, Key=prefix + body["key"].rsplit("/", 1)[-1],
+            s3.copy_object(Bucket=BUCKET, Key=f"{prefix}clip-{body['clip']:06d}.npy",
                            CopySource={"Bucket": BUCKET, "Key": body["key"]})
         lines: list[str] = []
         report = run_pipeline(graph, self.clients, f"s3://{BUCKET}/{prefix}", echo=lines.append,

@@ -33,7 +33,7 @@ examples:
   smserve plan                                  # capacity.toml, models/
   smserve plan --clips-per-hour 600 --max-messages 200
   smserve plan --simulate --hours 1 --start-hour 17      # a scaled hour, ~15 s
-  smserve plan --simulate --scale 288                    # a whole day in ~5 min
+  smserve plan --simulate                                # a whole day in ~5 min (x320)
 """
 
 
@@ -77,9 +77,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--simulate", action="store_true",
                    help="also run the window through the real pipeline on the embedded "
                         "stack, time scaled, and compare")
-    p.add_argument("--scale", type=_number, default=288.0, metavar="K",
-                   help="with --simulate: simulated seconds per real second (default: 288, "
-                        "a day in 5 min)")
+    p.add_argument("--scale", type=_number, default=320.0, metavar="K",
+                   help="with --simulate: simulated seconds per real second (default: 320, "
+                        "a day in 4.5 min)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument("--save", default=None, metavar="FILE",
                    help="also write the JSON object to FILE")
@@ -137,7 +137,8 @@ def simulation_lines(sim: Any) -> list[str]:
 
     m, p = sim.measured, sim.predicted
     agree = sim.agreement()
-    lines = [f"simulated {m.hours:g} h in {sim.real_seconds:.0f} s (x{sim.scale:g}); "
+    lines = [f"simulated {m.hours:g} h in {sim.day_seconds:.0f} s (x{sim.scale:g}; "
+             f"{sim.real_seconds:.0f} s with the stack's start and a warm-up run); "
              "figures it ran with (simulated seconds):"]
     for name, fig in sim.measured_figures.items():
         if name == "run":
@@ -165,6 +166,7 @@ def simulation_dict(sim: Any) -> dict[str, Any]:
     from serving.capacity.report import day_dict
 
     return {"scale": sim.scale, "real_seconds": sim.real_seconds,
+            "day_seconds": sim.day_seconds,
             "startup_delay_real_seconds": sim.startup_delay,
             "measured_figures": sim.measured_figures, "measured": day_dict(sim.measured),
             "predicted": day_dict(sim.predicted), "planned": day_dict(sim.planned),
