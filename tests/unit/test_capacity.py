@@ -242,3 +242,32 @@ def test_plan_with_a_bad_file_exits_2_naming_the_field(
     assert "arrivals.clips_per_hour must be more than 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["plan", "--clips-per-hour", "0"])
+
+
+def test_the_worked_example_in_the_docs_is_what_smserve_plan_prints(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    monkeypatch.chdir(ROOT)
+    shown: list[tuple[str, list[str]]] = []
+    inside = False
+    for line in (ROOT / "docs" / "capacity.md").read_text().splitlines():
+        if line.startswith("```"):
+            inside = line.strip() == "```console" if not inside else False
+        elif inside and line.startswith("$ "):
+            shown.append((line[2:], []))
+        elif inside and shown and line.strip():
+            shown[-1][1].append(line)
+    checked = 0
+    for command, lines in shown:
+        words = shlex.split(command, comments=True)
+        if not lines or "--simulate" in words:
+            continue
+        expected = 1 if "exits 1" in command else 0
+        assert main(words[1:]) == expected, command
+        out = " ".join(capsys.readouterr().out.split())
+        for line in lines:
+            if line.strip() != "...":
+                assert " ".join(line.split()) in out, f"{command}: {line}"
+        checked += 1
+    assert checked == 2
