@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +239,7 @@ def parse_config(data: Mapping[str, Any], specs: Mapping[str, Any], *,
         clips_per_hour=float(_number(arr, "clips_per_hour", "arrivals", source, None, above=0)),
         peak_factor=float(_number(arr, "peak_factor", "arrivals", source, 1.0, low=1, high=2)),
         peak_hour=float(_number(arr, "peak_hour", "arrivals", source, 18.0, low=0, high=24)))
-    dag_t = _table(data, "dag", source, tuple(f.name for f in _dag_fields()))
+    dag_t = _table(data, "dag", source, tuple(f.name for f in fields(DagSettings)))
     dag = DagSettings(
         schedule_minutes=float(_number(dag_t, "schedule_minutes", "dag", source, 10.0, above=0)),
         max_messages=_number(dag_t, "max_messages", "dag", source, 100, low=1, high=10_000,
@@ -261,12 +261,6 @@ def parse_config(data: Mapping[str, Any], specs: Mapping[str, Any], *,
     prices = {k: float(v) for k, v in _per_type(data, "prices", source, whole=False).items()}
     models = _models(_table(data, "models", source, None), specs, startup, instance_quota, source)
     return CapacityConfig(arrivals, dag, models, concurrent, instance_quota, prices, source)
-
-
-def _dag_fields() -> tuple[Any, ...]:
-    from dataclasses import fields
-
-    return fields(DagSettings)
 
 
 def _models(table: Mapping[str, Any], specs: Mapping[str, Any], startup: float,

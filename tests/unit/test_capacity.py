@@ -271,3 +271,14 @@ def test_the_worked_example_in_the_docs_is_what_smserve_plan_prints(
                 assert " ".join(line.split()) in out, f"{command}: {line}"
         checked += 1
     assert checked == 2
+
+
+@pytest.mark.parametrize("raw", ["soon", "-1", "100000"])
+def test_a_bad_job_startup_delay_names_the_variable(raw: str) -> None:
+    from serving.settings import Settings
+
+    with pytest.raises(ConfigError, match="SMSERVE_LOCAL_JOB_STARTUP_SECONDS="):
+        Settings.from_environ({"SMSERVE_LOCAL_JOB_STARTUP_SECONDS": raw})
+    assert Settings.from_environ({"SMSERVE_LOCAL_JOB_STARTUP_SECONDS": "1.25"}
+                                 ).local_job_startup_seconds == 1.25
+    assert Settings.from_environ({}).local_job_startup_seconds == 0
