@@ -217,7 +217,9 @@ class DaySummary:
         hours: the window's length.
         arrived: clips that arrived in it.
         processed: clips whose run finished (runs that started in the window).
-        throughput_per_hour: ``processed / hours``.
+        throughput_per_hour: clips processed per hour from the window's start to
+            the last run's end (or the window's end, if later): runs that spill
+            past the window count with the time they took.
         peak_age: the oldest clip's age when its run ended, averaged over the runs
             ending within ``PEAK_WINDOW`` of the peak (the whole window when none does).
         max_age: the largest such age in the window.
@@ -264,10 +266,11 @@ def summarize(cfg: CapacityConfig, runs: Sequence[Run], *, arrived: int, hours: 
                 jobs[name] += 1
                 hours_used[name] += seconds * cfg.models[name].instance_count / 3600.0
     processed = sum(r.records for r in full)
+    span = max(hours, max((r.end for r in full), default=0.0) / 3600.0)
     cost = {name: hours_used[name] * cfg.prices.get(cfg.models[name].instance_type, 0.0)
             for name in cfg.models}
     peak_age = sum(near) / len(near) if near else 0.0
-    return DaySummary(hours, arrived, processed, processed / hours, peak_age,
+    return DaySummary(hours, arrived, processed, processed / span, peak_age,
                       max((a for _, a in ages), default=0.0),
                       sum(a for _, a in ages) / len(ages) if ages else 0.0,
                       len(full), len(runs) - len(full),
