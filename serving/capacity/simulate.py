@@ -39,7 +39,7 @@ from typing import Any
 
 from serving.capacity.config import CapacityConfig
 from serving.capacity.model import DaySummary, Run, makespan, model_day, summarize
-from serving.errors import ConfigError, SmserveError
+from serving.errors import ConfigError, StackError, TransformError
 
 BUCKET = "smserve-capacity"
 QUEUE = "smserve-capacity-preprocessed"
@@ -47,14 +47,6 @@ INCOMING = "incoming/"
 RESULTS = "results/"
 #: Distinct synthetic clips; clip k is clip k mod this.
 CLIP_VARIETY = 16
-
-
-class SimulationError(SmserveError):
-    """A run of the simulated day failed; the figures would not mean anything."""
-
-    status = 500
-    code = "SimulationError"
-    exit_code = 4
 
 
 @dataclass
@@ -132,7 +124,9 @@ def simulate_day(cfg: CapacityConfig, models_root: str | Path = "models", *, sca
 
     Raises:
         ConfigError: ``scale`` or ``hours`` is not positive.
-        SimulationError: a run failed (its report is in the message).
+        TransformError: a run failed (its report is in the message); the day's
+            figures would mean nothing.
+        StackError: the clip generator could not send a message.
     """
     from serving.aws import ClientFactory
     from serving.local.stack import LocalStack
@@ -179,6 +173,8 @@ class _Day:
     def __init__(self, cfg: CapacityConfig, clients: Any, url: str, stack: Any,
                  models_root: str | Path, scale: float, hours: float, start_hour: float,
                  echo: Callable[[str], None]) -> None:
+        from serving.localpipeline import load_graph
+
         self.cfg = cfg
         self.clients = clients
         self.url = url
@@ -193,8 +189,6 @@ class _Day:
         self.error: BaseException | None = None
         self.day_began = time.monotonic()
         self.day_seconds = 0.0
-        from serving.localpipeline import load_graph
-
         self.graph = load_graph(models_root)
 
     def run(self) -> tuple[list[Run], dict[str, list[_JobFigure]]]:
@@ -232,7 +226,8 @@ class _Day:
                               echo=lambda _line: None, output_prefix=RESULTS, jobs=self.jobs,
                               resources=self.resources, show_plan=False)
         if not report.ok:
-            raise SimulationError(f"the warm-up run failed:\n{report_message(report)}")
+            raise TransformError("the simulated day's warm-up run failed:\n"
+                                 + report_message(report))
 
     def _generate(self) -> None:
         """Send clip ``k``'s message when its arrival time comes (late ones at once, by tens).
@@ -291,7 +286,7 @@ class _Day:
             start = max(runs[-1].end, tick)
         self.day_seconds = time.monotonic() - self.day_began
         if self.error is not None:
-            raise SimulationError(f"the clip generator failed: {self.error!r}") from self.error
+            raise StackError(f"the clip generator failed: {self.error!r}") from self.error
         return runs, figures
 
     def _sensor(self, start: float) -> tuple[float, list[dict[str, Any]]]:
@@ -333,7 +328,8 @@ class _Day:
                               output_prefix=RESULTS, jobs=jobs, resources=resources,
                               show_plan=False)
         if not report.ok:
-            raise SimulationError(f"run {number} failed:\n{report_message(report)}")
+            raise TransformError(f"run {number} of the simulated day failed:\n"
+                                 + report_message(report))
         for i in range(0, len(messages), 10):
             sqs.delete_message_batch(QueueUrl=self.url, Entries=[
                 {"Id": str(j), "ReceiptHandle": m["ReceiptHandle"]}
