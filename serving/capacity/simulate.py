@@ -400,7 +400,8 @@ def _effective(cfg: CapacityConfig, runs: list[Run], figures: Mapping[str, list[
         changes[name] = {"seconds_per_record": per_record * count, "startup_seconds": startup,
                          "instance_count": count}
         measured[name] = {"jobs": len(jobs), "records": records,
-                          "seconds_per_record": per_record * count, "startup_seconds": startup}
+                          "seconds_per_record": per_record * count, "startup_seconds": startup,
+                          "data_plane_seconds_per_record": sum(j.plane for j in jobs) / records}
     effective = cfg.with_models(**changes)
     points = [(r.records, r.end - r.taken - makespan(effective, r.jobs)) for r in runs
               if r.records]

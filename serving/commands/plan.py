@@ -146,8 +146,11 @@ def simulation_lines(sim: Any) -> list[str]:
                          f"{fig['seconds_per_record']:.2f} s per clip, over "
                          f"{fig['runs']:.0f} runs")
         else:
+            plane = fig["data_plane_seconds_per_record"]
             lines.append(f"  {name:<20} start-up {duration(fig['startup_seconds'])}, "
-                         f"{fig['seconds_per_record']:.2f} s per record, {fig['jobs']:.0f} jobs")
+                         f"{fig['seconds_per_record']:.2f} s per record, {fig['jobs']:.0f} jobs "
+                         f"(the data plane alone: {plane:.2f} s per record, "
+                         f"{plane / sim.scale * 1000:.1f} ms real)")
     lines += ["", "measured:", *day_lines(m, ""), "",
               f"{'':<24}{'measured':>12}{'model':>12}{'difference':>12}",
               f"{'throughput, clips/h':<24}{m.throughput_per_hour:>12.1f}"
