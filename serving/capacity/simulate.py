@@ -11,7 +11,9 @@ then runs two threads on the same scaled clock:
 - a driver does what the inference DAG does: a run on every schedule tick,
   one at a time; it waits for ``max_messages`` visible messages or
   ``max_wait_seconds`` (looking every ``poke_interval_seconds``), receives
-  the batch, copies its clips under the run's own prefix (``batches/run-N/``),
+  the batch, copies its clips into the run's own bucket (``BUCKET-run-NNNN``:
+  moto lists and heads keys in time that grows with the bucket, which AWS
+  does not, so one bucket for the whole day would slow the later runs),
   runs the model graph on it with the local pipeline run through
   the stack's SageMaker API (``CreateModel``, ``CreateTransformJob``: real
   model servers, real S3), and deletes the messages once every model wrote
@@ -45,6 +47,13 @@ BUCKET = "smserve-capacity"
 QUEUE = "smserve-capacity-preprocessed"
 INCOMING = "incoming/"
 RESULTS = "results/"
+
+
+def run_bucket(number: int) -> str:
+    """The bucket of run ``number``: its clips, its requests, its outputs."""
+    return f"{BUCKET}-run-{number:04d}"
+
+
 #: Distinct synthetic clips; clip k is clip k mod this.
 CLIP_VARIETY = 16
 
@@ -138,7 +147,8 @@ def simulate_day(cfg: CapacityConfig, models_root: str | Path = "models", *, sca
     delay = statistics.fmean(startups) / scale if startups else 0.0
     base = Settings.from_environ().with_environ({
         "SMSERVE_LOCAL_JOB_STARTUP_SECONDS": f"{delay:.6f}",
-        "SMSERVE_ALLOWED_BUCKETS": BUCKET, "SMSERVE_OUTPUT_PREFIXES": RESULTS,
+        # a closed local stack: every run has a bucket of its own
+        "SMSERVE_ALLOWED_BUCKETS": "*", "SMSERVE_OUTPUT_PREFIXES": RESULTS,
         "SETUPTOOLS_USE_DISTUTILS": "stdlib"})
     stack = LocalStack(settings=base).start()
     began = time.monotonic()
@@ -319,12 +329,14 @@ class _Day:
 
         s3, sqs = self.clients.client("s3"), self.clients.client("sqs")
         bodies = [json.loads(m["Body"]) for m in messages]
-        prefix = f"batches/run-{number:04d}/"
+        prefix = "batches/"
+        bucket = run_bucket(number)
+        s3.create_bucket(Bucket=bucket)
         for body in bodies:  # the run's own input prefix: the batch, nothing else
-            s3.copy_object(Bucket=BUCKET, Key=f"{prefix}clip-{body['clip']:06d}.npy",
+            s3.copy_object(Bucket=bucket, Key=f"{prefix}clip-{body['clip']:06d}.npy",
                            CopySource={"Bucket": BUCKET, "Key": body["key"]})
         lines: list[str] = []
-        report = run_pipeline(graph, self.clients, f"s3://{BUCKET}/{prefix}", echo=lines.append,
+        report = run_pipeline(graph, self.clients, f"s3://{bucket}/{prefix}", echo=lines.append,
                               output_prefix=RESULTS, jobs=jobs, resources=resources,
                               show_plan=False)
         if not report.ok:

@@ -117,10 +117,13 @@ def test_a_scaled_hour_runs_every_arriving_clip_through_the_real_pipeline(tag: s
 
     def look(clients: ClientFactory) -> None:
         s3, sqs = clients.client("s3"), clients.client("sqs")
+        buckets = [b["Name"] for b in s3.list_buckets()["Buckets"]
+                   if b["Name"].startswith(f"{BUCKET}-run-")]
         for model in cfg.models:
-            pages = s3.get_paginator("list_objects_v2").paginate(
-                Bucket=BUCKET, Prefix=f"{RESULTS}{model}/batches/")
-            seen[model] = sum(len(p.get("Contents", [])) for p in pages)
+            seen[model] = sum(
+                len(page.get("Contents", [])) for bucket in buckets
+                for page in s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=bucket, Prefix=f"{RESULTS}{model}/batches/"))
         url = sqs.get_queue_url(QueueName=QUEUE)["QueueUrl"]
         attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
             "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
