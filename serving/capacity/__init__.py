@@ -11,8 +11,9 @@ Modules: ``config`` (``capacity.toml``: arrivals, DAG settings, each model's
 figures, quotas, prices; checked, errors name the field), ``model`` (pure
 functions: a run's length, the sustained throughput, a modelled day, the
 bottleneck, the smallest settings that keep up), ``report`` (text and JSON),
-``simulate`` (a simulated day: the real model servers behind the embedded
-stack's SageMaker API, time scaled, measured beside the model's prediction).
+``fit`` (the figures a simulated day really had), ``simulate`` (a simulated
+day: the real model servers behind the embedded stack's SageMaker API, time
+scaled, measured beside the model's prediction).
 docs/capacity.md explains the model, its assumptions and where it is wrong.
 """
 

@@ -34,13 +34,14 @@ import json
 import statistics
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from serving.capacity.config import CapacityConfig
-from serving.capacity.model import DaySummary, Run, makespan, model_day, summarize
+from serving.capacity.fit import JobFigure, effective_config
+from serving.capacity.model import DaySummary, Run, model_day, summarize
 from serving.errors import ConfigError, StackError, TransformError
 
 BUCKET = "smserve-capacity"
@@ -56,13 +57,6 @@ def run_bucket(number: int) -> str:
 
 #: Distinct synthetic clips; clip k is clip k mod this.
 CLIP_VARIETY = 16
-
-
-@dataclass
-class _JobFigure:
-    records: int
-    wall: float  # simulated seconds, CreateTransformJob to its end
-    plane: float  # simulated seconds the data plane took
 
 
 @dataclass(frozen=True)
@@ -169,7 +163,7 @@ def simulate_day(cfg: CapacityConfig, models_root: str | Path = "models", *, sca
         stack.stop()
     real = time.monotonic() - began
     counts = {name: spec.instance_count for name, spec in day.graph.specs.items()}
-    effective, measured_figures = _effective(cfg, runs, figures, counts)
+    effective, measured_figures = effective_config(cfg, runs, figures, counts)
     measured = summarize(effective, runs, arrived=day.sent, hours=hours, start_hour=start_hour)
     return Simulation(cfg, effective, measured,
                       model_day(effective, hours=hours, start_hour=start_hour),
@@ -201,7 +195,7 @@ class _Day:
         self.day_seconds = 0.0
         self.graph = load_graph(models_root)
 
-    def run(self) -> tuple[list[Run], dict[str, list[_JobFigure]]]:
+    def run(self) -> tuple[list[Run], dict[str, list[JobFigure]]]:
         from local_test.clips import clip_bytes
         from serving.localpipeline import Resources
         from serving.sagemaker.jobs import SageMakerJobs
@@ -276,11 +270,11 @@ class _Day:
 
     # --- the driver ---------------------------------------------------------------------
 
-    def _drive(self) -> tuple[list[Run], dict[str, list[_JobFigure]]]:
+    def _drive(self) -> tuple[list[Run], dict[str, list[JobFigure]]]:
         graph, jobs, resources = self.graph, self.jobs, self.resources
         dag = self.cfg.dag
         runs: list[Run] = []
-        figures: dict[str, list[_JobFigure]] = {name: [] for name in self.cfg.models}
+        figures: dict[str, list[JobFigure]] = {name: [] for name in self.cfg.models}
         start = 0.0
         while start < self.horizon:
             if not self.clock.wait_until(start, self.stop):
@@ -324,7 +318,7 @@ class _Day:
 
     def _process(self, number: int, start: float, taken: float, messages: list[dict[str, Any]],
                  graph: Any, jobs: Any, resources: Any,
-                 figures: dict[str, list[_JobFigure]]) -> Run:
+                 figures: dict[str, list[JobFigure]]) -> Run:
         from serving.localpipeline import report_message, run_pipeline
 
         s3, sqs = self.clients.client("s3"), self.clients.client("sqs")
@@ -356,7 +350,7 @@ class _Day:
             wall = ((record.end_time or record.creation_time) - record.creation_time) * scale
             plane = (record.result.seconds if record.result else 0.0) * scale
             walls[model.model] = wall
-            figures[model.model].append(_JobFigure(len(messages), wall, plane))
+            figures[model.model].append(JobFigure(len(messages), wall, plane))
         oldest = min(float(b["arrived"]) for b in bodies)
         self.echo(f"  run {number:>3} at {_hm(start)}: {len(messages):>4} clips, "
                   f"{(end - taken) / 60:6.1f} min, oldest clip {(end - oldest) / 60:6.1f} min old; "
@@ -367,60 +361,3 @@ class _Day:
 def _hm(seconds: float) -> str:
     minutes = int(seconds // 60)
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
-
-
-def _fit(points: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
-    """Least squares ``y = a + b x`` with ``a, b >= 0``; None without two distinct ``x``."""
-    if len({x for x, _ in points}) < 2:
-        return None
-    mx = statistics.fmean(x for x, _ in points)
-    my = statistics.fmean(y for _, y in points)
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    b = sum((x - mx) * (y - my) for x, y in points) / sxx
-    a = my - b * mx
-    if b < 0:  # no growth with the batch: a constant
-        return max(0.0, my), 0.0
-    if a < 0:  # through the origin
-        return 0.0, sum(x * y for x, y in points) / sum(x * x for x, _ in points)
-    return a, b
-
-
-def _effective(cfg: CapacityConfig, runs: list[Run], figures: Mapping[str, list[_JobFigure]],
-               counts: Mapping[str, int]) -> tuple[CapacityConfig, dict[str, dict[str, float]]]:
-    """``cfg`` with the start-up, seconds per record, instances and run overhead it ran with.
-
-    Each model's jobs give ``wall = startup + records * per_record`` by least
-    squares (when the batches differ in size; else the data plane's seconds per
-    record, and the mean of the rest as start-up); the runs give the run's own
-    overhead, ``run - jobs = overhead + records * per_record``, the same way.
-    The local stack runs ``model.toml``'s instance count (``counts``), whatever
-    ``capacity.toml`` plans.
-    """
-    changes: dict[str, dict[str, Any]] = {}
-    measured: dict[str, dict[str, float]] = {}
-    for name, jobs in figures.items():
-        if not jobs:
-            continue
-        records = sum(j.records for j in jobs)
-        count = counts.get(name, cfg.models[name].instance_count)
-        fit = _fit([(j.records, j.wall) for j in jobs])
-        if fit is None:
-            per_record = max(sum(j.plane for j in jobs) / records, 1e-6)
-            startup = max(0.0, statistics.fmean(j.wall - j.records * per_record for j in jobs))
-        else:
-            startup, per_record = fit[0], max(fit[1], 1e-6)
-        changes[name] = {"seconds_per_record": per_record * count, "startup_seconds": startup,
-                         "instance_count": count}
-        measured[name] = {"jobs": len(jobs), "records": records,
-                          "seconds_per_record": per_record * count, "startup_seconds": startup,
-                          "data_plane_seconds_per_record": sum(j.plane for j in jobs) / records}
-    effective = cfg.with_models(**changes)
-    points = [(r.records, r.end - r.taken - makespan(effective, r.jobs)) for r in runs
-              if r.records]
-    fit = _fit(points)
-    if fit is None:
-        fit = (max(0.0, statistics.fmean(y for _, y in points)) if points else 0.0, 0.0)
-    measured["run"] = {"overhead_seconds": fit[0], "seconds_per_record": fit[1],
-                       "runs": len(points)}
-    dag = replace(effective.dag, run_overhead_seconds=fit[0], run_seconds_per_record=fit[1])
-    return replace(effective, dag=dag), measured

@@ -282,3 +282,35 @@ def test_a_bad_job_startup_delay_names_the_variable(raw: str) -> None:
     assert Settings.from_environ({"SMSERVE_LOCAL_JOB_STARTUP_SECONDS": "1.25"}
                                  ).local_job_startup_seconds == 1.25
     assert Settings.from_environ({}).local_job_startup_seconds == 0
+
+
+def test_fit_line_keeps_start_up_and_per_record_non_negative() -> None:
+    from serving.capacity.fit import fit_line
+
+    assert fit_line([(10, 120.0), (20, 220.0), (30, 320.0)]) == pytest.approx((20.0, 10.0))
+    assert fit_line([(10, 50.0), (10, 70.0)]) is None  # one batch size: no slope
+    assert fit_line([(10, 80.0), (20, 60.0)]) == (70.0, 0.0)  # shrinking: a constant
+    a, b = fit_line([(10, 50.0), (20, 150.0)]) or (None, None)
+    assert a == 0.0 and b == pytest.approx((10 * 50 + 20 * 150) / (100 + 400))
+
+
+def test_the_effective_config_reproduces_the_runs_it_was_fitted_on() -> None:
+    from serving.capacity.fit import JobFigure, effective_config
+
+    cfg = config()
+    runs, figures = [], {name: [] for name in cfg.models}  # type: ignore[var-annotated]
+    for n in (5, 10, 20):
+        jobs = {"frame_features": 1000 + 4.0 * n, "scene_classifier": 800 + 2.0 * n,
+                "clip_stats": 700 + 1.0 * n}
+        for name, wall in jobs.items():
+            figures[name].append(JobFigure(n, wall, 0.5 * n))
+        runs.append(Run(0, 0, 50 + 3.0 * n + jobs["frame_features"] + jobs["scene_classifier"],
+                        n, 0.0, jobs))
+    effective, measured = effective_config(cfg, runs, figures, {n: 1 for n in cfg.models})
+    ff = effective.models["frame_features"]
+    assert (ff.startup_seconds, ff.seconds_per_record) == pytest.approx((1000, 4))
+    assert effective.dag.run_overhead_seconds == pytest.approx(50)
+    assert effective.dag.run_seconds_per_record == pytest.approx(3)
+    assert measured["clip_stats"]["data_plane_seconds_per_record"] == pytest.approx(0.5)
+    for run in runs:
+        assert run_seconds(effective, run.records) == pytest.approx(run.end - run.taken)
