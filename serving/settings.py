@@ -25,6 +25,8 @@ Variables (SageMaker's own, then ours):
 ``SMSERVE_STARTUP_TIMEOUT``            seconds to wait for the model to load (600)
 ``SMSERVE_CONTAINER_STARTUP_TIMEOUT``  seconds the embedded SageMaker API waits for a job's
                                        container to pass ``/ping`` (600)
+``SMSERVE_LOCAL_JOB_STARTUP_SECONDS``  the embedded SageMaker API waits this long before a
+                                       job's containers start, as AWS provisions (0; float)
 ``SMSERVE_RUN_DIR``                    the server's private run directory (set by ``serve``)
 ``SMSERVE_CONTAINER_RUNNER``           local transform containers: process (default) or docker
 ``SMSERVE_DOCKER_GPUS``                docker runner, GPU image: auto (a GPU where the engine has
@@ -79,6 +81,19 @@ def _int(env: Mapping[str, str], key: str, default: int | None, *, low: int = 0,
     return value
 
 
+def _seconds(env: Mapping[str, str], key: str) -> float:
+    raw = env.get(key)
+    if raw is None or raw.strip() == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a number; set it to seconds, like 1.25") from None
+    if not 0 <= value <= 24 * 3600:
+        raise ConfigError(f"{key}={value:g} is out of range; use 0..86400 seconds")
+    return value
+
+
 def _list(env: Mapping[str, str], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
     raw = env.get(key)
     if raw is None:
@@ -127,6 +142,7 @@ class Settings:
     max_input_bytes: int = 1024 * MB
     startup_timeout: int = 600
     container_startup_timeout: int = 600
+    local_job_startup_seconds: float = 0.0
     run_dir: Path | None = None
     container_runner: str = "process"
     docker_gpus: str = "auto"
@@ -171,6 +187,7 @@ class Settings:
             startup_timeout=_int(env, "SMSERVE_STARTUP_TIMEOUT", 600, low=1) or 600,
             container_startup_timeout=_int(env, "SMSERVE_CONTAINER_STARTUP_TIMEOUT", 600,
                                            low=1) or 600,
+            local_job_startup_seconds=_seconds(env, "SMSERVE_LOCAL_JOB_STARTUP_SECONDS"),
             run_dir=Path(env["SMSERVE_RUN_DIR"]) if env.get("SMSERVE_RUN_DIR") else None,
             container_runner=_choice(env, "SMSERVE_CONTAINER_RUNNER", "process",
                                      ("process", "docker")),

@@ -122,16 +122,20 @@ class TransformRun:
         command: the container command (default: ``smserve serve``); tests only.
         image_pull: ``Image`` -> (the reference the engine pulls, its registry login);
             None: the Docker runner runs ``Image`` as the engine already has it.
+        startup_delay: seconds to wait before the containers start (the time AWS
+            takes to provision instances and pull the image); a stop ends the wait.
     """
 
     def __init__(self, spec: TransformJobSpec, container: Mapping[str, Any],
                  clients: ClientFactory, log: JobLog, *, runner_env: Mapping[str, str],
                  startup_timeout: float, on_running: Callable[[], None] | None = None,
                  on_finished: Callable[[Outcome], None] | None = None,
-                 command: Sequence[str] | None = None,
+                 command: Sequence[str] | None = None, startup_delay: float = 0.0,
                  image_pull: ImagePull | None = None) -> None:
         self.spec = spec
         self._image_pull = image_pull
+        self.startup_delay = startup_delay
+        self._stop_event = threading.Event()
         self.container = dict(container)
         self.clients = clients
         self.log = log
@@ -159,6 +163,7 @@ class TransformRun:
         """Ask the job to stop: no new objects, containers ended (returns at once)."""
         with self._lock:
             self._stopping = True
+            self._stop_event.set()
             plane, containers = self._plane, list(self._containers)
         self.log.data(f"{self.spec.name}: stop requested")
         if plane is not None:
@@ -216,6 +221,10 @@ class TransformRun:
                 objects = list_inputs(self.clients.client("s3"), spec, log=say)
             except TransformError as err:
                 return Outcome("Failed", _cut(f"ClientError: {err.message}"))
+            if self.startup_delay > 0:  # provisioning, as on AWS; a stop cuts it short
+                say(f"{spec.name}: provisioning for {self.startup_delay:g} s "
+                    "(SMSERVE_LOCAL_JOB_STARTUP_SECONDS)")
+                self._stop_event.wait(self.startup_delay)
             if self.stopping:
                 return Outcome("Stopped")
             try:

@@ -125,13 +125,17 @@ class JobStore:
         echo: receives one line per status change (``smserve local up`` prints them).
         clock: epoch seconds.
         image_pull: where the Docker runner pulls a model's ``Image`` from.
+        startup_delay: seconds every job waits before its containers start, as AWS
+            provisions instances (``SMSERVE_LOCAL_JOB_STARTUP_SECONDS``).
     """
 
     def __init__(self, models: ModelStore, clients: ClientFactory, *,
                  runner_env: Mapping[str, str], startup_timeout: float,
                  echo: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.time,
-                 image_pull: ImagePull | None = None) -> None:
+                 image_pull: ImagePull | None = None,
+                 startup_delay: float = 0.0) -> None:
+        self.startup_delay = startup_delay
         self.models = models
         self.image_pull = image_pull
         self.clients = clients
@@ -187,6 +191,7 @@ class JobStore:
         job.run = TransformRun(
             spec, containers[0], self.clients, log, runner_env=self.runner_env,
             startup_timeout=self.startup_timeout, image_pull=self.image_pull,
+            startup_delay=self.startup_delay,
             on_running=lambda: self._running(job),
             on_finished=lambda outcome: self._finished(job, outcome))
         job.start_time = self._clock()

@@ -59,7 +59,8 @@ class SageMakerService:
                       if not k.startswith("AWS_ENDPOINT_URL_")}
         self.jobs = JobStore(self.models, ClientFactory(settings), runner_env=runner_env,
                              startup_timeout=settings.container_startup_timeout, echo=echo,
-                             clock=clock, image_pull=image_pull)
+                             clock=clock, image_pull=image_pull,
+                             startup_delay=settings.local_job_startup_seconds)
         self._operations: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
             "CreateModel": self.models.create,
             "DescribeModel": self.models.describe,
