@@ -118,20 +118,35 @@ def cmd_transform(args: argparse.Namespace) -> int:
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
-    """Run the embedded AWS stack in the foreground."""
+    """Run the embedded AWS stack in the foreground.
+
+    Models get ``SMSERVE_ALLOWED_BUCKETS=*`` (every bucket on the stack is local)
+    unless it is set already; the stack's jobs' containers get it, and the
+    printed ``export`` line gives it to the shell that runs other commands.
+    """
+    import shlex
     import signal
     import threading
 
     from serving.local.stack import LocalStack
 
-    stack = LocalStack(port=args.port, echo=lambda line: print(f"# {line}", flush=True)).start()
+    settings = _settings()
+    if not settings.allowed_buckets:
+        # Every bucket on this stack is local (and made after it starts): allow them all.
+        settings = settings.with_environ({"SMSERVE_ALLOWED_BUCKETS": "*"})
+    allowed = ",".join(settings.allowed_buckets)
+    stack = LocalStack(port=args.port, settings=settings,
+                       echo=lambda line: print(f"# {line}", flush=True)).start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     print(f"# embedded AWS stack (S3, SQS, ECR, IAM, STS, CloudWatch Logs) on {stack.endpoint_url}")
     print("# and the SageMaker API (models and batch transform jobs that really run, as local "
           "processes;\n# job logs in CloudWatch Logs /aws/sagemaker/TransformJobs; "
           "smserve replay JOB re-sends a failed object)")
+    print(f"# buckets models may name: SMSERVE_ALLOWED_BUCKETS={allowed} ('*': any bucket on "
+          "this stack;\n# set it before local up to narrow it); the stack's jobs get it too")
     print("# paste these into another shell; Ctrl-C stops the stack")
+    print(f"export SMSERVE_ALLOWED_BUCKETS={shlex.quote(allowed)}")
     print(stack.exports(), flush=True)
     try:
         done.wait()
