@@ -172,7 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 #: Modules under serving/commands/ that add subcommands: each has
 #: ``register(subparsers) -> None`` and sets ``func`` on its parsers.
-COMMAND_MODULES: tuple[str, ...] = ("pipeline", "check", "new", "image", "replay")
+COMMAND_MODULES: tuple[str, ...] = ("pipeline", "check", "new", "image", "replay", "dev")
 
 
 def _register_plugins(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
