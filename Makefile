@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/local_transform.py
 	$(BIN)/python bench/pipeline_local.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/watch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
