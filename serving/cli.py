@@ -117,12 +117,18 @@ def cmd_transform(args: argparse.Namespace) -> int:
 # --- local stack ---------------------------------------------------------------------------
 
 
+#: Seconds ``smserve local up`` keeps an idle model server warm.
+WARM_IDLE_S = 300
+
+
 def cmd_local_up(args: argparse.Namespace) -> int:
     """Run the embedded AWS stack in the foreground.
 
     Models get ``SMSERVE_ALLOWED_BUCKETS=*`` (every bucket on the stack is local)
     unless it is set already; the stack's jobs' containers get it, and the
     printed ``export`` line gives it to the shell that runs other commands.
+    Model servers stay warm between jobs (``SMSERVE_WARM_IDLE_S``, default
+    :data:`WARM_IDLE_S`); they are this process's children and stop with it.
     """
     import shlex
     import signal
@@ -131,9 +137,13 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     from serving.local.stack import LocalStack
 
     settings = _settings()
+    extra = {}
     if not settings.allowed_buckets:
         # Every bucket on this stack is local (and made after it starts): allow them all.
-        settings = settings.with_environ({"SMSERVE_ALLOWED_BUCKETS": "*"})
+        extra["SMSERVE_ALLOWED_BUCKETS"] = "*"
+    if "SMSERVE_WARM_IDLE_S" not in settings.environ:
+        extra["SMSERVE_WARM_IDLE_S"] = str(WARM_IDLE_S)
+    settings = settings.with_environ(extra)
     allowed = ",".join(settings.allowed_buckets)
     stack = LocalStack(port=args.port, settings=settings,
                        echo=lambda line: print(f"# {line}", flush=True)).start()
@@ -145,6 +155,9 @@ def cmd_local_up(args: argparse.Namespace) -> int:
           "smserve replay JOB re-sends a failed object)")
     print(f"# buckets models may name: SMSERVE_ALLOWED_BUCKETS={allowed} ('*': any bucket on "
           "this stack;\n# set it before local up to narrow it); the stack's jobs get it too")
+    print(f"# a job's model server stays warm {settings.warm_idle_s} s for the next job on the "
+          "same model and environment\n# (SMSERVE_WARM_IDLE_S; 0 = never); the lines below "
+          "list servers as they start, are reused and stop")
     print("# paste these into another shell; Ctrl-C stops the stack")
     print(f"export SMSERVE_ALLOWED_BUCKETS={shlex.quote(allowed)}")
     print(stack.exports(), flush=True)

@@ -25,6 +25,9 @@ Variables (SageMaker's own, then ours):
 ``SMSERVE_STARTUP_TIMEOUT``            seconds to wait for the model to load (600)
 ``SMSERVE_CONTAINER_STARTUP_TIMEOUT``  seconds the embedded SageMaker API waits for a job's
                                        container to pass ``/ping`` (600)
+``SMSERVE_WARM_IDLE_S``                the embedded SageMaker API keeps a job's model server
+                                       warm this many seconds for the next job on the same
+                                       model and environment; 0 = never (``local up``: 300)
 ``SMSERVE_RUN_DIR``                    the server's private run directory (set by ``serve``)
 ``SMSERVE_CONTAINER_RUNNER``           local transform containers: process (default) or docker
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION``  region (us-east-1)
@@ -115,6 +118,7 @@ class Settings:
     max_input_bytes: int = 1024 * MB
     startup_timeout: int = 600
     container_startup_timeout: int = 600
+    warm_idle_s: int = 0
     run_dir: Path | None = None
     container_runner: str = "process"
     region: str = "us-east-1"
@@ -155,6 +159,7 @@ class Settings:
             startup_timeout=_int(env, "SMSERVE_STARTUP_TIMEOUT", 600, low=1) or 600,
             container_startup_timeout=_int(env, "SMSERVE_CONTAINER_STARTUP_TIMEOUT", 600,
                                            low=1) or 600,
+            warm_idle_s=_int(env, "SMSERVE_WARM_IDLE_S", 0, low=0) or 0,
             run_dir=Path(env["SMSERVE_RUN_DIR"]) if env.get("SMSERVE_RUN_DIR") else None,
             container_runner=_choice(env, "SMSERVE_CONTAINER_RUNNER", "process",
                                      ("process", "docker")),

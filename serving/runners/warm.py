@@ -121,7 +121,7 @@ class WarmPool:
         warm = self._take(key)
         if warm is not None:
             self._log(f"warm server reused for {label} (pid {warm.container.pid}, "
-                      f"{warm.jobs} earlier job(s))")
+                      f"{warm.jobs - 1} earlier job(s))")
             return warm.container, True
         (container,) = self.runner.start(Path(model_dir), env, count=1)
         with self._lock:

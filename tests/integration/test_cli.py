@@ -28,6 +28,7 @@ from typing import Any
 
 import boto3
 import numpy as np
+import psutil
 import pytest
 
 from local_test.clips import upload_clips
@@ -455,8 +456,9 @@ def test_local_up_serves_s3_and_stops_on_signal(signo: int, base_env: dict[str, 
         _end(proc)
 
 
-def _start_local_up(env: Mapping[str, str]) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    """``smserve local up`` and the ``export`` lines it printed (values as printed)."""
+def _start_local_up(env: Mapping[str, str]
+                    ) -> tuple[subprocess.Popen[str], dict[str, str], queue.Queue[str | None]]:
+    """``smserve local up``, the ``export`` lines it printed, and the lines it prints next."""
     proc = subprocess.Popen([*_command(), "local", "up"], env=dict(env), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
@@ -476,13 +478,30 @@ def _start_local_up(env: Mapping[str, str]) -> tuple[subprocess.Popen[str], dict
         if line.startswith("export "):
             name, _, value = line.removeprefix("export ").strip().partition("=")
             exports[name] = value
-    return proc, exports
+    return proc, exports, lines
+
+
+def _printed(lines: queue.Queue[str | None], text: str, timeout: float = 60) -> str:
+    """The next line ``smserve local up`` prints that holds ``text``."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while True:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            pytest.fail(f"smserve local up did not print {text!r}:\n" + "".join(seen))
+        if line is None:
+            pytest.fail(f"smserve local up ended before printing {text!r}:\n" + "".join(seen))
+        seen.append(line)
+        if text in line:
+            return line
 
 
 def test_local_up_allows_its_buckets_and_a_403_says_why(tmp_path: Path,
                                                         base_env: dict[str, str]) -> None:
     """A model created with boto3 and no Environment reads and writes the stack's buckets;
-    one whose allow-list leaves the bucket out fails at the first try, saying what a 403 is."""
+    one whose allow-list leaves the bucket out fails at the first try, saying what a 403 is;
+    a second job on the first model reuses its warm server, and none outlives local up."""
     from serving.modelspec import load_spec
     from serving.package import build_archive
     from serving.pipeline import build_requests
@@ -491,7 +510,7 @@ def test_local_up_allows_its_buckets_and_a_403_says_why(tmp_path: Path,
     env = {k: v for k, v in base_env.items()
            if not k.startswith("AWS_") and k != "SMSERVE_ALLOWED_BUCKETS"}
     env["PYTHONPATH"] = str(ROOT)  # this tree's serving, not an installed one
-    proc, exports = _start_local_up(env)
+    proc, exports, printed = _start_local_up(env)
     try:
         assert exports["SMSERVE_ALLOWED_BUCKETS"] == "'*'"
         kw = {"endpoint_url": exports["AWS_ENDPOINT_URL"],
@@ -537,6 +556,35 @@ def test_local_up_allows_its_buckets_and_a_403_says_why(tmp_path: Path,
         reason = failed["FailureReason"]
         assert "ClientError: 403" in reason and "1 tries" in reason, reason
         assert "not on the allow-list" in reason and "a 403 from the model" in reason, reason
+
+        started = _printed(printed, "server started for stats ")
+        _printed(printed, "server started for stats-elsewhere ")
+        pid = int(started.split("(pid ")[1].split(")")[0])
+        s3.delete_object(Bucket=bucket, Key=requests[0].output_path)
+        sm.create_transform_job(
+            TransformJobName="stats-again", ModelName="stats", BatchStrategy="MultiRecord",
+            TransformInput={"DataSource": {"S3DataSource": {
+                "S3DataType": "S3Prefix", "S3Uri": f"s3://{bucket}/requests/"}},
+                "ContentType": "application/jsonlines", "SplitType": "Line"},
+            TransformOutput={"S3OutputPath": f"s3://{bucket}/out/again/",
+                             "Accept": "application/jsonlines", "AssembleWith": "Line"},
+            TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1})
+        reused = _printed(printed, "warm server reused for stats ")
+        assert f"(pid {pid}, 1 earlier job(s))" in reused, reused
+        deadline = time.monotonic() + 120
+        while (status := sm.describe_transform_job(TransformJobName="stats-again")[
+                "TransformJobStatus"]) == "InProgress":
+            assert time.monotonic() < deadline, "stats-again did not end within 120 s"
+            time.sleep(0.2)
+        assert status == "Completed"
+        assert s3.head_object(Bucket=bucket, Key=requests[0].output_path)["ContentLength"] > 0
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        deadline = time.monotonic() + 10  # the warm servers stop with local up
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, f"warm server {pid} outlived smserve local up"
+            time.sleep(0.1)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -70,7 +70,7 @@ def test_the_same_model_in_the_same_environment_reuses_the_server(
     assert (reused_first, reused_second) == (False, True)
     assert second is first and first.alive()
     assert pool.pids() == [first.pid]
-    assert any(line.startswith("warm server reused for model-src") for line in lines)
+    assert f"warm server reused for model-src (pid {first.pid}, 1 earlier job(s))" in lines
     assert pool.servers() == [f"model-src: pid {first.pid}, {first.url}, idle 0 s, 2 job(s)"]
 
 

@@ -89,14 +89,18 @@ class TransformRun:
         on_running: called when the containers are healthy.
         on_finished: called once with the :class:`Outcome`.
         command: the container command (default: ``smserve serve``); tests only.
+        pool: a :class:`~serving.runners.warm.WarmPool`: a one-instance job takes
+            its server from it and gives it back (None: started and stopped here).
     """
 
     def __init__(self, spec: TransformJobSpec, container: Mapping[str, Any],
                  clients: ClientFactory, log: JobLog, *, runner_env: Mapping[str, str],
                  startup_timeout: float, on_running: Callable[[], None] | None = None,
                  on_finished: Callable[[Outcome], None] | None = None,
-                 command: Sequence[str] | None = None) -> None:
+                 command: Sequence[str] | None = None, pool: Any = None) -> None:
         self.spec = spec
+        self._pool = pool
+        self._pooled: list[Container] = []
         self.container = dict(container)
         self.clients = clients
         self.log = log
@@ -124,7 +128,7 @@ class TransformRun:
         """Ask the job to stop: no new objects, containers ended (returns at once)."""
         with self._lock:
             self._stopping = True
-            plane, containers = self._plane, list(self._containers)
+            plane, containers = self._plane, [*self._containers, *self._pooled]
         self.log.data(f"{self.spec.name}: stop requested")
         if plane is not None:
             plane.stop()
@@ -189,10 +193,21 @@ class TransformRun:
         finally:
             for container in self._spawned():
                 container.stop(grace=STOP_GRACE)
+            for container in self._pooled:  # warm for the next job, unless stopped
+                self._pool.release(container, reusable=not self.stopping)
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _start_containers(self, model_dir: Path, environment: Mapping[str, str]
                           ) -> list[Container]:
+        if self._pool is not None and self.spec.instance_count == 1:
+            container, reused = self._pool.start(model_dir, environment,
+                                                 name=self.spec.model_name)
+            with self._lock:
+                self._pooled.append(container)
+            self.log.data(f"{self.spec.name}: {'reusing the warm' if reused else 'started a'} "
+                          f"server for model {self.spec.model_name} (pid {container.pid}); it "
+                          "stays warm after the job")
+            return [container]
         runner = _TrackingRunner(self._spawned_one, command=self._command, env=self.runner_env,
                                  startup_timeout=self.startup_timeout, log=self.log.container,
                                  stop_grace=STOP_GRACE)

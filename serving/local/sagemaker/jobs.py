@@ -128,8 +128,9 @@ class JobStore:
     def __init__(self, models: ModelStore, clients: ClientFactory, *,
                  runner_env: Mapping[str, str], startup_timeout: float,
                  echo: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, pool: Any = None) -> None:
         self.models = models
+        self.pool = pool  # a serving.runners.warm.WarmPool, or None: every job starts cold
         self.clients = clients
         self.runner_env = dict(runner_env)
         self.startup_timeout = startup_timeout
@@ -182,7 +183,7 @@ class JobStore:
         log = JobLog(lambda: self.clients.client("logs"), name, job.instance_ids)
         job.run = TransformRun(
             spec, containers[0], self.clients, log, runner_env=self.runner_env,
-            startup_timeout=self.startup_timeout,
+            startup_timeout=self.startup_timeout, pool=self.pool,
             on_running=lambda: self._running(job),
             on_finished=lambda outcome: self._finished(job, outcome))
         job.start_time = self._clock()
