@@ -14,7 +14,12 @@ and out. Measured in one run, on ``smserve local up`` in its own process
 - *warm*: the same again, a second job on the same model: local up reuses
   the server.
 
-    python bench/warm_servers.py [--records 2000] [--objects 2]
+    python bench/warm_servers.py [--records 2000] [--objects 2] [--profile]
+
+``--profile`` also runs the same job's data plane in this process, under
+cProfile, against a server started here (its start not profiled), and
+prints where the data plane's time goes: the functions with the most time
+of their own, and the waits (invocations, S3 reads and writes).
 
 Goals (issue 14): 2,000 records on a warm server at most 1 s; 20,000 records
 end to end (cold) at least 0.5 of the in-process rate.
@@ -26,6 +31,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -133,11 +139,65 @@ def api_job(sm: Any, model: str, name: str) -> float:
     return seconds
 
 
+def profile(setup: Any, folder: Path, top: int = 14) -> None:
+    """The data plane of one job, in this process, under cProfile; prints the top functions."""
+    import cProfile
+    import io
+    import pstats
+
+    from serving.runners.process import ProcessRunner
+    from serving.transform.dataplane import DataPlane
+    from serving.transform.spec import TransformJobSpec
+
+    spec = TransformJobSpec.simple(
+        "profiled", "mlp", f"s3://{BUCKET}/{WORK}input/", f"s3://{BUCKET}/{WORK}out/profiled/",
+        content_type="text/csv", accept="text/csv", max_payload_mb=PAYLOAD_MB, max_concurrent=2)
+    model_dir = folder.parent / "model"
+    (model_dir / "code").mkdir(parents=True, exist_ok=True)
+    shutil.copy(folder / "serving.py", model_dir / "code" / "serving.py")
+    (container,) = ProcessRunner(env=setup.env).start(model_dir, {})
+    profilers: list[cProfile.Profile] = []
+
+    def in_each_thread(*_: Any) -> None:  # the data plane's threads: a profiler each
+        profiler = cProfile.Profile()
+        profilers.append(profiler)
+        profiler.enable()  # replaces this hook for the thread
+
+    try:
+        plane = DataPlane(setup.s3, [container.url], spec)
+        main = cProfile.Profile()
+        profilers.append(main)
+        threading.setprofile(in_each_thread)
+        started = time.perf_counter()
+        main.enable()
+        result = plane.run()
+        main.disable()
+        seconds = time.perf_counter() - started
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+        container.stop()
+    say(f"\nprofile: the data plane alone, in this process, all its threads, {seconds:.2f} s "
+        f"({'ok' if result.ok else result.failure_reason()})")
+    for order in ("tottime", "cumulative"):
+        text = io.StringIO()
+        stats = pstats.Stats(profilers[0], stream=text)
+        for other in profilers[1:]:
+            stats.add(other)
+        stats.sort_stats(order).print_stats(top)
+        lines = text.getvalue().splitlines()
+        start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+        say(f"by {order}:")
+        for line in lines[start:start + top + 1]:
+            say("  " + line[:150])
+
+
 def main() -> int:
     """Run the benchmark; print the figures and the JSON line."""
     parser = start_script(__doc__, worker_threads=True)
     parser.add_argument("--records", type=int, default=2000, help="CSV records (2000)")
     parser.add_argument("--objects", type=int, default=2, help="input objects (2)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the data plane of one job in this process")
     args = parser.parse_args()
     run = Run("warm_servers")
     from serving.package import build_archive
@@ -160,6 +220,8 @@ def main() -> int:
                                               "ModelDataUrl": f"s3://{BUCKET}/{WORK}model.tar.gz"})
             cold = api_job(sm, "mlp", f"mlp-cold-{os.getpid()}")
             warm = api_job(sm, "mlp", f"mlp-warm-{os.getpid()}")
+            if args.profile:
+                profile(setup, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rate = {k: args.records / v for k, v in (("in_process", limit), ("cold", cold),
