@@ -5,12 +5,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-airflow test lint unit integration bench clean help
+.PHONY: demo demo-airflow test lint unit integration bench images clean help
 
 help:
 	@echo "make demo   - run two Chainer models as batch transforms on the embedded local stack"
 	@echo "make test   - lint, type-check and run the whole test suite"
 	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make images - build smserve-cpu and smserve-gpu (bases: SMSERVE_PYTHON_IMAGE, SMSERVE_BUILD_IMAGE, SMSERVE_CUDA_IMAGE)"
 	@echo "make demo-airflow - the sync and inference DAGs end to end (dag.test) on the local stack"
 
 $(STAMP): pyproject.toml
@@ -35,8 +36,15 @@ lint: $(STAMP)
 	MYPYPATH=dags $(BIN)/mypy dags/config.py dags/operators dags/sync/dag.py dags/operators_test tests/dags local_test/airflow_setup.py local_test/airflow_demo.py
 	MYPYPATH=dags $(BIN)/mypy dags/inference/dag.py
 
+# -rs: say what was skipped and why (the container tests need a Docker engine and the
+# base images: see containers/README.md, "Base images").
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
+
+# The serving images; the CLI reads the bases from SMSERVE_PYTHON_IMAGE/... itself.
+images: $(STAMP)
+	$(BIN)/smserve image build --flavor cpu
+	$(BIN)/smserve image build --flavor gpu
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -320,6 +320,7 @@ def api_job(args: argparse.Namespace, clients: Any, keys: Sequence[str], number:
 
     if importlib.util.find_spec("serving.local.sagemaker") is None:
         return None, "serving.local.sagemaker does not exist yet"
+    from serving.local.stackimages import stack_images
     from serving.package import build_archive
 
     s3, sm = clients.client("s3"), clients.client("sagemaker")
@@ -330,10 +331,12 @@ def api_job(args: argparse.Namespace, clients: Any, keys: Sequence[str], number:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     name = f"bench-api-{number}-{os.getpid()}"
+    # CreateModel takes only images the stack's ECR holds; the process runner never pulls it
+    image = stack_images(clients, ["cpu"], registry=False)["cpu"]
     try:
         sm.create_model(ModelName=name, ExecutionRoleArn="arn:aws:iam::123456789012:role/bench",
                         PrimaryContainer={
-                            "Image": "smserve-cpu:latest",
+                            "Image": image,
                             "ModelDataUrl": f"s3://{BUCKET}/{WORK}model/model.tar.gz",
                             # the stack's containers get only what the model says
                             "Environment": {"SMSERVE_ALLOWED_BUCKETS": BUCKET,

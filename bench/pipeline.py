@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         resources = PipelineResources()
         created = create_resources(clients, resources)
         set_variable("dev", resources.variable(
-            max_messages=args.clips, max_wait_seconds=0, poke_interval_seconds=1,
-            transform_poll_seconds=1, receive_wait_seconds=1))
+            images=created.images, max_messages=args.clips, max_wait_seconds=0,
+            poke_interval_seconds=1, transform_poll_seconds=1, receive_wait_seconds=1))
         dag = load_dags()["inference_dev"]
 
         begun = time.monotonic()

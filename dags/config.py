@@ -22,7 +22,10 @@ key                            meaning                                      defa
 ``source_prefix``              key prefix per month and angle (see below)   ``videos/...``
 ``output_prefix``              where model outputs go                       ``results/``
 ``work_prefix``                request files and transform outputs          ``smserve-work/...``
-``sagemaker_model_prefix``     SageMaker model = prefix + name (``_``→``-``)  ``smserve-``
+``sagemaker_model_prefix``     SageMaker models: prefix + name + digest      ``smserve-``
+``images``                     ECR image URI per flavor (``cpu``, ``gpu``)   ``{}``
+``role_arn``                   ``ExecutionRoleArn`` of the models            (dev: local)
+``model_environment``          per model: container variables to add         ``{}``
 ``max_messages``               messages per inference run (> 10 is fine)    100
 ``max_wait_seconds``           run with what arrived after this long        120
 ``poke_interval_seconds``      between two looks at the queue               30
@@ -35,13 +38,19 @@ key                            meaning                                      defa
 
 ``source_prefix`` is ``videos/{year:04d}/{month:02d}/{angle}/`` by default (filled
 in per month and camera angle); ``work_prefix`` is ``smserve-work/airflow/``.
+
+The transform task creates each model itself, the way ``smserve pipeline run
+--api`` does (:class:`serving.sagemaker.jobs.SageMakerJobs`): from ``images``
+(``{"cpu": "<account>.dkr.ecr.<region>.amazonaws.com/smserve-cpu:0.1.0", ...}``,
+what ``smserve image push`` printed; a tag or a digest is required) and
+``role_arn`` (required outside ``dev``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 #: The Variable of environment ``env`` is ``VARIABLE_PREFIX + env``.
@@ -82,15 +91,29 @@ class PipelineConfig:
     transform_poll_seconds: float = 30.0
     transform_timeout_seconds: float = 6 * 3600.0
     aws_conn_id: str | None = "aws_default"
+    images: Mapping[str, str] = field(default_factory=dict)
+    role_arn: str | None = None
+    model_environment: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def variable(self) -> str:
         """The Variable these settings come from."""
         return VARIABLE_PREFIX + self.env
 
-    def sagemaker_model(self, model: str) -> str:
-        """The SageMaker model of ``model`` (``frame_features``: ``smserve-frame-features``)."""
-        return self.sagemaker_model_prefix + model.replace("_", "-")
+    def execution_role(self) -> str:
+        """``role_arn``, or (``dev`` only) the embedded stack's placeholder role.
+
+        Raises:
+            ConfigError: not set outside ``dev``.
+        """
+        if self.role_arn:
+            return self.role_arn
+        if self.env == "dev":
+            from serving.sagemaker.jobs import LOCAL_ROLE
+
+            return LOCAL_ROLE
+        raise _fail(self.variable, "role_arn is not set; set it to the SageMaker execution "
+                                   "role's ARN (arn:aws:iam::<account>:role/<name>)")
 
     def month_prefix(self, year: int, month: int, angle: str) -> str:
         """The key prefix of one month of one camera angle."""
@@ -104,9 +127,11 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "max_wait_seconds": (int, float), "poke_interval_seconds": (int, float),
     "receive_wait_seconds": (int,), "visibility_timeout_seconds": (int,),
     "transform_poll_seconds": (int, float), "transform_timeout_seconds": (int, float),
-    "aws_conn_id": (str, type(None)),
+    "aws_conn_id": (str, type(None)), "images": (dict,), "role_arn": (str, type(None)),
+    "model_environment": (dict,),
 }
-_WORDS: dict[type, str] = {str: "a string", list: "a list", int: "a whole number",
+_WORDS: dict[type, str] = {str: "a string", list: "a list", dict: "a JSON object",
+                           int: "a whole number",
                            float: "a number", type(None): "null"}
 _RANGES: dict[str, tuple[float, float]] = {
     "max_messages": (1, 10_000), "max_wait_seconds": (0, 12 * 3600),
@@ -135,6 +160,14 @@ def _check(variable: str, key: str, given: object) -> Any:
             raise _fail(variable, f"camera_angles = {json.dumps(value)} must be a non-empty "
                                   'list of names without "/", like ["front", "rear"]')
         return tuple(value)
+    if key == "images":
+        return _images(variable, value)
+    if key == "model_environment":
+        if not all(isinstance(m, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                               for k, v in m.items()) for m in value.values()):
+            raise _fail(variable, "model_environment must map each model to an object of "
+                                  'string variables, like {"clip_stats": {"K": "V"}}')
+        return {str(k): dict(v) for k, v in value.items()}
     if key in ("external_bucket", "bucket", "queue") and not value.strip():
         raise _fail(variable, f"{key} is empty")
     if key == "source_prefix":
@@ -144,6 +177,25 @@ def _check(variable: str, key: str, given: object) -> Any:
             raise _fail(variable, f"source_prefix = {value!r} cannot be filled in ({err}); "
                                   "it may use {year}, {month} and {angle}") from None
     return value
+
+
+def _images(variable: str, value: Mapping[str, Any]) -> dict[str, str]:
+    """``images``: flavor -> an ECR image URI with a tag or digest (never a local tag)."""
+    from serving.errors import ConfigError as ServingConfigError
+    from serving.imageuri import parse_image_uri
+
+    out: dict[str, str] = {}
+    for flavor, uri in value.items():
+        if flavor not in ("cpu", "gpu"):
+            raise _fail(variable, f"images has {flavor!r}; the flavors are cpu and gpu")
+        if not isinstance(uri, str):
+            raise _fail(variable, f"images.{flavor} = {json.dumps(uri)} is not a string")
+        try:
+            parse_image_uri(uri)
+        except ServingConfigError as err:
+            raise _fail(variable, f"images.{flavor}: {err.message}") from None
+        out[flavor] = uri
+    return out
 
 
 def parse_config(env: str, raw: Mapping[str, Any] | None) -> PipelineConfig:

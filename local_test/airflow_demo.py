@@ -93,8 +93,9 @@ def run_airflow_demo(clips: int = 2, echo: Callable[[str], None] = print,
         echo(f"Airflow {_airflow_version()} on SQLite in {home}; DAGs from dags/")
         clients = ClientFactory(Settings.from_environ({**os.environ, **stack.environ()}))
         resources = PipelineResources()
-        create_resources(clients, resources, echo=lambda line: echo("  " + line))
-        set_variable("dev", resources.variable(camera_angles=list(ANGLES), **FAST))
+        created = create_resources(clients, resources, echo=lambda line: echo("  " + line))
+        set_variable("dev", resources.variable(camera_angles=list(ANGLES), images=created.images,
+                                               **FAST))
         when = datetime.now(UTC)
         keys = seed_clips(clients.client("s3"), resources.external_bucket, _prefixes(when),
                           clips)

@@ -2,8 +2,9 @@
 
 Creates what ``dags/config.py``'s ``dev`` defaults name: the external bucket,
 our bucket, the queue with a redrive policy to its dead-letter queue, an
-execution role, every model's ``model.tar.gz`` in our bucket and, when the
-endpoint serves SageMaker, one SageMaker model per model folder. Also the
+execution role and, when the endpoint serves SageMaker, an ECR image per
+flavor (the pushed one, else one recorded in the stack's ECR) and one SageMaker
+model per model folder, made as the transform task makes them. Also the
 Airflow side of a local run: the environment (a private ``AIRFLOW_HOME``,
 SQLite, ``dags/``, the ``aws_default`` connection pointed at the stack) and
 the database. Run it against a stack that ``smserve local up`` keeps running::
@@ -256,67 +257,58 @@ def sagemaker_available(sagemaker: Any) -> bool:
     return True
 
 
-def upload_models(s3: Any, bucket: str, models_root: Path = MODELS,
-                  names: Sequence[str] | None = None) -> dict[str, str]:
-    """Build each model's ``model.tar.gz`` and upload it to ``models/<name>/model.tar.gz``.
+def model_images(clients: Any, models_root: Path = MODELS) -> dict[str, str]:
+    """An ECR image URI per flavor the models use, for the Variable's ``images``.
 
-    Returns:
-        model -> ``s3://`` URL of its archive.
+    The images ``smserve image push`` recorded for this endpoint (or
+    ``SMSERVE_IMAGE_<FLAVOR>``) where there are any; on the embedded stack,
+    the others are put in its ECR (:func:`serving.local.stackimages.stack_images`:
+    recorded with ``PutImage``, as the process runner never pulls them).
     """
+    from serving import imagerecord
+    from serving.local.stackimages import stack_images
     from serving.modelspec import discover
-    from serving.package import build_archive
 
-    specs = discover(models_root)
-    urls = {}
-    with tempfile.TemporaryDirectory(prefix="smserve-archives-") as tmp:
-        for name in names or list(specs):
-            archive = build_archive(specs[name].folder, Path(tmp) / f"{name}.tar.gz")
-            key = f"models/{name}/model.tar.gz"
-            s3.upload_file(str(archive), bucket, key)
-            urls[name] = f"s3://{bucket}/{key}"
-    return urls
+    flavors = sorted({spec.image for spec in discover(models_root).values()})
+    found, missing = imagerecord.image_uris(clients.settings, flavors)
+    if missing and clients.settings.endpoint_url:
+        found.update(stack_images(clients, missing, registry=False))
+    return found
 
 
-def create_models(sagemaker: Any, iam: Any, resources: PipelineResources,
-                  archives: Mapping[str, str], *, region: str = "us-east-1",
+def create_models(clients: Any, resources: PipelineResources, images: Mapping[str, str], *,
                   environment: Mapping[str, Mapping[str, str]] | None = None,
-                  models_root: Path = MODELS) -> list[str]:
-    """One SageMaker model per archive, named ``model_prefix + name`` (an existing one is kept).
+                  models_root: Path = MODELS, names: Sequence[str] | None = None,
+                  role_arn: str | None = None) -> list[str]:
+    """Each model's SageMaker model, made the way the transform task makes it (ahead of time).
+
+    Through :class:`serving.sagemaker.jobs.SageMakerJobs`, with the names and
+    environment the DAG's transform operator computes from the same Variable,
+    so the operator finds them and creates none.
 
     Args:
-        sagemaker: a boto3 SageMaker client.
-        iam: a boto3 IAM client (for the execution role).
+        clients: a client factory for the endpoint.
         resources: the bucket the models may read and write, the name prefix.
-        archives: model -> ``ModelDataUrl``.
-        region: for the image URIs.
-        environment: model -> variables to add or override (tests break a model this way).
+        images: flavor -> ECR image URI (see :func:`model_images`).
+        environment: model -> variables to add or override (the Variable's ``model_environment``).
         models_root: the model folders (their ``model.toml``).
+        names: only these models (default: all).
+        role_arn: ``ExecutionRoleArn`` (default: the embedded stack's placeholder).
 
     Returns:
         the SageMaker model names.
     """
     from serving.modelspec import discover
+    from serving.sagemaker.jobs import LOCAL_ROLE, SageMakerJobs
 
     specs = discover(models_root)
-    role = execution_role(iam)
-    account = role.split(":")[4]
-    created = []
-    for name, url in archives.items():
-        spec = specs[name]
-        env = {"SMSERVE_ALLOWED_BUCKETS": resources.bucket,
-               "SMSERVE_OUTPUT_PREFIXES": resources.output_prefix,
-               "SAGEMAKER_MODEL_SERVER_WORKERS": str(spec.cpu_workers),
-               **spec.environment, **(environment or {}).get(name, {})}
-        model = resources.model_prefix + name.replace("_", "-")
-        try:
-            sagemaker.create_model(ModelName=model, ExecutionRoleArn=role, PrimaryContainer={
-                "Image": f"{account}.dkr.ecr.{region}.amazonaws.com/smserve-{spec.image}:latest",
-                "ModelDataUrl": url, "Environment": env})
-        except Exception as err:
-            if not (_exists(err, "ValidationException") and "already existing" in str(err)):
-                raise
-        created.append(model)
-    return created
+    jobs = SageMakerJobs(clients, role_arn=role_arn or LOCAL_ROLE, images=images,
+                         model_prefix=resources.model_prefix, allowed_buckets=(resources.bucket,),
+                         output_prefixes=(resources.output_prefix,))
+    work_prefix = str(resources.settings.get("work_prefix", "smserve-work/airflow/"))
+    return [jobs.ensure_model(specs[name], resources.bucket, work_prefix,
+                              (environment or {}).get(name))
+            for name in names or sorted(specs)]
 
 
 @dataclass(frozen=True)
@@ -327,11 +319,13 @@ class Created:
         queue_url: the queue.
         dead_letter_url: its dead-letter queue.
         models: SageMaker models (empty when the endpoint does not serve SageMaker).
+        images: flavor -> ECR image URI, for the Variable's ``images``.
     """
 
     queue_url: str
     dead_letter_url: str
     models: list[str]
+    images: dict[str, str] = field(default_factory=dict)
 
 
 def create_resources(clients: Any, resources: PipelineResources, *,
@@ -345,7 +339,8 @@ def create_resources(clients: Any, resources: PipelineResources, *,
         resources: the names.
         models_root: the model folders.
         with_models: upload archives and create SageMaker models.
-        environment: per-model variables for :func:`create_models`.
+        environment: per-model variables for :func:`create_models` (the Variable's
+            ``model_environment`` must say the same, for the operator to find the models).
         visibility_timeout: the queue's default visibility timeout.
         echo: prints a line (None: silent).
     """
@@ -359,17 +354,18 @@ def create_resources(clients: Any, resources: PipelineResources, *,
         f"(dead letters after {resources.max_receive_count} receives: "
         f"{resources.dead_letter_queue})")
     models: list[str] = []
+    images: dict[str, str] = {}
     if with_models:
         sagemaker = clients.client("sagemaker")
         if sagemaker_available(sagemaker):
-            archives = upload_models(s3, resources.bucket, models_root)
-            models = create_models(sagemaker, clients.client("iam"), resources, archives,
-                                   region=clients.settings.region, environment=environment,
+            images = model_images(clients, models_root)
+            models = create_models(clients, resources, images, environment=environment,
                                    models_root=models_root)
-            say(f"SageMaker models: {', '.join(models)}")
+            say(f"SageMaker models: {', '.join(models)} (images: "
+                f"{', '.join(f'{k} {v}' for k, v in sorted(images.items()))})")
         else:
             say("the endpoint does not serve SageMaker: no models created")
-    return Created(url, dlq, models)
+    return Created(url, dlq, models, images)
 
 
 def seed_clips(s3: Any, bucket: str, prefixes: Sequence[str], per_prefix: int) -> list[str]:
@@ -409,9 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     clients = ClientFactory(settings)
     resources = PipelineResources()
-    create_resources(clients, resources, with_models=not args.no_models, echo=print)
-    print("Variable smserve_dev (the defaults already match): "
-          + json.dumps(resources.variable()))
+    created = create_resources(clients, resources, with_models=not args.no_models, echo=print)
+    print("Variable smserve_dev: " + json.dumps(resources.variable(images=created.images)))
     print(f"AIRFLOW_CONN_AWS_DEFAULT='{aws_connection(settings.endpoint_url, settings.region)}'")
     return 0
 
@@ -428,13 +423,13 @@ __all__ = [
     "isolated_home",
     "load_dags",
     "migrate",
+    "model_images",
     "queue_objects",
     "run_xcoms",
     "seed_clips",
     "set_variable",
     "start_airflow",
     "task_states",
-    "upload_models",
 ]
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,9 @@ and ``--flavor gpu`` for GPU models). Starts the embedded AWS stack, uploads
 synthetic clips, then runs each model (in ``depends_on`` order; ``--only``
 stops after that one) as a local batch transform whose containers are the
 real image: ``serve``, the model read-only at ``/opt/ml/model``, ``--gpus
-all`` for ``image = "gpu"`` models, and the stack's endpoint and
+all`` for ``image = "gpu"`` models where the engine has an NVIDIA runtime
+(elsewhere they run on the CPU and say so; ``SMSERVE_DOCKER_GPUS``), and the
+stack's endpoint and
 credentials in the environment (see :mod:`serving.runners.docker`
 for how a container reaches the stack's loopback port). ``--flavor cpu``
 runs every model on the CPU image (a GPU model falls back to the CPU there).

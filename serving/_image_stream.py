@@ -39,12 +39,17 @@ def follow_build(events: Iterable[Mapping[str, Any]], progress: Progress, flavor
         ImageError: the stream reported an error (named with the step it failed at).
     """
     image_id = ""
-    step = ""
+    step = instruction = ""
     for event in events:
         if "error" in event or "errorDetail" in event:
             detail = event.get("errorDetail") or {}
             message = one_line(str(detail.get("message") or event.get("error") or "unknown"))
             where = f" at {step}" if step else ""
+            if instruction.upper().startswith("FROM "):
+                raise ImageError(f"docker build failed{where} ({instruction}): {message}; the "
+                                 "base image could not be had: point the build at one the "
+                                 "engine has (SMSERVE_<ARG> or --build-arg <ARG>=IMAGE for the "
+                                 "ARG in that FROM; containers/README.md, 'Base images')")
             raise ImageError(f"docker build failed{where}: {message}; fix the Dockerfile or the "
                              f"context and rerun: smserve image build --flavor {flavor}")
         text = event.get("stream")
@@ -52,7 +57,7 @@ def follow_build(events: Iterable[Mapping[str, Any]], progress: Progress, flavor
             for line in text.splitlines():
                 if line.strip():
                     if line.startswith("Step "):
-                        step = line.split(" : ", 1)[0]
+                        step, _, instruction = line.partition(" : ")
                     progress.line(line.rstrip())
         elif "status" in event:  # pulling a base image
             status = " ".join(str(event[k]) for k in ("id", "status") if event.get(k))
@@ -70,7 +75,11 @@ def refused(message: str, uri: str, tag: str) -> str:
     if "already exists" in low or "immutable" in low:
         return (f"the registry refused {uri}: {message}; tags are immutable there: build and "
                 f"push a new tag (--tag), not {tag} again")
-    if "denied" in low or "unauthorized" in low or "authentication" in low:
+    if any(w in low for w in ("unauthorized", "authentication", "basic auth", "expired")):
+        return (f"the registry refused the ECR login for {uri}: {message}; the token is wrong "
+                "or has expired (ECR tokens last 12 hours): rerun the push, which gets a fresh "
+                "one with GetAuthorizationToken, against the same AWS_ENDPOINT_URL and region")
+    if "denied" in low:
         return (f"the registry refused {uri}: {message}; check that the credentials may push "
                 "to this repository (ecr:InitiateLayerUpload, ecr:PutImage...) and rerun")
     return f"the registry refused {uri}: {message}; fix that and rerun the push"

@@ -153,6 +153,11 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     print("# and the SageMaker API (models and batch transform jobs that really run, as local "
           "processes;\n# job logs in CloudWatch Logs /aws/sagemaker/TransformJobs; "
           "smserve replay JOB re-sends a failed object)")
+    if stack.registry_address:
+        print(f"# ECR's images live in a real registry on {stack.registry_address} "
+              "(smserve image push puts them there)")
+    for notice in stack.notices:
+        print(f"# {notice}")
     print(f"# buckets models may name: SMSERVE_ALLOWED_BUCKETS={allowed} ('*': any bucket on "
           "this stack;\n# set it before local up to narrow it); the stack's jobs get it too")
     print(f"# a job's model server stays warm {settings.warm_idle_s} s for the next job on the "

@@ -31,14 +31,17 @@ CLASSIFIER = "scene_classifier"
 
 def summary_lines(report: PipelineReport, graph: Graph,
                   runs_on: str = "local process") -> list[str]:
-    """One line per model: records, what happened to them, how long it took."""
+    """One line per model: records, what happened to them, how long it took, what ran it.
+
+    ``runs_on`` names the runner of a model whose report does not.
+    """
     lines = []
     for m in report.models:
         counts = [(m.written, "written"), (m.skipped, "skipped"), (m.failed, "failed")]
         what = ", ".join(f"{n} {status}" for n, status in counts if n) or "nothing to do"
         if m.seconds is not None:
             how = (f"{m.seconds:.1f} s, batch transform on {graph[m.model].instance_type} "
-                   f"-> {runs_on}")
+                   f"-> {m.runner or runs_on}")
         else:
             how = m.reason or m.status
         lines.append(f"  {m.model:<18} {m.records} records: {what}  ({how})")
@@ -71,6 +74,8 @@ def run_demo(models_root: Path, clips: int = 6, verbose: bool = False,
     stack = LocalStack().start()
     try:
         echo(f"embedded AWS stack on {stack.endpoint_url} (S3, SQS, ECR, IAM, STS, Logs)")
+        for notice in stack.notices:
+            echo(notice)
         settings = Settings.from_environ().with_environ({
             **stack.environ(),
             "SMSERVE_ALLOWED_BUCKETS": BUCKET, "SMSERVE_OUTPUT_PREFIXES": RESULTS,
@@ -85,9 +90,13 @@ def run_demo(models_root: Path, clips: int = 6, verbose: bool = False,
         uri = f"s3://{BUCKET}/{INPUT_PREFIX}"
         jobs = None
         if api:
+            from serving.local.stackimages import stack_images
             from serving.sagemaker.jobs import SageMakerJobs
 
-            jobs = SageMakerJobs(clients, poll=0.25)
+            flavors = sorted({graph[name].image for name in graph.order()})
+            images = stack_images(clients, flavors, registry=stack.registry_address is not None,
+                                  push_built=settings.container_runner == "docker", echo=echo)
+            jobs = SageMakerJobs(clients, poll=0.25, images=images)
             echo("through the SageMaker API: CreateModel + CreateTransformJob on "
                  f"{stack.endpoint_url}, as boto3 does on AWS")
         echo(f"run 1: smserve pipeline run --input {uri} (one batch transform per model)")

@@ -24,20 +24,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving import __version__
+from serving import __version__, _image_bases
 from serving._ecr import (
     RegistryLogin,
-    aws_error,
     ensure_repository,
     registry_login,
-    repository_settings,
 )
-from serving._image_stream import Progress, Quiet, follow_build, follow_push, one_line
+from serving._image_stream import Progress, Quiet, follow_build, one_line
 from serving.errors import ConfigError, ImageError
+from serving.imagepush import PushResult
 
 __all__ = [
     "FLAVORS", "PLATFORM", "Progress", "PushResult", "Quiet", "RegistryLogin", "build",
@@ -53,15 +51,6 @@ PLATFORM = "linux/amd64"
 REPOSITORY_PATTERN = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*")
 #: Docker's (and ECR's) tag rule.
 TAG_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-
-
-@dataclass(frozen=True)
-class PushResult:
-    """A pushed image."""
-
-    uri: str
-    digest: str | None
-    repository_created: bool
 
 
 # --- names and files ------------------------------------------------------------------------
@@ -195,7 +184,8 @@ def engine_available(environ: Mapping[str, str], timeout: float = 5.0) -> bool:
 
 
 def build(flavor: str, tag: str, context_dir: Path, client: Any, progress: Progress,
-          *, build_args: Mapping[str, str] | None = None, platform: str = PLATFORM) -> str:
+          *, build_args: Mapping[str, str] | None = None, platform: str = PLATFORM,
+          pull_bases: bool = True, no_cache: bool = False) -> str:
     """Build ``smserve-<flavor>:<tag>`` from ``context_dir``, streaming the engine's output.
 
     Args:
@@ -204,15 +194,21 @@ def build(flavor: str, tag: str, context_dir: Path, client: Any, progress: Progr
         context_dir: the repository root (has ``containers/<flavor>/Dockerfile``).
         client: a ``docker.DockerClient`` (see :func:`connect`).
         progress: receives each line of build output.
-        build_args: ``--build-arg`` values (``EXTRA_REQUIREMENTS``...).
+        build_args: ``--build-arg`` values (``EXTRA_REQUIREMENTS``, the base
+            images ``PYTHON_IMAGE``/``BUILD_IMAGE``/``CUDA_IMAGE``...).
         platform: the target platform (SageMaker runs ``linux/amd64``).
+        pull_bases: pull base images the engine lacks (False: that is an error).
+        no_cache: build every step again (the layer cache is not used).
 
     Returns:
-        the built image's id.
+        the built image's id. The tag is set only when the build succeeded
+        (intermediate containers are removed on failure too).
 
     Raises:
         ConfigError: bad flavor or tag, no Dockerfile.
-        ImageError: a build step failed (the message is the engine's, on one line).
+        ImageError: a base image is missing and cannot be pulled (named, with
+            how to build on another), or a build step failed (the engine's
+            message, on one line).
     """
     from docker.errors import APIError, DockerException
 
@@ -220,14 +216,19 @@ def build(flavor: str, tag: str, context_dir: Path, client: Any, progress: Progr
     dockerfile = dockerfile_for(flavor, context_dir)
     name = local_image(flavor, tag)
     relative = dockerfile.resolve().relative_to(Path(context_dir).resolve()).as_posix()
-    progress.line(f"building {name} from {relative} for {platform}")
+    bases = _image_bases.resolve(dockerfile, build_args)
+    progress.line(f"building {name} from {relative} for {platform} on "
+                  + ", ".join(f"{arg}={image}" for arg, image in bases.items()))
+    _image_bases.ensure(client, bases, progress, pull=pull_bases)
     try:
         stream = client.api.build(path=str(context_dir), dockerfile=relative, tag=name, rm=True,
                                   forcerm=True, decode=True, platform=platform,
+                                  nocache=no_cache,
                                   buildargs=dict(build_args or {}))
         image_id = follow_build(stream, progress, flavor)
     except (APIError, DockerException, OSError) as err:
-        raise ImageError(f"docker build of {name} failed: {one_line(str(err))}; fix it and "
+        reason = getattr(err, "explanation", None) or str(err)
+        raise ImageError(f"docker build of {name} failed: {one_line(str(reason))}; fix it and "
                          f"rerun: smserve image build --flavor {flavor} --tag {tag}") from err
     progress.line(f"built {name}" + (f" ({image_id})" if image_id else ""))
     return image_id or name
@@ -245,69 +246,49 @@ def _ecr_client(clients: Any, region: str | None) -> Any:
 
 
 def push(flavor: str, repository: str, region: str | None, tag: str, clients: Any,
-         docker_client: Any, progress: Progress) -> PushResult:
-    """Push ``smserve-<flavor>:<tag>`` to ECR as ``<registry>/<repository>:<tag>``.
+         docker_client: Any, progress: Progress, *,
+         create_repository: bool = False) -> PushResult:
+    """Push ``smserve-<flavor>:<tag>`` to ECR as ``<repository URI>:<tag>``.
+
+    See :func:`serving.imagepush.push_image` for what happens (all or nothing).
 
     Args:
         flavor: ``cpu`` or ``gpu``: which local image.
-        repository: the ECR repository (created if missing).
+        repository: the ECR repository.
         region: the ECR region (None: the client factory's).
         tag: the local image's tag, also the pushed tag.
         clients: a :class:`~serving.aws.ClientFactory`.
         docker_client: a ``docker.DockerClient`` (see :func:`connect`).
         progress: receives steps as lines and the upload as a bar.
+        create_repository: create the repository if it is missing.
 
     Returns:
         the pushed image's URI (for ``CreateModel``), digest, and whether the
         repository was created now.
 
     Raises:
-        ConfigError: bad flavor, repository name or tag.
+        ConfigError: bad flavor, repository name or tag; no such repository;
+            an immutable tag that names other content.
         ImageError: no local image, AWS credentials missing or expired, the
             registry refused the push.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
-    from docker.errors import APIError, DockerException, ImageNotFound
+    from serving.imagepush import push_image
 
     check_flavor(flavor)
     check_repository(repository)
     check_tag(tag)
     source = local_image(flavor, tag)
     retry = f"smserve image push --flavor {flavor} --repository {repository} --tag {tag}"
-    try:
-        docker_client.api.inspect_image(source)
-    except ImageNotFound:
-        raise ImageError(f"no local image {source}; build it first: smserve image build "
-                         f"--flavor {flavor} --tag {tag}") from None
-    except (APIError, DockerException, OSError) as err:
-        raise ImageError(f"the Docker engine could not look up {source}: "
-                         f"{one_line(str(err))}") from err
-
     ecr = _ecr_client(clients, region)
     try:
-        described, created = ensure_repository(ecr, repository)
-        login = registry_login(ecr)
-    except (BotoCoreError, ClientError) as err:
-        raise aws_error(err, "use ECR", retry) from err
-    settings = ("created" if created else "exists") + repository_settings(described)
-    progress.line(f"ECR repository {repository}: {settings}")
-    progress.line(f"logged in to {login.registry} as {login.username}")
-
-    target = f"{login.registry}/{repository}"
-    uri = image_uri(login.registry, repository, tag)
-    try:
-        if not docker_client.api.tag(source, target, tag=tag):
-            raise ImageError(f"the Docker engine did not tag {source} as {uri}; rerun: {retry}")
-        progress.line(f"tagged {source} as {uri}")
-        stream = docker_client.api.push(target, tag=tag, stream=True, decode=True,
-                                        auth_config=login.auth_config())
-        digest = follow_push(stream, progress, uri, tag)
-    except ImageError:
+        return push_image(source, repository, tag, ecr, docker_client, progress,
+                          region=region or clients.settings.region,
+                          create_repository=create_repository, retry=retry)
+    except ImageError as err:
+        if err.message.startswith("no local image"):
+            raise ImageError(f"no local image {source}; build it first: smserve image build "
+                             f"--flavor {flavor} --tag {tag}") from None
         raise
-    except (APIError, DockerException, OSError) as err:
-        raise ImageError(f"pushing {uri} failed: {one_line(str(err))}; rerun: {retry}") from err
-    progress.line(f"pushed {uri}" + (f" ({digest})" if digest else ""))
-    return PushResult(uri, digest, created)
 
 
 # --- dry run ------------------------------------------------------------------------------
@@ -328,8 +309,11 @@ def build_plan(flavor: str, tag: str, context_dir: Path, environ: Mapping[str, s
     except ImportError:
         sent = "size unknown: the Docker SDK is not installed"
     args = "".join(f" --build-arg {k}=..." for k in sorted(build_args or {}))
+    bases = _image_bases.resolve(dockerfile, build_args)
     return [
         f"check the Docker engine at {_where(environ)} (GET /_ping)",
+        "base images (pulled if the engine lacks them): "
+        + ", ".join(f"{arg}={image}" for arg, image in bases.items()),
         f"send the build context {root} ({sent})",
         f"build {relative} for {platform} as {local_image(flavor, tag)}{args} "
         "(POST /build, output streamed)",
@@ -347,12 +331,17 @@ def push_plan(flavor: str, repository: str, region: str, tag: str,
     uri = image_uri(registry, repository, tag)
     return [
         f"check the Docker engine at {_where(environ)} and that {source} exists",
-        f"ECR in {region}: DescribeRepositories {repository}; if missing, CreateRepository "
-        "with scan on push and immutable tags",
+        f"ECR in {region}: DescribeRepositories {repository}; if missing and "
+        "--create-repository is given, CreateRepository with scan on push and immutable tags "
+        "(else stop: no such repository)",
+        f"ECR DescribeImages {repository}:{tag}: if the tag names other content and tags are "
+        "immutable, stop; if it names this image, nothing to push",
         "ECR GetAuthorizationToken: decode user:password, take the registry from proxyEndpoint",
         f"tag {source} as {uri}",
-        f"push {uri} with the ECR login (X-Registry-Auth), upload shown as a progress bar",
-        f"print the image URI for CreateModel: {uri}",
+        f"push {uri} with the ECR login (X-Registry-Auth), upload shown as a progress bar; "
+        "on failure remove that tag (and a repository made in step 2)",
+        f"print the image URI for CreateModel: {uri}, and its digest",
+        "record both in the images file (SMSERVE_IMAGES_FILE, default .smserve/images.json)",
     ]
 
 

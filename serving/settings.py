@@ -30,6 +30,15 @@ Variables (SageMaker's own, then ours):
                                        model and environment; 0 = never (``local up``: 300)
 ``SMSERVE_RUN_DIR``                    the server's private run directory (set by ``serve``)
 ``SMSERVE_CONTAINER_RUNNER``           local transform containers: process (default) or docker
+``SMSERVE_DOCKER_GPUS``                docker runner, GPU image: auto (a GPU where the engine has
+                                       an NVIDIA runtime, else the CPU), all (always ask), none
+``SMSERVE_PYTHON_IMAGE``               base images of the serving images (build arguments
+``SMSERVE_BUILD_IMAGE``                PYTHON_IMAGE, BUILD_IMAGE, CUDA_IMAGE; default: the
+``SMSERVE_CUDA_IMAGE``                 Dockerfiles' own, see containers/README.md)
+``SMSERVE_IMAGES_FILE``                where ``smserve image push`` records image URIs
+                                       (``.smserve/images.json``)
+``SMSERVE_IMAGE_CPU`` / ``_GPU``       the ECR image URI a flavor's models run on (overrides
+                                       the images file)
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION``  region (us-east-1)
 ``AWS_ENDPOINT_URL[_<SERVICE>]``       endpoint overrides (the embedded stack)
 =====================================  =========================================
@@ -53,6 +62,9 @@ UNLIMITED_PAYLOAD = 2**31 - 1
 #: fast start (C1 only, serial GC, class-data sharing) beats peak JIT speed.
 DEFAULT_VMARGS = ("-XX:-UseContainerSupport -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "
                   "-Xshare:auto -Xss512k")
+
+#: The serving images' base-image build arguments; ``SMSERVE_<ARG>`` sets each.
+BASE_IMAGE_ARGS = ("PYTHON_IMAGE", "BUILD_IMAGE", "CUDA_IMAGE")
 
 
 def _int(env: Mapping[str, str], key: str, default: int | None, *, low: int = 0,
@@ -121,6 +133,10 @@ class Settings:
     warm_idle_s: int = 0
     run_dir: Path | None = None
     container_runner: str = "process"
+    docker_gpus: str = "auto"
+    base_images: Mapping[str, str] = field(default_factory=dict)
+    images_file: Path = Path(".smserve/images.json")
+    image_uris: Mapping[str, str] = field(default_factory=dict)
     region: str = "us-east-1"
     endpoint_url: str | None = None
     service_endpoints: Mapping[str, str] = field(default_factory=dict)
@@ -163,6 +179,12 @@ class Settings:
             run_dir=Path(env["SMSERVE_RUN_DIR"]) if env.get("SMSERVE_RUN_DIR") else None,
             container_runner=_choice(env, "SMSERVE_CONTAINER_RUNNER", "process",
                                      ("process", "docker")),
+            docker_gpus=_choice(env, "SMSERVE_DOCKER_GPUS", "auto", ("auto", "all", "none")),
+            base_images={arg: env[f"SMSERVE_{arg}"].strip() for arg in BASE_IMAGE_ARGS
+                         if env.get(f"SMSERVE_{arg}", "").strip()},
+            images_file=Path(env.get("SMSERVE_IMAGES_FILE") or ".smserve/images.json"),
+            image_uris={flavor: env[f"SMSERVE_IMAGE_{flavor.upper()}"].strip()
+                        for flavor in ("cpu", "gpu") if env.get(f"SMSERVE_IMAGE_{flavor.upper()}")},
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
             service_endpoints=endpoints,

@@ -38,6 +38,14 @@ def stack() -> Iterator[LocalStack]:
         s.stop()
 
 
+@pytest.fixture(scope="session")
+def stack_images(stack: LocalStack) -> dict[str, str]:
+    """flavor -> an ECR image URI the session stack's CreateModel accepts (see helpers)."""
+    from tests.helpers import stack_image_uris
+
+    return stack_image_uris(stack)
+
+
 @pytest.fixture()
 def aws_env(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The process environment pointed at the stack (for code that builds its own clients)."""

@@ -136,3 +136,62 @@ def make_repo(dest: Path) -> Path:
         shutil.copy(ROOT / "tests" / name, dest / "tests" / name)
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
     return dest
+
+
+# --- images the embedded stack's CreateModel accepts -------------------------------------------
+
+#: A tiny local image the tests push where smserve-<flavor> is not built.
+STAND_IN = "smserve-test-stand-in:tiny"
+
+
+def stand_in_image(environ: dict[str, str] | None = None) -> str | None:
+    """:data:`STAND_IN` on the engine (imported from a one-file tarball, nothing built).
+
+    Returns None where no Docker engine is reachable.
+    """
+    import io
+    import os
+    import tarfile
+
+    from serving.errors import ImageError
+    from serving.images import connect
+
+    try:
+        client = connect(dict(os.environ if environ is None else environ), timeout=120)
+    except ImageError:
+        return None
+    try:
+        try:
+            client.api.inspect_image(STAND_IN)
+        except Exception:
+            data = io.BytesIO()
+            with tarfile.open(fileobj=data, mode="w") as tar:
+                body = b"a stand-in for smserve-cpu/gpu: the process runner never runs it\n"
+                info = tarfile.TarInfo("README")
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+            name, _, tag = STAND_IN.partition(":")
+            client.api.import_image_from_data(data.getvalue(), repository=name, tag=tag)
+        return STAND_IN
+    finally:
+        client.close()
+
+
+def stack_image_uris(stack: Any) -> dict[str, str]:
+    """ECR URIs of a cpu and a gpu image that ``stack``'s ECR holds, for ``CreateModel``.
+
+    :data:`STAND_IN` pushed for real to the stack's registry where it has one
+    and an engine is reachable (not the built smserve images: gigabytes), else
+    recorded with ``PutImage`` only. Honest for these tests: the embedded SageMaker API
+    runs each model with the process runner (``smserve serve`` from this
+    checkout), which never pulls the image; ``CreateModel`` only needs a URI
+    that ECR holds, as on AWS.
+    """
+    from serving.aws import ClientFactory
+    from serving.local.stackimages import stack_images
+
+    clients = ClientFactory(stack.settings())
+    stand_in = stand_in_image(dict(clients.settings.environ)) if stack.registry_address else None
+    sources = {"cpu": stand_in, "gpu": stand_in} if stand_in else {}
+    return stack_images(clients, ("cpu", "gpu"), registry=stack.registry_address is not None,
+                        sources=sources)

@@ -11,7 +11,13 @@ are its own. Each poke of :class:`BatchTransformOperator` (a sensor in
 2. this try's job ``Failed`` or ``Stopped``: report why, fail (no retry: the
    same records would fail again; the messages come back by themselves);
 3. nothing left to do (every output exists): report it, done;
-4. no job yet: ``CreateTransformJob`` with the model's ``model.toml`` settings.
+4. no job yet: the model (packaged, ``CreateModel`` from the Variable's
+   ``images``, reused when unchanged) and ``CreateTransformJob`` with the
+   model's ``model.toml`` settings.
+
+Models and jobs are made through :class:`serving.sagemaker.jobs.SageMakerJobs`,
+the path ``smserve pipeline run --api`` takes: one naming scheme for models
+(``<sagemaker_model_prefix><model>-<digest>``), one request builder.
 
 When it ends it pushes the model's report (the local pipeline's per-model
 dict: written, skipped, failed, why, the job's name and time).
@@ -34,7 +40,7 @@ from operators.aws import Aws, describe_error, error_code
 from operators.models import model_graph
 from operators.report import fail, report_message
 
-__all__ = ["JOB_NAME", "BatchTransformOperator", "job_name", "transform_request"]
+__all__ = ["JOB_NAME", "BatchTransformOperator", "job_name", "transform_jobs"]
 
 log = logging.getLogger("smserve.transform")
 
@@ -55,30 +61,23 @@ def job_name(dag_id: str, run_id: str, model: str, batch: str, attempt: int) -> 
     return f"smserve-{slug}-{digest}-{attempt}"
 
 
-def transform_request(name: str, cfg: PipelineConfig, model: str, work: Mapping[str, Any],
-                      tags: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The ``CreateTransformJob`` request for ``model``'s pending records (from model.toml)."""
-    spec = model_graph()[model]
-    request: dict[str, Any] = {
-        "TransformJobName": name,
-        "ModelName": cfg.sagemaker_model(model),
-        "BatchStrategy": spec.batch_strategy,
-        "MaxPayloadInMB": spec.max_payload_mb,
-        "MaxConcurrentTransforms": spec.max_concurrent_transforms,
-        "TransformInput": {
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
-                                            "S3Uri": work["request_uri"]}},
-            "ContentType": spec.content_type,
-            "SplitType": spec.split_type,
-        },
-        "TransformOutput": {"S3OutputPath": f"{work['output_uri']}{name}/",
-                            "Accept": spec.accept, "AssembleWith": spec.assemble_with},
-        "TransformResources": {"InstanceType": spec.instance_type,
-                               "InstanceCount": spec.instance_count},
-    }
-    if tags:
-        request["Tags"] = [{"Key": k, "Value": v[:256]} for k, v in tags.items()]
-    return request
+class _HookClients:
+    """The connection's boto3 clients, as :class:`SageMakerJobs` asks for them."""
+
+    def __init__(self, aws: Aws) -> None:
+        self._aws = aws
+
+    def client(self, name: str) -> Any:
+        return {"s3": self._aws.s3, "sagemaker": self._aws.sagemaker}[name]
+
+
+def transform_jobs(cfg: PipelineConfig, aws: Aws) -> Any:
+    """The :class:`~serving.sagemaker.jobs.SageMakerJobs` of these settings and connection."""
+    from serving.sagemaker.jobs import SageMakerJobs
+
+    return SageMakerJobs(_HookClients(aws), role_arn=cfg.execution_role(), images=cfg.images,
+                         model_prefix=cfg.sagemaker_model_prefix,
+                         allowed_buckets=(cfg.bucket,), output_prefixes=(cfg.output_prefix,))
 
 
 def _epoch(value: Any) -> float | None:
@@ -185,7 +184,7 @@ class BatchTransformOperator(BaseSensorOperator):
 
     def _describe(self, aws: Aws, name: str) -> dict[str, Any] | None:
         try:
-            found: dict[str, Any] = aws.sagemaker_hook.describe_transform_job(name)
+            found: dict[str, Any] | None = aws.sagemaker_hook.describe_transform_job(name)
         except Exception as err:
             code = error_code(err)
             text = describe_error(err)
@@ -197,22 +196,23 @@ class BatchTransformOperator(BaseSensorOperator):
 
     def _create(self, ti: Any, aws: Aws, cfg: PipelineConfig, work: Mapping[str, Any],
                 name: str) -> None:
+        from serving.errors import SmserveError
+
         tags = {"smserve:dag": ti.dag_id, "smserve:run": ti.run_id, "smserve:model": self.model}
-        request = transform_request(name, cfg, self.model, work, tags)
+        spec = model_graph()[self.model]
         try:
-            aws.sagemaker_hook.create_transform_job(request, wait_for_completion=False)
-        except Exception as err:
-            code, text = error_code(err), describe_error(err)
-            if code == "ResourceInUse":  # another poke created it a moment ago
-                return
-            if code == "ValidationException" and "Could not find model" in text:
-                self._failed(ti, work, (
-                    f"SageMaker model {request['ModelName']} does not exist; create it from "
-                    f"`smserve package models/{self.model}` (on the embedded stack: python -m "
-                    f"local_test.airflow_setup): {text}"), None)
-            if code:
-                self._failed(ti, work, f"CreateTransformJob {name} was refused: {text}", None)
-            raise
+            jobs = transform_jobs(cfg, aws)
+            model_name = jobs.ensure_model(spec, cfg.bucket, cfg.work_prefix,
+                                           cfg.model_environment.get(self.model))
+            request = jobs.request(name, model_name, spec, work["request_uri"],
+                                   f"{work['output_uri']}{name}/", tags)
+            created = jobs.create(request)
+        except ConfigError as err:
+            self._failed(ti, work, str(err), None)
+        except SmserveError as err:
+            self._failed(ti, work, err.message, None)
+        if not created:
+            return
         log.info("created transform job %s for %d record(s) of %s (model %s, %s x %s)", name,
                  work["pending"], self.model, request["ModelName"],
                  request["TransformResources"]["InstanceCount"],

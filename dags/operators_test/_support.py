@@ -42,10 +42,12 @@ class Resources:
     dead_letter_url: str
     model_prefix: str
     monkeypatch: pytest.MonkeyPatch
+    images: dict[str, str] = field(default_factory=dict)
 
     def configure(self, **settings: Any) -> None:
         value = {"external_bucket": f"{self.bucket}-ext", "bucket": self.bucket,
                  "queue": self.queue_url, "sagemaker_model_prefix": self.model_prefix,
+                 "images": self.images,
                  "max_wait_seconds": 0, "poke_interval_seconds": 1,
                  "transform_poll_seconds": 0.5, "receive_wait_seconds": 0, **settings}
         self.monkeypatch.setenv("AIRFLOW_VAR_SMSERVE_DEV", json.dumps(value))

@@ -70,8 +70,17 @@ def connection(stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection(stack.endpoint_url))
 
 
+@pytest.fixture(scope="session")
+def images(stack: Any) -> dict[str, str]:
+    """flavor -> an ECR image URI the stack holds (a pushed stand-in, or PutImage only)."""
+    from tests.helpers import stack_image_uris
+
+    return stack_image_uris(stack)
+
+
 @pytest.fixture()
-def resources(clients: Any, connection: None, monkeypatch: pytest.MonkeyPatch) -> Resources:
+def resources(clients: Any, connection: None, monkeypatch: pytest.MonkeyPatch,
+              images: dict[str, str]) -> Resources:
     """A fresh bucket pair and queue (with a dead-letter queue), named in the Variable."""
     from local_test.airflow_setup import create_buckets, create_queues
 
@@ -79,6 +88,6 @@ def resources(clients: Any, connection: None, monkeypatch: pytest.MonkeyPatch) -
     bucket = f"op-{tag}"
     create_buckets(clients.client("s3"), bucket, f"{bucket}-ext")
     url, dlq = create_queues(clients.client("sqs"), f"op-{tag}", f"op-{tag}-dlq", 3)
-    found = Resources(bucket, url, dlq, f"op{tag}-", monkeypatch)
+    found = Resources(bucket, url, dlq, f"op{tag}-", monkeypatch, dict(images))
     found.configure()
     return found

@@ -34,6 +34,15 @@ def test_dev_works_without_a_variable_and_main_says_what_to_set() -> None:
     ({"external_bucket": "e", "bucket": "b", "queue": "q", "max_wait_seconds": True},
      "max_wait_seconds = true is not a whole number or a number"),
     (["not", "an", "object"], "must be a JSON object"),
+    ({"external_bucket": "e", "bucket": "b", "queue": "q", "images": {"cpu": "smserve-cpu:0.1.0"}},
+     "images.cpu: image 'smserve-cpu:0.1.0' is not in ECR"),
+    ({"external_bucket": "e", "bucket": "b", "queue": "q",
+      "images": {"cpu": "123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-cpu"}},
+     "has no tag or digest"),
+    ({"external_bucket": "e", "bucket": "b", "queue": "q", "images": {"tpu": "x"}},
+     "images has 'tpu'; the flavors are cpu and gpu"),
+    ({"external_bucket": "e", "bucket": "b", "queue": "q", "model_environment": {"m": {"K": 1}}},
+     "model_environment must map each model"),
 ])
 def test_bad_settings_name_the_key(raw: object, expected: str) -> None:
     from config import ConfigError, parse_config
@@ -41,6 +50,15 @@ def test_bad_settings_name_the_key(raw: object, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config("main", raw)  # type: ignore[arg-type]
     assert expected in str(info.value)
+
+
+def parse_config_dev_role() -> str:
+    from config import parse_config
+
+    role: str = parse_config("dev", {"images": {
+        "gpu": "123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-gpu@sha256:" + "a" * 64,
+    }}).execution_role()
+    return role
 
 
 def test_load_config_reads_the_variable_and_refuses_text_that_is_not_json(
@@ -51,7 +69,10 @@ def test_load_config_reads_the_variable_and_refuses_text_that_is_not_json(
         {"external_bucket": "e", "bucket": "b", "queue": "q", "camera_angles": ["top"]}))
     cfg = load_config("main")
     assert cfg.camera_angles == ("top",)
-    assert cfg.sagemaker_model("frame_features") == "smserve-frame-features"
+    assert cfg.sagemaker_model_prefix == "smserve-"
+    with pytest.raises(ConfigError, match="role_arn is not set"):
+        cfg.execution_role()
+    assert parse_config_dev_role().endswith(":role/smserve-local")
     assert cfg.month_prefix(2026, 3, "top") == "videos/2026/03/top/"
     monkeypatch.setenv("AIRFLOW_VAR_SMSERVE_MAIN", "{oops")
     with pytest.raises(ConfigError, match="smserve_main: is not JSON"):

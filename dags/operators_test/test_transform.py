@@ -42,15 +42,19 @@ def test_job_names_are_deterministic_valid_and_short() -> None:
 
 @pytest.fixture()
 def model(clients: Any, resources: Resources) -> Any:
-    """clip_stats as a SageMaker model that may use the test's bucket."""
-    from local_test.airflow_setup import PipelineResources, create_models, upload_models
+    """Sets clip_stats' container variables in the Variable; returns the set-up's model name.
 
-    archives = upload_models(clients.client("s3"), resources.bucket, names=[MODEL])
-    names = PipelineResources(bucket=resources.bucket, model_prefix=resources.model_prefix)
+    The set-up (``create_models``) makes the model ahead of time through the
+    same code the operator uses, so the operator must find it under that name.
+    """
+    from local_test.airflow_setup import PipelineResources, create_models
 
-    def create(**environment: str) -> None:
-        create_models(clients.client("sagemaker"), clients.client("iam"), names, archives,
-                      environment={MODEL: environment})
+    def create(**environment: str) -> str:
+        resources.configure(model_environment={MODEL: environment})
+        names = PipelineResources(bucket=resources.bucket, model_prefix=resources.model_prefix)
+        (name,) = create_models(clients, names, resources.images,
+                                environment={MODEL: environment}, names=[MODEL])
+        return name
 
     return create
 
@@ -89,7 +93,7 @@ def test_create_wait_then_a_retry_adopts_and_a_rerun_skips(
         clients: Any, resources: Resources, model: Any) -> None:
     from operators.transform import BatchTransformOperator, job_name
 
-    model()
+    made = model()
     ti = FakeTI(run_id="manual__adopt")
     work = _work(clients, resources, ti, 3)
     assert (work["records"], work["pending"], work["exist"]) == (3, 3, 0)
@@ -107,7 +111,8 @@ def test_create_wait_then_a_retry_adopts_and_a_rerun_skips(
         ("done", 3, 0, name)
     assert report["seconds"] is not None and "note" not in report
     described = clients.client("sagemaker").describe_transform_job(TransformJobName=name)
-    assert described["ModelName"] == f"{resources.model_prefix}clip-stats"
+    assert described["ModelName"] == made, "the operator uses the set-up's model"
+    assert made.startswith(f"{resources.model_prefix}clip-stats-")
     assert described["TransformResources"] == {"InstanceType": "ml.m5.large",
                                                "InstanceCount": 1}
 
@@ -147,17 +152,50 @@ def test_a_failed_job_fails_the_task_with_its_reason(clients: Any, resources: Re
     assert report["reason"] in str(info.value)
 
 
-def test_a_missing_sagemaker_model_says_how_to_create_it(clients: Any,
-                                                        resources: Resources) -> None:
+def test_the_operator_creates_the_model_from_the_configured_image(
+        clients: Any, resources: Resources) -> None:
+    from operators.transform import BatchTransformOperator, job_name
+
+    ti = FakeTI(run_id="manual__own-model")
+    work = _work(clients, resources, ti, 1)
+    operator = BatchTransformOperator(task_id="t", model=MODEL, env="dev", work=work)
+    _poke_until_done(operator, ti)
+    name = job_name(ti.dag_id, ti.run_id, MODEL, work["batch"], 1)
+    sm = clients.client("sagemaker")
+    model_name = sm.describe_transform_job(TransformJobName=name)["ModelName"]
+    container = sm.describe_model(ModelName=model_name)["PrimaryContainer"]
+    assert container["Image"] == resources.images["cpu"]
+    assert container["Environment"]["SMSERVE_ALLOWED_BUCKETS"] == resources.bucket
+
+
+def test_no_configured_image_says_how_to_push_one(clients: Any,
+                                                  resources: Resources) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
     from operators.transform import BatchTransformOperator
 
-    ti = FakeTI(run_id="manual__nomodel")
+    resources.configure(images={})
+    ti = FakeTI(run_id="manual__noimage")
     work = _work(clients, resources, ti, 1)
     operator = BatchTransformOperator(task_id="t", model=MODEL, env="dev", work=work)
     with pytest.raises(AirflowFailException) as info:
         operator.poke({"ti": ti})
-    assert f"SageMaker model {resources.model_prefix}clip-stats does not exist" in \
-        str(info.value)
-    assert "smserve package models/clip_stats" in str(info.value)
+    assert "no ECR image for clip_stats's cpu image" in str(info.value)
+    assert "smserve image push --flavor cpu" in str(info.value)
+    assert "images.cpu" in str(info.value)
+
+
+def test_an_image_ecr_does_not_hold_is_createmodels_error(clients: Any,
+                                                         resources: Resources) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from operators.transform import BatchTransformOperator
+
+    missing = "123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-cpu:never-pushed"
+    resources.configure(images={"cpu": missing})
+    ti = FakeTI(run_id="manual__unknownimage")
+    work = _work(clients, resources, ti, 1)
+    operator = BatchTransformOperator(task_id="t", model=MODEL, env="dev", work=work)
+    with pytest.raises(AirflowFailException) as info:
+        operator.poke({"ti": ti})
+    assert f"Requested image {missing} not found." in str(info.value)

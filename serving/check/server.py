@@ -143,7 +143,14 @@ def served(run: Run, log: Callable[[str], None] | None) -> None:
     try:
         with model_environment(run.env):
             try:
-                server = start(settings, run.folder, free_port(), run_dir=run_dir, echo=echo)
+                server: Any
+                if settings.container_runner == "docker":  # the model's image, not a process
+                    from serving.check.container import start_in_container
+
+                    server = start_in_container(run, settings, echo)
+                else:
+                    server = start(settings, run.folder, free_port(), run_dir=run_dir,
+                                   echo=echo)
             except ServerStartError as err:
                 boot.ok = False
                 boot.seconds = time.perf_counter() - started
@@ -151,8 +158,10 @@ def served(run: Run, log: Callable[[str], None] | None) -> None:
                 return
             try:
                 boot.seconds = time.perf_counter() - started
-                boot.rss_delta = _tree_rss(server.process.pid)
-                boot.output = f"ready on {server.url}"
+                pid = getattr(server.process, "pid", None)  # None: a container
+                boot.rss_delta = _tree_rss(pid) if pid is not None else None
+                runner = getattr(server, "runner", None)
+                boot.output = f"{runner + ', ' if runner else ''}ready on {server.url}"
                 invoke = Stage("POST /invocations", inputs=f"{describe(sample.body)}, "
                                f"{sample.content_type!r}")
                 report.stages.append(invoke)
@@ -161,7 +170,7 @@ def served(run: Run, log: Callable[[str], None] | None) -> None:
                 status, kind, body = _post(server.url, sample.body, sample.content_type,
                                            sample.accept, settings.model_server_timeout + 30)
                 invoke.seconds = time.perf_counter() - began
-                after = _tree_rss(server.process.pid)
+                after = _tree_rss(pid) if pid is not None else None
                 if after is not None and boot.rss_delta is not None:
                     invoke.rss_delta = after - boot.rss_delta
                 invoke.output = f"HTTP {status}, {kind!r}, {describe(body)}"

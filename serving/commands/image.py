@@ -1,11 +1,16 @@
 """``smserve image build`` and ``smserve image push``: the serving images, built and in ECR.
 
-    smserve image build --flavor cpu|gpu [--tag T] [--build-arg K=V] [--context DIR] [--dry-run]
-    smserve image push  --flavor cpu|gpu --repository NAME [--region R] [--tag T] [--dry-run]
+    smserve image build --flavor cpu|gpu [--tag T] [--build-arg K=V] [--context DIR] [--no-pull]
+                        [--dry-run]
+    smserve image push  --flavor cpu|gpu --repository NAME [--create-repository] [--region R]
+                        [--tag T] [--dry-run]
 
 Progress goes to stderr (a bar that redraws in place on a terminal); the
-result goes to stdout: the built image's name, or the pushed image's URI as
-the last line, ready for ``CreateModel``. ``--dry-run`` prints every step
+result goes to stdout: the built image's name, or the pushed image's digest,
+its URI by digest, and its URI as the last line, ready for ``CreateModel``.
+A push also records the URI and digest in the images file
+(:mod:`serving.imagerecord`), where ``smserve pipeline run --api`` and the
+Airflow set-up read them. ``--dry-run`` prints every step
 and touches neither the Docker engine nor AWS.
 """
 
@@ -82,22 +87,26 @@ def _print_plan(steps: list[str]) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     """Build a serving image (cpu or gpu) through the Docker engine, showing its output."""
     from serving import images
+    from serving._image_bases import base_build_args
     from serving.settings import Settings
 
-    environ = Settings.from_environ().environ
+    settings = Settings.from_environ()
+    environ = settings.environ
     tag = args.tag or images.default_tag()
     context = Path(args.context)
-    build_args = dict(args.build_arg or [])
     images.check_flavor(args.flavor)
+    images.check_tag(tag)
+    dockerfile = images.dockerfile_for(args.flavor, context)
+    # the bases from SMSERVE_PYTHON_IMAGE/..., under any --build-arg
+    build_args = base_build_args(dockerfile, settings.base_images, dict(args.build_arg or []))
     if args.dry_run:
         _print_plan(images.build_plan(args.flavor, tag, context, environ, build_args))
         return 0
-    images.check_tag(tag)
-    images.dockerfile_for(args.flavor, context)
     client = images.connect(environ, timeout=args.timeout)
     progress = ConsoleProgress()
     try:
-        images.build(args.flavor, tag, context, client, progress, build_args=build_args)
+        images.build(args.flavor, tag, context, client, progress, build_args=build_args,
+                     pull_bases=not args.no_pull, no_cache=args.no_cache)
     finally:
         progress.close()
         client.close()
@@ -106,8 +115,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    """Push a built image to ECR (repository created if missing) and print its URI."""
-    from serving import images
+    """Push a built image to ECR, print its digest and URI, and record them."""
+    from serving import imagerecord, images
     from serving.aws import ClientFactory
     from serving.settings import Settings
 
@@ -126,12 +135,17 @@ def cmd_push(args: argparse.Namespace) -> int:
     try:
         result = images.push(args.flavor, args.repository, region, tag,
                              ClientFactory(settings.with_changes(region=region)), client,
-                             progress)
+                             progress, create_repository=args.create_repository)
     finally:
         progress.close()
         client.close()
+    entry = imagerecord.record(Path(settings.images_file), args.flavor, result.uri,
+                               result.digest, settings.endpoint_url)
+    print(f"# recorded in {settings.images_file} for the {args.flavor} models "
+          "(smserve pipeline run --api, the Airflow set-up)", file=sys.stderr)
     if result.digest:
-        print(f"# digest {result.digest}", file=sys.stderr)
+        print(f"digest {result.digest}")
+        print(f"by digest {entry['pinned']}")
     print(result.uri)
     return 0
 
@@ -152,6 +166,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.add_argument("--context", default=os.curdir,
                    help="the build context: the repository root (default: .)")
     b.add_argument("--timeout", type=int, default=3600, help="seconds per engine call (3600)")
+    b.add_argument("--no-pull", action="store_true",
+                   help="never pull base images: a missing one is an error naming it "
+                        "(bases: $SMSERVE_PYTHON_IMAGE, $SMSERVE_BUILD_IMAGE, "
+                        "$SMSERVE_CUDA_IMAGE or --build-arg PYTHON_IMAGE=...)")
+    b.add_argument("--no-cache", action="store_true",
+                   help="build every step again, without the engine's layer cache")
     b.add_argument("--dry-run", action="store_true", help="print the steps, do nothing")
     b.set_defaults(func=cmd_build)
 
@@ -162,6 +182,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="the ECR repository, like smserve-gpu or team/smserve-gpu")
     u.add_argument("--region", default=None, help="ECR region (default: $AWS_REGION)")
     u.add_argument("--tag", default=None, help="the tag to push (default: the smserve version)")
+    u.add_argument("--create-repository", action="store_true",
+                   help="create the ECR repository if it is missing (scan on push, immutable "
+                        "tags); without it a missing repository is an error")
     u.add_argument("--timeout", type=int, default=3600, help="seconds per engine call (3600)")
     u.add_argument("--dry-run", action="store_true", help="print the steps, do nothing")
     u.set_defaults(func=cmd_push)

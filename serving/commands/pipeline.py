@@ -72,7 +72,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--api", action="store_true",
                      help="run each model through the SageMaker API (CreateModel, "
                           "CreateTransformJob) at AWS_ENDPOINT_URL: `smserve local up`'s, "
-                          "or AWS's")
+                          "or AWS's; models run on the ECR images `smserve image push` "
+                          "recorded (or SMSERVE_IMAGE_CPU / SMSERVE_IMAGE_GPU)")
     run.add_argument("--role-arn", default=None, metavar="ARN",
                      help="with --api: ExecutionRoleArn for CreateModel (default: a local "
                           "placeholder the embedded stack accepts)")
@@ -117,9 +118,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings, notes = run_settings(bucket)
     jobs = None
     if args.api:
+        from serving import imagerecord
         from serving.sagemaker.jobs import LOCAL_ROLE, SageMakerJobs
 
-        jobs = SageMakerJobs(ClientFactory(settings), role_arn=args.role_arn or LOCAL_ROLE)
+        wanted = sorted({graph[name].image for name in (args.models or graph.order())
+                         if name in graph})
+        jobs = SageMakerJobs(ClientFactory(settings), role_arn=args.role_arn or LOCAL_ROLE,
+                             images=imagerecord.require(settings, wanted))
     report = run_pipeline(
         graph, ClientFactory(settings), args.input, models=args.models,
         overwrite=args.overwrite, gpu_memory_mb=args.gpu_memory_mb,

@@ -4,6 +4,11 @@ One endpoint serves S3, SQS, ECR, IAM, STS and CloudWatch Logs (moto) and the
 SageMaker API whose transform jobs really run (:mod:`serving.local.sagemaker`,
 routed by its ``X-Amz-Target`` header); clients need only
 ``AWS_ENDPOINT_URL=http://127.0.0.1:PORT`` (and any dummy credentials).
+
+Where Debian's ``docker-registry`` is installed, a real registry runs beside
+it on another loopback port, behind the stack's ECR API
+(:mod:`serving.local.ecr`): ``smserve image push`` pushes layers there, and
+``CreateModel`` accepts only images that ECR holds.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ class LocalStack:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.sagemaker: Any = None
+        self.registry: Any = None
+        self.ecr: Any = None
+        #: One line per part that could not run (the registry), for the caller to print.
+        self.notices: list[str] = []
 
     @property
     def endpoint_url(self) -> str:
@@ -95,16 +104,22 @@ class LocalStack:
         )
         from werkzeug.serving import make_server
 
+        from serving.local.ecr import EcrMiddleware, LocalEcr
         from serving.local.sagemaker import SageMakerMiddleware, SageMakerService
+        from serving.local.sagemaker.resources import DEFAULT_ACCOUNT
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.sagemaker = SageMakerService(self.settings(), echo=self._echo)
-        app = SageMakerMiddleware(DomainDispatcherApplication(create_backend_app),
-                                  self.sagemaker)
+        self.registry = self._start_registry()
+        self.ecr = LocalEcr(DEFAULT_ACCOUNT, self.region, self.registry)
+        self.sagemaker = SageMakerService(self.settings(), echo=self._echo,
+                                          image_check=self.ecr.check_image)
+        app = EcrMiddleware(SageMakerMiddleware(DomainDispatcherApplication(create_backend_app),
+                                                self.sagemaker), self.ecr)
         try:
             self._server = make_server("127.0.0.1", self.port, app, threaded=True,
                                        request_handler=MotoRequestHandler)
         except OSError as err:
+            self.stop()
             raise StackError(f"cannot listen on 127.0.0.1:{self.port} ({err}); pick another "
                              "port with --port, or omit it for a free one") from err
         self._thread = threading.Thread(target=self._server.serve_forever,
@@ -121,6 +136,30 @@ class LocalStack:
         raise StackError(f"the embedded stack did not answer on {self.endpoint_url} "
                          f"within {timeout:.0f} s")
 
+    def _start_registry(self) -> Any:
+        """The registry behind ECR, started; None (and a notice) when there is no binary."""
+        from serving.local.registry import BINARY_VARIABLE, LocalRegistry, find_binary
+
+        environ = (self._base or Settings.from_environ()).environ
+        binary = find_binary(environ)
+        if binary is None:
+            self.notices.append(
+                "no image registry: ECR holds only images recorded with PutImage and "
+                "`smserve image push` cannot push (apt-get install -y docker-registry, or set "
+                f"{BINARY_VARIABLE} to a registry binary)")
+            return None
+        try:
+            return LocalRegistry(binary).start()
+        except StackError as err:
+            self.notices.append(f"no image registry ({err.message}); ECR holds only images "
+                                "recorded with PutImage")
+            return None
+
+    @property
+    def registry_address(self) -> str | None:
+        """``127.0.0.1:PORT`` of the registry behind ECR, or None when none runs."""
+        return self.registry.address if self.registry is not None else None
+
     def stop(self) -> None:
         """Stop running transform jobs (and their containers), then the server (idempotent)."""
         if self.sagemaker is not None:
@@ -132,6 +171,9 @@ class LocalStack:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        if self.registry is not None:
+            self.registry.stop()
+            self.registry = None
 
     def reset(self) -> None:
         """Forget every bucket, queue, repository, model and job (moto's reset API)."""

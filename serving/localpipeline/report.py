@@ -31,6 +31,8 @@ class ModelReport:
         failed: records whose output was not written because the model failed.
         reason: why it failed or was skipped; None when it ran.
         job: the transform job's name, when one was started.
+        runner: what ran its containers (``local process``, ``docker IMAGE``, or
+            ``CreateTransformJob, image IMAGE``); None when nothing ran.
         started: monotonic time its transform started (None: none started).
         ended: monotonic time it finished (None: not started, or still running).
         done_records: records answered so far (progress, while running).
@@ -45,6 +47,7 @@ class ModelReport:
     failed: int = 0
     reason: str | None = None
     job: str | None = None
+    runner: str | None = None
     started: float | None = None
     ended: float | None = None
     done_records: int = 0
@@ -61,7 +64,8 @@ class ModelReport:
         """The report as JSON-ready data (the Airflow reporter's per-model shape)."""
         return {"model": self.model, "status": self.status, "records": self.records,
                 "written": self.written, "skipped": self.skipped, "failed": self.failed,
-                "reason": self.reason, "job": self.job, "started": self.started,
+                "reason": self.reason, "job": self.job, "runner": self.runner,
+                "started": self.started,
                 "ended": self.ended, "seconds": self.seconds}
 
 
@@ -151,8 +155,9 @@ def report_message(report: PipelineReport) -> str:
             f"{'failed':>7}  time"]
     for m in report.models:
         took = f"{m.seconds:.1f} s" if m.seconds is not None else "-"
+        ran = f"  -> {m.runner}" if m.runner else ""
         rows.append(f"  {m.model:<{width}}  {m.status:<8} {m.written:>7} {m.skipped:>7} "
-                    f"{m.failed:>7}  {took}")
+                    f"{m.failed:>7}  {took}{ran}")
         if m.reason:
             rows.append(_indent(m.reason, "      "))
     return "\n".join([head, *rows])

@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from serving.aws import ClientFactory
 from serving.errors import ConfigError, SmserveError, TransformError
@@ -38,6 +39,7 @@ from serving.localpipeline.report import ModelReport, PipelineReport, report_mes
 from serving.localpipeline.scheduler import ModelResult, ProgressFn, Scheduler, describe_error
 from serving.localpipeline.view import LiveView
 from serving.pipeline import DEFAULT_PREFIX, Graph
+from serving.runners.docker import close_runner, runner_description
 from serving.runners.process import ProcessRunner
 from serving.s3refs import dumps_records
 from serving.sagemaker.jobs import SageMakerJobs, predict_via_api
@@ -97,24 +99,33 @@ class TransformRunner:
         if log is not None:
             sink = log
             log = lambda line: sink(f"[{work.model}] {line}")  # noqa: E731
+        runner_label = None
         try:
             if self.jobs is not None:
+                image = self.jobs.image_for(spec)
+                runner_label = f"CreateTransformJob, image {image}"
                 answers = predict_via_api(
                     self.jobs, spec, list(work.pending), self.bucket, name,
                     work_prefix=self.work_prefix,
                     progress=(lambda status: log(f"job {name}: {status}")) if log else None)
             else:
-                answers = predict(
-                    spec.folder, list(work.pending), self.clients, self.bucket,
-                    work_prefix=self.work_prefix, job_name=name, runner=self.runner, log=log,
-                    progress=lambda p: progress(p.records_done, p.records_total),
-                    model_name=spec.name.replace("_", "-"),
-                    instance_count=spec.instance_count,
-                    batch_strategy=spec.batch_strategy, max_payload_mb=spec.max_payload_mb,
-                    max_concurrent=spec.max_concurrent_transforms,
-                    model_environment=spec.container_environment(), image=spec.image)
+                runner = self.runner or self._runner(spec.image, log)
+                runner_label = runner_description(runner)
+                try:
+                    answers = predict(
+                        spec.folder, list(work.pending), self.clients, self.bucket,
+                        work_prefix=self.work_prefix, job_name=name, runner=runner, log=log,
+                        progress=lambda p: progress(p.records_done, p.records_total),
+                        model_name=spec.name.replace("_", "-"),
+                        instance_count=spec.instance_count,
+                        batch_strategy=spec.batch_strategy, max_payload_mb=spec.max_payload_mb,
+                        max_concurrent=spec.max_concurrent_transforms,
+                        model_environment=spec.container_environment(), image=spec.image)
+                finally:
+                    if self.runner is None:
+                        close_runner(runner)
         except Exception as err:
-            return self._failed(work, name, err)
+            return dataclasses.replace(self._failed(work, name, err), runner=runner_label)
         statuses = [a.get("status") if isinstance(a, dict) else None for a in answers]
         written = statuses.count("written")
         skipped = statuses.count("skipped")
@@ -124,7 +135,15 @@ class TransformRunner:
             reason = (f"{odd} answer(s) of {work.model} are not {{\"status\": \"written\" | "
                       "\"skipped\", ...}; the model must answer with serving.s3refs.response()")
         return ModelResult(written=written, skipped=skipped, failed=odd,
-                           reason=reason, job=name)
+                           reason=reason, job=name, runner=runner_label)
+
+    def _runner(self, flavor: str, log: Callable[[str], None] | None) -> Any:
+        """The runner ``SMSERVE_CONTAINER_RUNNER`` chooses for a model of image ``flavor``."""
+        from serving.runners.docker import choose_runner
+        from serving.settings import Settings
+
+        env = {**Settings.from_environ().environ, **self.clients.settings.environ}
+        return choose_runner(self.clients.settings.container_runner, flavor, env, log=log)
 
     def _failed(self, work: ModelWork, name: str, err: Exception) -> ModelResult:
         result = err.context.get("result") if isinstance(err, SmserveError) else None

@@ -41,6 +41,7 @@ class ModelResult:
         failed: records not written.
         reason: why the model failed; None when it succeeded.
         job: the transform job's name.
+        runner: what ran it (``local process``, ``docker smserve-cpu:0.1.0``...).
     """
 
     written: int = 0
@@ -48,6 +49,7 @@ class ModelResult:
     failed: int = 0
     reason: str | None = None
     job: str | None = None
+    runner: str | None = None
 
 
 #: ``run_one(model, progress) -> ModelResult``: the part that touches the outside.
@@ -190,5 +192,5 @@ class Scheduler:
             self._finish(name, dataclasses.replace(
                 report, status="failed" if result.reason else "done", written=result.written,
                 skipped=result.skipped, failed=result.failed, reason=result.reason,
-                job=result.job, ended=ended))
+                job=result.job, runner=result.runner, ended=ended))
             self._cond.notify_all()

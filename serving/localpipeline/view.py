@@ -94,9 +94,13 @@ class LiveView:
             text = "running"
         elif r.status == "done":
             took = f"  {r.seconds:.1f} s" if r.seconds is not None else ""
-            text = f"done     {r.written} written, {r.skipped} skipped{took}"
+            ran = f"  -> {r.runner}" if r.runner else ""
+            text = f"done     {r.written} written, {r.skipped} skipped{took}{ran}"
         elif r.status == "failed":
-            text = f"failed   {_first_line(r.reason or '')}"
+            ran = f" ({r.runner})" if r.runner else ""
+            # a log keeps the whole first line (an engine's message); a terminal, one row
+            limit = 10_000 if timestamp else 90
+            text = f"failed{ran}   {_first_line(r.reason or '', limit)}"
         elif r.status == "skipped":
             text = f"skipped  {_first_line(r.reason or '')}"
         else:

@@ -27,6 +27,12 @@ on the host's ``127.0.0.1`` only:
 
 Each container runs as the caller's uid:gid by default, so a model folder the
 caller can read is readable inside (a temporary folder is mode 0700).
+
+GPUs (``SMSERVE_DOCKER_GPUS``, see :mod:`serving.runners._gpu`): ``auto``
+asks for every GPU only when the image wants one and the engine has an
+NVIDIA runtime; otherwise a GPU image runs its model on the CPU and
+:meth:`DockerRunner.describe` says so. ``all`` always asks, and a start the
+engine refuses shows the engine's whole message.
 """
 
 from __future__ import annotations
@@ -34,21 +40,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import threading
-import weakref
-from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from serving.errors import ServerStartError
 from serving.ports import free_port
+from serving.runners._container import DockerContainer, force_remove
+from serving.runners._gpu import CPU_FALLBACK, GPU_MODES, Placement, place, start_refused
 from serving.runners.process import ProcessRunner, StartGroup, start_all, wait_healthy
 
 CONTAINER_PORT = 8080
 MODEL_MOUNT = "/opt/ml/model"
-TAIL_LINES = 40
 #: Settings a container gets from the runner's environment (by prefix)...
 FORWARDED_PREFIXES = ("AWS_", "SMSERVE_", "SAGEMAKER_")
 #: ...except these: host paths, or what the runner sets per container.
@@ -89,105 +92,6 @@ def container_env(base: Mapping[str, str], environment: Mapping[str, str], *, po
     return env
 
 
-class _Exit:
-    """``Popen``-like ``poll()`` for a container: its exit code once it has stopped."""
-
-    def __init__(self, container: DockerContainer) -> None:
-        self._container = container
-
-    def poll(self) -> int | None:
-        return self._container.exit_code()
-
-
-class DockerContainer:
-    """One running serving container.
-
-    Attributes:
-        index: its position among the job's containers.
-        port: the loopback port it is reached on.
-        url: ``http://127.0.0.1:PORT``.
-        id: the engine's container id.
-        process: ``.poll()`` gives the exit code once it stopped, else None.
-    """
-
-    def __init__(self, index: int, container: Any, port: int, *, grace: float = 10.0,
-                 log: Callable[[str], None] | None = None) -> None:
-        self.index = index
-        self.container = container
-        self.id: str = container.id
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.grace = grace
-        self.process = _Exit(self)
-        self._stopped = False
-        self._lock = threading.Lock()
-        self._lines: deque[str] = deque(maxlen=TAIL_LINES)
-        self._finalizer = weakref.finalize(self, _force_remove, container)
-        self._follower: threading.Thread | None = None
-        if log is not None:
-            self._follower = threading.Thread(target=self._follow, args=(log,), daemon=True,
-                                              name=f"docker-log-{index}")
-            self._follower.start()
-
-    def exit_code(self) -> int | None:
-        """The exit code once the container has stopped, else None."""
-        try:
-            self.container.reload()
-        except Exception:
-            return -1  # gone
-        state = self.container.attrs.get("State") or {}
-        if state.get("Running") or state.get("Status") in ("created", "running", "restarting"):
-            return None
-        return int(state.get("ExitCode", -1))
-
-    def alive(self) -> bool:
-        """True while the container runs."""
-        return self.exit_code() is None
-
-    def log_tail(self, lines: int = TAIL_LINES) -> str:
-        """The last ``lines`` lines the container printed."""
-        try:
-            raw = self.container.logs(tail=lines)
-        except Exception:
-            return "\n".join(list(self._lines)[-lines:])
-        text: str = raw.decode("utf-8", "replace").rstrip("\n")
-        return text
-
-    def stop(self, grace: float | None = None) -> None:
-        """Stop the container (SIGTERM, SIGKILL after ``grace`` s) and remove it; idempotent."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        try:
-            with contextlib.suppress(Exception):
-                self.container.stop(timeout=int(self.grace if grace is None else grace))
-        finally:
-            self._finalizer()
-
-    def _follow(self, log: Callable[[str], None]) -> None:
-        with contextlib.suppress(Exception):
-            for raw in self.container.logs(stream=True, follow=True):
-                for line in raw.decode("utf-8", "replace").splitlines():
-                    self._lines.append(line)
-                    log(f"[container {self.index}] {line}")
-
-    def __enter__(self) -> DockerContainer:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"DockerContainer(index={self.index}, url={self.url!r}, id={self.id[:12]!r})"
-
-
-def _force_remove(container: Any) -> None:
-    with contextlib.suppress(Exception):
-        container.remove(force=True)
-
-
 def _caller_user() -> str | None:
     if hasattr(os, "getuid") and hasattr(os, "getgid"):
         return f"{os.getuid()}:{os.getgid()}"
@@ -202,7 +106,8 @@ class DockerRunner:
         client: a ``docker.DockerClient`` (see :func:`serving.images.connect`).
         env: the runner's environment; its ``AWS_*``, ``SMSERVE_*`` and
             ``SAGEMAKER_*`` settings reach every container.
-        gpu: request every GPU (``--gpus all``).
+        gpus: ``auto`` (ask for every GPU when the image wants one and the engine
+            has an NVIDIA runtime), ``all`` (always ask: ``--gpus all``) or ``none``.
         network: ``host``, ``bridge`` or ``auto`` (see the module docstring).
         user: ``uid:gid`` to run as; ``auto`` is the caller's; None is the image's.
         startup_timeout: seconds a container may take to answer ``/ping``.
@@ -213,7 +118,7 @@ class DockerRunner:
     """
 
     def __init__(self, image: str, client: Any, env: Mapping[str, str] | None = None, *,
-                 gpu: bool = False, network: str = "auto", user: str | None = "auto",
+                 gpus: str = "auto", network: str = "auto", user: str | None = "auto",
                  startup_timeout: float = 180.0, ping_timeout: float = 2.0,
                  log: Callable[[str], None] | None = None, stop_grace: float = 10.0,
                  poll_interval: float = 0.25) -> None:
@@ -222,7 +127,10 @@ class DockerRunner:
         self.image = image
         self.client = client
         self.env = dict(env or {})
-        self.gpu = gpu
+        if gpus not in GPU_MODES:
+            raise ValueError(f"gpus must be one of {', '.join(GPU_MODES)}, not {gpus!r}")
+        self.gpus = gpus
+        self._placement: Placement | None = None
         self.network = network
         self.user = _caller_user() if user == "auto" else user
         self.startup_timeout = startup_timeout
@@ -241,11 +149,32 @@ class DockerRunner:
             ImageError: no engine is reachable.
         """
         from serving import images
+        from serving.settings import Settings
 
         images.check_flavor(flavor)
+        gpus = Settings.from_environ(environ).docker_gpus
         client = images.connect(environ)
         image = images.local_image(flavor, tag or images.default_tag())
-        return cls(image, client, environ, gpu=flavor == "gpu", **options)
+        return cls(image, client, environ, gpus=gpus, **options)
+
+    def placement(self) -> Placement:
+        """Whether containers ask for a GPU, and why (decided once, on first use)."""
+        if self._placement is None:
+            self._placement = place(self.client, self.image, self.gpus)
+            where = self._placement
+            if self.log is not None and where.note and not where.gpu:
+                self.log(f"{self.image}: {where.note}; {CPU_FALLBACK}")
+        return self._placement
+
+    def describe(self) -> str:
+        """Which runner runs the model, for progress lines and reports (one line)."""
+        where = self.placement()
+        return f"docker {self.image}" + (f" ({where.note})" if where.note else "")
+
+    def close(self) -> None:
+        """Close the engine connection (stop the containers first); idempotent."""
+        with contextlib.suppress(Exception):
+            self.client.close()
 
     def resolved_network(self) -> str:
         """``host`` or ``bridge``: ``auto`` becomes bridge on Docker Desktop, else host."""
@@ -279,6 +208,7 @@ class DockerRunner:
             raise ServerStartError(f"model directory {model_dir} does not exist",
                                    model_dir=str(model_dir))
         network = self.resolved_network()
+        self.placement()
         return start_all(count, lambda index, group: self._start_one(
             model_dir, dict(environment or {}), index, network, group),
             thread_name_prefix="docker-start")
@@ -333,7 +263,8 @@ class DockerRunner:
         else:
             options["ports"] = {f"{CONTAINER_PORT}/tcp": ("127.0.0.1", host_port)}
             options["extra_hosts"] = {"host.docker.internal": "host-gateway"}
-        if self.gpu:
+        gpu = self.placement().gpu
+        if gpu:
             options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
         created = None
         try:
@@ -345,9 +276,8 @@ class DockerRunner:
                 "--flavor cpu|gpu), or run the transform with the process runner") from err
         except (APIError, DockerException, OSError) as err:
             if created is not None:
-                _force_remove(created)
-            raise ServerStartError(f"the Docker engine could not start container {index} from "
-                                   f"{self.image}: {' '.join(str(err).split())}") from err
+                force_remove(created)
+            raise ServerStartError(start_refused(err, index, self.image, gpu)) from err
         return DockerContainer(index, created, host_port, grace=self.stop_grace, log=self.log)
 
 
@@ -379,3 +309,16 @@ def choose_runner(kind: str, flavor: str, environ: Mapping[str, str], *,
         return DockerRunner.for_flavor(flavor, environ, tag, log=log)
     raise ConfigError(f"SMSERVE_CONTAINER_RUNNER={kind!r} is not a runner; use "
                       f"{' or '.join(RUNNER_KINDS)}")
+
+
+def close_runner(runner: Any) -> None:
+    """Release what ``runner`` holds (a Docker runner's engine connection; nothing else)."""
+    close = getattr(runner, "close", None)
+    if callable(close):
+        close()
+
+
+def runner_description(runner: Any) -> str:
+    """What runs a model's containers, in a few words (progress lines, reports)."""
+    describe = getattr(runner, "describe", None)
+    return str(describe()) if callable(describe) else "local process"

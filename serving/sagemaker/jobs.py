@@ -1,25 +1,28 @@
 """Batch transform through the SageMaker API: the embedded stack's, or AWS's.
 
-The same boto3 calls run a model's transform on AWS and on ``smserve local
-up``: package the model, ``CreateModel`` (once per archive digest),
-``CreateTransformJob`` under a deterministic name, wait, read the outputs.
-A job of that name that already completed is adopted instead of run again;
-one that failed or stopped is retried under the next ``-rN`` name.
+The one path that creates and adopts models and transform jobs, for
+``smserve pipeline run --api``, the demo and the Airflow transform operator
+(``dags/operators/transform.py``) alike: package the model, ``CreateModel``
+from the configured ECR image (never a local tag) under
+``<prefix><model>-<digest of archive, environment and image>``, so a changed
+model or image gets a new model and an unchanged one is reused;
+``CreateTransformJob`` under a deterministic name, adopting a job of that
+name that already exists. :meth:`SageMakerJobs.run` waits for the job (the
+CLI); the operator polls with :meth:`SageMakerJobs.describe` instead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from serving import __version__
-from serving.aws import ClientFactory
-from serving.errors import TransformError
+from serving.errors import ConfigError, TransformError
 from serving.modelspec import ModelSpec
 from serving.transform.predict import INPUT_NAME, decode_output
 from serving.transform.transfer import DataTransfer, encode_records
@@ -28,53 +31,101 @@ from serving.transform.transfer import DataTransfer, encode_records
 LOCAL_ROLE = "arn:aws:iam::123456789012:role/smserve-local"
 TERMINAL = ("Completed", "Failed", "Stopped")
 MAX_ATTEMPTS = 5
+#: The prefix of every model this path creates.
+MODEL_PREFIX = "smserve-"
 
 
-def default_image(flavor: str) -> str:
-    """The image name ``smserve image build`` tags for a flavor."""
-    return f"smserve-{flavor}:{__version__}"
+def model_name(prefix: str, model: str, archive: bytes, environment: Mapping[str, str],
+               image: str) -> str:
+    """``<prefix><model>-<10 hex digits>``: a valid SageMaker name, new for any change.
+
+    The digest covers the archive's bytes, the container environment and the
+    image URI, so a changed model, setting or image gets a new model.
+    """
+    digest = hashlib.sha256(archive + json.dumps(environment, sort_keys=True).encode()
+                            + image.encode()).hexdigest()[:10]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{prefix}{model}").strip("-")[:52].strip("-")
+    return f"{slug or 'model'}-{digest}"
 
 
 class SageMakerJobs:
     """Models and transform jobs through the SageMaker API.
 
     Args:
-        clients: the factory (``AWS_ENDPOINT_URL`` points it at the stack).
+        clients: anything with ``client(name)`` for ``s3`` and ``sagemaker`` (a
+            :class:`~serving.aws.ClientFactory`, or the DAG's hooks); its
+            ``settings`` (when it has them) give the containers' allow-lists.
         role_arn: ``ExecutionRoleArn`` for ``CreateModel``.
-        images: flavor (``cpu``/``gpu``) -> image URI (default: local tags).
+        images: flavor (``cpu``/``gpu``) -> ECR image URI (see :mod:`serving.imagerecord`).
         poll: seconds between ``DescribeTransformJob`` calls.
         sleep: the pause function (tests pass a fast one).
+        model_prefix: the start of every model name.
+        allowed_buckets: ``SMSERVE_ALLOWED_BUCKETS`` for the containers (default: settings').
+        output_prefixes: ``SMSERVE_OUTPUT_PREFIXES`` for the containers (default: settings').
     """
 
-    def __init__(self, clients: ClientFactory, *, role_arn: str = LOCAL_ROLE,
+    def __init__(self, clients: Any, *, role_arn: str = LOCAL_ROLE,
                  images: Mapping[str, str] | None = None, poll: float = 1.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 model_prefix: str = MODEL_PREFIX,
+                 allowed_buckets: Sequence[str] | None = None,
+                 output_prefixes: Sequence[str] | None = None) -> None:
         self.clients = clients
         self.role_arn = role_arn
         self.images = dict(images or {})
         self.poll = poll
         self.sleep = sleep
+        self.model_prefix = model_prefix
+        settings = getattr(clients, "settings", None)
+        self.allowed_buckets = tuple(allowed_buckets if allowed_buckets is not None else
+                                     getattr(settings, "allowed_buckets", ()))
+        self.output_prefixes = tuple(output_prefixes if output_prefixes is not None else
+                                     getattr(settings, "output_prefixes", ("",)))
 
     @property
     def _sm(self) -> Any:
         return self.clients.client("sagemaker")
 
-    def ensure_model(self, spec: ModelSpec, bucket: str, work_prefix: str) -> str:
-        """Package ``spec``'s folder, upload it, and create its model if missing.
+    def image_for(self, spec: ModelSpec) -> str:
+        """The ECR image URI ``spec``'s flavor runs on.
+
+        Raises:
+            ConfigError: none is configured for that flavor.
+        """
+        image = self.images.get(spec.image)
+        if not image:
+            raise ConfigError(
+                f"no ECR image for {spec.name}'s {spec.image} image: push one (smserve image "
+                f"push --flavor {spec.image} --repository smserve-{spec.image}) or set "
+                f"SMSERVE_IMAGE_{spec.image.upper()} (Airflow: images.{spec.image} in the "
+                "Variable) to an ECR image URI with a tag", model=spec.name)
+        return image
+
+    def ensure_model(self, spec: ModelSpec, bucket: str, work_prefix: str,
+                     extra_environment: Mapping[str, str] | None = None) -> str:
+        """Package ``spec``'s folder and create its model if missing (else reuse it).
+
+        Args:
+            spec: the model.
+            bucket: where ``model.tar.gz`` goes (``<work_prefix>models/<name>/``).
+            work_prefix: the key prefix of the toolkit's own objects.
+            extra_environment: container variables to add or override.
 
         Returns:
-            the model name, ``<name>-<digest of the archive>``: a changed model
-            gets a new name, an unchanged one is reused.
+            the model name (see :func:`model_name`).
+
+        Raises:
+            ConfigError: no image for the model's flavor.
+            TransformError: CreateModel was refused (an image ECR does not hold...).
         """
         from serving.package import build_archive
 
+        image = self.image_for(spec)
         with tempfile.TemporaryDirectory(prefix="smserve-package-") as tmp:
             archive = build_archive(spec.folder, Path(tmp) / "model.tar.gz")
             data = archive.read_bytes()
-        environment = self.environment(spec)
-        digest = hashlib.sha256(data + json.dumps(environment, sort_keys=True).encode()
-                                ).hexdigest()[:10]
-        name = f"{spec.name.replace('_', '-')}-{digest}"[:63]
+        environment = {**self.environment(spec), **(extra_environment or {})}
+        name = model_name(self.model_prefix, spec.name, data, environment, image)
         try:
             self._sm.describe_model(ModelName=name)
             return name
@@ -84,34 +135,36 @@ class SageMakerJobs:
                 raise
         transfer = DataTransfer(self.clients.client("s3"), bucket, f"{work_prefix}models/{name}/")
         uri = transfer.upload_bytes(data, "model.tar.gz")
-        self._sm.create_model(
-            ModelName=name,
-            PrimaryContainer={"Image": self.images.get(spec.image, default_image(spec.image)),
-                              "ModelDataUrl": uri,
-                              "Environment": environment},
-            ExecutionRoleArn=self.role_arn,
-        )
+        try:
+            self._sm.create_model(
+                ModelName=name, ExecutionRoleArn=self.role_arn,
+                PrimaryContainer={"Image": image, "ModelDataUrl": uri,
+                                  "Environment": environment})
+        except self._sm.exceptions.ClientError as err:
+            text = str(getattr(err, "response", {}).get("Error", {}).get("Message", err))
+            if "already existing" in text:  # created meanwhile (another task, another poke)
+                return name
+            raise TransformError(f"CreateModel {name} ({image}) was refused: {text}",
+                                 model=spec.name, image=image) from err
         return name
 
     def environment(self, spec: ModelSpec) -> dict[str, str]:
         """The model's container environment: ``model.toml``'s, plus the allow-lists.
 
         The container checks every request against ``SMSERVE_ALLOWED_BUCKETS``
-        and ``SMSERVE_OUTPUT_PREFIXES``; they travel with the model, from the
-        settings this client was built with.
+        and ``SMSERVE_OUTPUT_PREFIXES``; they travel with the model.
         """
-        settings = self.clients.settings
         env = spec.container_environment()
-        if settings.allowed_buckets:
-            env.setdefault("SMSERVE_ALLOWED_BUCKETS", ",".join(settings.allowed_buckets))
-        if settings.output_prefixes != ("",):
-            env.setdefault("SMSERVE_OUTPUT_PREFIXES", ",".join(settings.output_prefixes))
+        if self.allowed_buckets:
+            env.setdefault("SMSERVE_ALLOWED_BUCKETS", ",".join(self.allowed_buckets))
+        if self.output_prefixes != ("",):
+            env.setdefault("SMSERVE_OUTPUT_PREFIXES", ",".join(self.output_prefixes))
         return env
 
     def request(self, job_name: str, model_name: str, spec: ModelSpec, input_uri: str,
-                output_uri: str) -> dict[str, Any]:
+                output_uri: str, tags: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The ``CreateTransformJob`` request for ``spec``'s batch settings."""
-        return {
+        request: dict[str, Any] = {
             "TransformJobName": job_name,
             "ModelName": model_name,
             "BatchStrategy": spec.batch_strategy,
@@ -127,6 +180,26 @@ class SageMakerJobs:
             "TransformResources": {"InstanceType": spec.instance_type,
                                    "InstanceCount": spec.instance_count},
         }
+        if tags:
+            request["Tags"] = [{"Key": k, "Value": v[:256]} for k, v in tags.items()]
+        return request
+
+    def create(self, request: Mapping[str, Any]) -> bool:
+        """``CreateTransformJob``; False when a job of that name exists already (adopted).
+
+        Raises:
+            TransformError: the service refused the request (its message).
+        """
+        try:
+            self._sm.create_transform_job(**request)
+        except self._sm.exceptions.ClientError as err:
+            if _code(err) == "ResourceInUse":  # another poke or run created it a moment ago
+                return False
+            text = str(getattr(err, "response", {}).get("Error", {}).get("Message", err))
+            raise TransformError(f"CreateTransformJob {request['TransformJobName']} was "
+                                 f"refused: {_code(err)}: {text}",
+                                 job=request["TransformJobName"]) from err
+        return True
 
     def run(self, request: Mapping[str, Any],
             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -141,9 +214,9 @@ class SageMakerJobs:
         base = str(request["TransformJobName"])
         for attempt in range(1, MAX_ATTEMPTS + 1):
             name = base if attempt == 1 else f"{base[:59]}-r{attempt}"
-            found = self._describe(name)
+            found = self.describe(name)
             if found is None:
-                self._sm.create_transform_job(**{**request, "TransformJobName": name})
+                self.create({**request, "TransformJobName": name})
             elif found["TransformJobStatus"] in ("Failed", "Stopped"):
                 continue  # a finished failure: the next attempt gets the next name
             final = self.wait(name, progress)
@@ -160,7 +233,7 @@ class SageMakerJobs:
         """Poll ``DescribeTransformJob`` until the job is Completed, Failed or Stopped."""
         last = None
         while True:
-            found = self._describe(name)
+            found = self.describe(name)
             if found is None:
                 raise TransformError(f"transform job {name} disappeared", job=name)
             status = found["TransformJobStatus"]
@@ -171,7 +244,8 @@ class SageMakerJobs:
                 return found
             self.sleep(self.poll)
 
-    def _describe(self, name: str) -> dict[str, Any] | None:
+    def describe(self, name: str) -> dict[str, Any] | None:
+        """``DescribeTransformJob``, or None when there is no such job."""
         try:
             found: dict[str, Any] = self._sm.describe_transform_job(TransformJobName=name)
             return found

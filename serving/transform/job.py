@@ -16,6 +16,7 @@ from typing import Any
 
 from serving.aws import ClientFactory
 from serving.errors import ConfigError, TransformError
+from serving.runners.docker import choose_runner, close_runner, runner_description
 from serving.runners.process import Container, ProcessRunner
 from serving.transform.dataplane import DataPlane, Progress
 from serving.transform.listing import list_inputs
@@ -86,8 +87,8 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
         ConfigError: a bad model path or archive.
     """
     say = log or (lambda _line: None)
+    made_runner = runner is None
     if runner is None:
-        from serving.runners.docker import choose_runner
         from serving.settings import Settings
 
         env = {**Settings.from_environ().environ, **clients.settings.environ}
@@ -101,7 +102,8 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
         objects = list_inputs(clients.client("s3"), spec,
                               relative_to=options.get("relative_to", "prefix"), log=say)
         environment = container_environment(spec, model_environment)
-        say(f"{spec.name}: starting {spec.instance_count} container(s) for {model}")
+        say(f"{spec.name}: starting {spec.instance_count} container(s) for {model} "
+            f"({runner_description(runner)})")
         containers = runner.start(model_dir, environment, count=spec.instance_count)
         plane = DataPlane(clients.client("s3"), [c.url for c in containers], spec, log=say,
                           progress=progress, **options)
@@ -110,6 +112,8 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
     finally:
         for container in containers:
             container.stop()
+        if made_runner:
+            close_runner(runner)
         shutil.rmtree(workdir, ignore_errors=True)
     say(result.summary())
     if not result.ok:

@@ -33,7 +33,6 @@ from local_test.airflow_setup import (
     queue_objects,
     run_xcoms,
     task_states,
-    upload_models,
 )
 from local_test.clips import upload_clips
 from serving.aws import ClientFactory
@@ -77,11 +76,11 @@ def stack_clients(stack: LocalStack) -> ClientFactory:
 
 
 @pytest.fixture(scope="session")
-def archives(stack_clients: ClientFactory) -> dict[str, str]:
-    """Every model's model.tar.gz, uploaded once for the session."""
-    s3 = stack_clients.client("s3")
-    s3.create_bucket(Bucket="smserve-test-archives")
-    return upload_models(s3, "smserve-test-archives")
+def images(stack: LocalStack) -> dict[str, str]:
+    """flavor -> an ECR image URI the stack holds, for the Variable's ``images``."""
+    from tests.helpers import stack_image_uris
+
+    return stack_image_uris(stack)
 
 
 @dataclass(frozen=True)
@@ -170,18 +169,18 @@ class Pipeline:
 
 @pytest.fixture()
 def make_pipeline(stack: LocalStack, stack_clients: ClientFactory, dags: dict[str, Any],
-                  archives: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                  images: dict[str, str], monkeypatch: pytest.MonkeyPatch,
                   request: pytest.FixtureRequest) -> Iterator[Any]:
     """Build a :class:`Pipeline` (``make_pipeline(models=True, environment=..., ...)``)."""
 
     def make(*, models: bool = True, environment: Mapping[str, Mapping[str, str]] | None = None,
              max_receive_count: int = 3, **settings: Any) -> Pipeline:
         tag = f"t{uuid.uuid4().hex[:10]}"
-        resources = PipelineResources.unique(tag, max_receive_count=max_receive_count)
+        resources = PipelineResources.unique(tag, max_receive_count=max_receive_count, settings={
+            "images": images, "model_environment": dict(environment or {})})
         created = create_resources(stack_clients, resources, with_models=False)
-        if models:
-            create_models(stack_clients.client("sagemaker"), stack_clients.client("iam"),
-                          resources, archives, environment=environment)
+        if models:  # ahead of time, as the set-up does; the transform task would make them
+            create_models(stack_clients, resources, images, environment=environment)
         pipeline = Pipeline(stack_clients, resources, created.queue_url, created.dead_letter_url,
                             dags, monkeypatch)
         pipeline.configure(**settings)

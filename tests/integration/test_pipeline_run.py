@@ -185,6 +185,7 @@ def cli_env(stack: LocalStack) -> dict[str, str]:
     env = {k: os.environ[k] for k in ("HOME", "LANG", "TMPDIR", "JAVA_HOME") if k in os.environ}
     env.update(stack.environ())
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's serving, whatever the venv installed
     return env  # no SMSERVE_ALLOWED_BUCKETS: the command allows the input bucket itself
 
 
@@ -251,3 +252,32 @@ def test_command_refuses_bad_graphs_naming_the_file(
     assert proc.returncode == 2, proc.stderr
     assert f"{good / 'b'} has serving.py but no model.toml" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_command_api_creates_models_from_the_recorded_ecr_image(
+        tmp_path: Path, clients: ClientFactory, bucket: str, cli_env: dict[str, str],
+        stack: LocalStack, stack_images: dict[str, str]) -> None:
+    from serving import imagerecord
+
+    root = tmp_path / "models"
+    write_model(root, "a")
+    put_inputs(clients, bucket, 1)
+    images_file = tmp_path / "images.json"
+    args = ("pipeline", "run", "--input", f"s3://{bucket}/in/", "--models-dir", str(root),
+            "--api", "--output-prefix", "api-results/")
+    env = {**cli_env, "SMSERVE_IMAGES_FILE": str(images_file)}
+
+    refused = smserve(*args, env=env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "no ECR image for the cpu model(s) at " + stack.endpoint_url in refused.stderr
+    assert "smserve image push --flavor cpu --repository smserve-cpu" in refused.stderr
+
+    imagerecord.record(images_file, "cpu", stack_images["cpu"], None, stack.endpoint_url)
+    proc = smserve(*args, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert keys_under(clients, bucket, "api-results/a/") == {"api-results/a/in/clip-0.npy"}
+    sm = clients.client("sagemaker")
+    made = [m["ModelName"] for m in sm.list_models(NameContains="smserve-a-")["Models"]]
+    assert len(made) == 1
+    container = sm.describe_model(ModelName=made[0])["PrimaryContainer"]
+    assert container["Image"] == stack_images["cpu"]

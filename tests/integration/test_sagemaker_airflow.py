@@ -48,6 +48,7 @@ from serving.modelspec import load_spec
 from serving.package import build_archive
 from serving.pipeline import build_requests
 from serving.transform.transfer import encode_records
+from tests.helpers import stack_image_uris
 
 # Airflow reads its configuration on first import: the home must be set before that.
 if TEST_HOME_VARIABLE not in os.environ:
@@ -128,13 +129,14 @@ def dags_folder(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def model(sm: Any, s3: Any, bucket: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+def model(sm: Any, s3: Any, bucket: str, tmp_path_factory: pytest.TempPathFactory,
+          stack: LocalStack) -> str:
     """frame_features as a SageMaker model, created with boto3 (not by the operator)."""
     archive = build_archive(FEATURES, tmp_path_factory.mktemp("archive") / "model.tar.gz")
     s3.upload_file(str(archive), bucket, "models/frame_features/model.tar.gz")
     name = f"airflow-features-{uuid.uuid4().hex[:8]}"
     sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={
-        "Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-gpu:latest",
+        "Image": stack_image_uris(stack)["gpu"],
         "ModelDataUrl": f"s3://{bucket}/models/frame_features/model.tar.gz",
         "Environment": {"SMSERVE_ALLOWED_BUCKETS": bucket,
                         "SMSERVE_OUTPUT_PREFIXES": "results/"}})

@@ -32,7 +32,7 @@ from serving.package import build_archive
 from serving.pipeline import build_requests
 from serving.settings import Settings
 from serving.transform.transfer import encode_records
-from tests.helpers import TAG_VAR, kill_tagged
+from tests.helpers import TAG_VAR, kill_tagged, stack_image_uris
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +98,12 @@ def _client(stack: LocalStack, service: str) -> Any:
 
 
 @pytest.fixture(scope="module")
+def images(sm_stack: LocalStack) -> dict[str, str]:
+    """flavor -> an ECR URI the stack's ECR holds (a pushed stand-in; see helpers)."""
+    return stack_image_uris(sm_stack)
+
+
+@pytest.fixture(scope="module")
 def sm(sm_stack: LocalStack) -> Any:
     """A plain boto3 SageMaker client for the stack."""
     return _client(sm_stack, "sagemaker")
@@ -138,13 +144,13 @@ def _upload_archive(s3: Any, bucket: str, folder: Path, key: str, tmp: Path) -> 
 
 
 @pytest.fixture(scope="module")
-def features_model(sm: Any, s3: Any, bucket: str, tmp_path_factory: pytest.TempPathFactory
-                   ) -> str:
+def features_model(sm: Any, s3: Any, bucket: str, tmp_path_factory: pytest.TempPathFactory,
+                   images: dict[str, str]) -> str:
     """frame_features as a SageMaker model (its model.tar.gz in the stack's S3)."""
     url = _upload_archive(s3, bucket, FEATURES, "models/frame_features/model.tar.gz",
                           tmp_path_factory.mktemp("features"))
     sm.create_model(ModelName="frame-features", ExecutionRoleArn=ROLE, PrimaryContainer={
-        "Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-gpu:latest",
+        "Image": images["gpu"],
         "ModelDataUrl": url,
         "Environment": {"SMSERVE_ALLOWED_BUCKETS": bucket,
                         "SMSERVE_OUTPUT_PREFIXES": "results/"}})
@@ -164,10 +170,10 @@ def faulty_url(s3: Any, bucket: str, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="module")
-def faulty_model(sm: Any, faulty_url: str) -> str:
+def faulty_model(sm: Any, faulty_url: str, images: dict[str, str]) -> str:
     """The faulty model."""
     sm.create_model(ModelName="faulty", ExecutionRoleArn=ROLE,
-                    PrimaryContainer={"Image": "local/faulty", "ModelDataUrl": faulty_url})
+                    PrimaryContainer={"Image": images["cpu"], "ModelDataUrl": faulty_url})
     return "faulty"
 
 
@@ -311,13 +317,14 @@ def test_unknown_model_and_unknown_job(sm: Any, bucket: str) -> None:
     assert code == "ResourceNotFound"
 
 
-def test_models_create_describe_list_delete(sm: Any, faulty_url: str) -> None:
+def test_models_create_describe_list_delete(sm: Any, faulty_url: str,
+                                            images: dict[str, str]) -> None:
     names = [f"listed-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
     for name in names:
-        sm.create_model(ModelName=name, PrimaryContainer={"Image": "img",
+        sm.create_model(ModelName=name, PrimaryContainer={"Image": images["cpu"],
                                                           "ModelDataUrl": faulty_url})
     code, message = _refused(sm.create_model, ModelName=names[0],
-                             PrimaryContainer={"Image": "img"})
+                             PrimaryContainer={"Image": images["cpu"]})
     assert code == "ValidationException" and "already existing model" in message
     described = sm.describe_model(ModelName=names[0])
     assert described["ModelArn"].endswith(f":model/{names[0]}")
@@ -331,6 +338,46 @@ def test_models_create_describe_list_delete(sm: Any, faulty_url: str) -> None:
     for name in names:
         sm.delete_model(ModelName=name)
     assert sm.list_models(NameContains="listed-")["Models"] == []
+
+
+@pytest.mark.parametrize(("image", "expected"), [
+    ("smserve-cpu:0.1.0", 'Using non-ECR image "smserve-cpu:0.1.0" without Vpc repository '
+                          "access mode is not supported."),
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-cpu",
+     'ECR image "123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-cpu" is invalid.'),
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-cpu:never-pushed",
+     "Requested image 123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-cpu:never-pushed "
+     "not found."),
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/no-such-repo:0.1.0",
+     "Requested image 123456789012.dkr.ecr.us-east-1.amazonaws.com/no-such-repo:0.1.0 "
+     "not found."),
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-cpu@sha256:" + "0" * 64,
+     "Requested image 123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-cpu@sha256:"),
+])
+def test_create_model_refuses_an_image_its_ecr_does_not_hold(
+        sm: Any, faulty_url: str, images: dict[str, str], image: str, expected: str) -> None:
+    name = f"refused-{uuid.uuid4().hex[:8]}"
+    code, message = _refused(sm.create_model, ModelName=name, ExecutionRoleArn=ROLE,
+                             PrimaryContainer={"Image": image, "ModelDataUrl": faulty_url})
+    assert code == "ValidationException"
+    assert message.startswith(expected)
+    code, _ = _refused(sm.describe_model, ModelName=name)
+    assert code == "ValidationException"  # nothing half made
+
+
+def test_create_model_takes_the_image_by_digest_too(sm: Any, faulty_url: str,
+                                                    sm_stack: LocalStack,
+                                                    images: dict[str, str]) -> None:
+    ecr = _client(sm_stack, "ecr")
+    repo, tag = images["cpu"].split("/", 1)[1].split(":")
+    digest = ecr.describe_images(repositoryName=repo, imageIds=[{"imageTag": tag}]
+                                 )["imageDetails"][0]["imageDigest"]
+    pinned = images["cpu"].rsplit(":", 1)[0] + "@" + digest
+    name = f"pinned-{uuid.uuid4().hex[:8]}"
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE,
+                    PrimaryContainer={"Image": pinned, "ModelDataUrl": faulty_url})
+    assert sm.describe_model(ModelName=name)["PrimaryContainer"]["Image"] == pinned
+    sm.delete_model(ModelName=name)
 
 
 # --- jobs that fail before a container starts ---------------------------------------------------
@@ -357,7 +404,8 @@ def _corrupt_archives(s3: Any, bucket: str, tmp: Path) -> dict[str, str]:
 
 
 def test_bad_model_data_and_empty_input_fail_the_job_with_what_to_change(
-        sm: Any, s3: Any, bucket: str, faulty_url: str, tmp_path: Path, tag: str) -> None:
+        sm: Any, s3: Any, bucket: str, faulty_url: str, tmp_path: Path, tag: str,
+        images: dict[str, str]) -> None:
     s3.put_object(Bucket=bucket, Key="some-input/a.jsonl", Body=_lines([{"id": 0}]))
     urls = _corrupt_archives(s3, bucket, tmp_path)
     expected = {"missing": "404", "corrupt": "not a readable .tar.gz",
@@ -366,10 +414,11 @@ def test_bad_model_data_and_empty_input_fail_the_job_with_what_to_change(
     run = uuid.uuid4().hex[:6]
     for label, url in urls.items():
         model = f"bad-{label}-{run}"
-        sm.create_model(ModelName=model, PrimaryContainer={"Image": "x", "ModelDataUrl": url})
+        sm.create_model(ModelName=model, PrimaryContainer={"Image": images["cpu"],
+                                                           "ModelDataUrl": url})
         sm.create_transform_job(**_job(f"{model}-job", model, f"s3://{bucket}/some-input/",
                                        f"s3://{bucket}/out-{model}/"))
-    sm.create_model(ModelName=f"good-{run}", PrimaryContainer={"Image": "x",
+    sm.create_model(ModelName=f"good-{run}", PrimaryContainer={"Image": images["cpu"],
                                                                 "ModelDataUrl": faulty_url})
     sm.create_transform_job(**_job(f"empty-{run}", f"good-{run}",
                                    f"s3://{bucket}/nothing-here/", f"s3://{bucket}/out-e/"))
@@ -486,7 +535,8 @@ def test_a_container_that_never_passes_ping_fails_the_job(
     with LocalStack(settings=settings) as stack:
         sm = _client(stack, "sagemaker")
         sm.create_model(ModelName="never-ready", PrimaryContainer={
-            "Image": "x", "ModelDataUrl": faulty_url, "Environment": {"FAULTY_LOAD": "hang"}})
+            "Image": stack_image_uris(stack)["cpu"], "ModelDataUrl": faulty_url,
+            "Environment": {"FAULTY_LOAD": "hang"}})
         sm.create_transform_job(**_job("never-ready", "never-ready", f"s3://{bucket}/never/",
                                        f"s3://{bucket}/never-out/"))
         described = _wait(sm, "never-ready", timeout=60)
@@ -500,10 +550,12 @@ def test_a_container_that_never_passes_ping_fails_the_job(
 
 
 def test_a_model_that_fails_to_load_fails_the_job_with_its_reason(
-        sm: Any, s3: Any, bucket: str, faulty_url: str, tag: str) -> None:
+        sm: Any, s3: Any, bucket: str, faulty_url: str, tag: str,
+        images: dict[str, str]) -> None:
     s3.put_object(Bucket=bucket, Key="broken/a.jsonl", Body=_lines([{"id": 0}]))
     sm.create_model(ModelName="broken-load", PrimaryContainer={
-        "Image": "x", "ModelDataUrl": faulty_url, "Environment": {"FAULTY_LOAD": "raise"}})
+        "Image": images["cpu"], "ModelDataUrl": faulty_url,
+        "Environment": {"FAULTY_LOAD": "raise"}})
     name = "broken-" + uuid.uuid4().hex[:8]
     sm.create_transform_job(**_job(name, "broken-load", f"s3://{bucket}/broken/",
                                    f"s3://{bucket}/broken-out/"))

@@ -34,6 +34,7 @@ from serving.package import build_archive
 from serving.pipeline import build_requests
 from serving.settings import Settings
 from serving.transform.transfer import encode_records
+from tests.helpers import stack_image_uris
 
 pytest.importorskip("sagemaker.core.resources", reason="sagemaker-core is not installed "
                     "(pip install sagemaker-core==2.27.0 with numpy<2 kept)")
@@ -84,7 +85,7 @@ def test_transform_job_create_and_wait_with_sagemaker_core(
         model_name="frame-features-sdk", session=session, region=sdk_stack.region,
         execution_role_arn="arn:aws:iam::123456789012:role/sagemaker-execution",
         primary_container=ContainerDefinition(
-            image="123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-gpu:latest",
+            image=stack_image_uris(sdk_stack)["gpu"],
             model_data_url=f"s3://{bucket}/models/frame_features/model.tar.gz",
             environment={"SMSERVE_ALLOWED_BUCKETS": bucket,
                          "SMSERVE_OUTPUT_PREFIXES": "results/"}))

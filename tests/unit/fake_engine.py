@@ -23,6 +23,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from typing import Any
 
 API_VERSION = "1.45"
+#: What an engine without a route to Docker Hub answers a pull with.
+NO_REGISTRY = ('Get "https://registry-1.docker.io/v2/": dial tcp: lookup registry-1.docker.io '
+               'on 127.0.0.53:53: server misbehaving')
+#: What an engine without the NVIDIA runtime answers a container start that asks for a GPU.
+NO_GPU = 'could not select device driver "" with capabilities: [[gpu]]'
 
 
 @dataclass
@@ -83,13 +88,23 @@ class FakeEngine:
         requests: what it received, in order.
         images: image names (``name:tag``) that exist.
         build_events / push_events: the JSON lines ``/build`` and ``/push`` stream.
+        pull_events: the JSON lines ``/images/create`` (a pull) streams; by default the
+            error an engine that cannot reach Docker Hub reports.
         container_behaviour: ``healthy`` (answers /ping) or ``exit`` (exits at once, code 3).
         operating_system: what ``/info`` reports.
+        image_env: an image's ``Config.Env`` (none by default).
+        runtimes: the runtimes ``/info`` reports; without ``nvidia`` a container that asks
+            for a GPU fails to start with the engine's message.
     """
 
     images: set[str] = field(default_factory=set)
     build_events: list[dict[str, Any]] = field(default_factory=list)
     push_events: list[dict[str, Any]] = field(default_factory=list)
+    pull_events: list[dict[str, Any]] = field(default_factory=lambda: [
+        {"status": "Pulling from library/x"},
+        {"errorDetail": {"message": NO_REGISTRY}, "error": NO_REGISTRY}])
+    runtimes: tuple[str, ...] = ("io.containerd.runc.v2", "runc")
+    image_env: dict[str, list[str]] = field(default_factory=dict)
     container_behaviour: str = "healthy"
     operating_system: str = "Ubuntu 22.04.4 LTS"
     requests: list[Recorded] = field(default_factory=list)
@@ -170,7 +185,12 @@ class FakeEngine:
             return self._text(h, 200, b"OK")
         if path == "/info":
             return self._json(h, 200, {"OperatingSystem": self.operating_system,
-                                       "Name": "fake-engine"})
+                                       "Name": "fake-engine",
+                                       "Runtimes": {r: {} for r in self.runtimes}})
+        if method == "POST" and path == "/images/create":
+            if not any("error" in e or "errorDetail" in e for e in self.pull_events):
+                self.images.add(f"{query['fromImage']}:{query.get('tag') or 'latest'}")
+            return self._stream(h, self.pull_events)
         if method == "POST" and path == "/build":
             tag = query.get("t")
             if tag and not any("error" in e or "errorDetail" in e for e in self.build_events):
@@ -182,7 +202,8 @@ class FakeEngine:
             if action == "json":
                 if name not in self.images:
                     return self._json(h, 404, {"message": f"No such image: {name}"})
-                return self._json(h, 200, {"Id": "sha256:" + "ab" * 32, "RepoTags": [name]})
+                return self._json(h, 200, {"Id": "sha256:" + "ab" * 32, "RepoTags": [name],
+                                           "Config": {"Env": self.image_env.get(name, [])}})
             if action == "tag":
                 if name not in self.images:
                     return self._json(h, 404, {"message": f"No such image: {name}"})
@@ -196,6 +217,9 @@ class FakeEngine:
             container = self.containers[match.group(1)]
             action = match.group(2)
             if action == "start":
+                host_config = container.config.get("HostConfig") or {}
+                if host_config.get("DeviceRequests") and "nvidia" not in self.runtimes:
+                    return self._json(h, 500, {"message": NO_GPU})
                 self._run(container)
                 return self._text(h, 204, b"")
             if action == "stop":

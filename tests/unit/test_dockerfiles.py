@@ -95,8 +95,13 @@ def test_every_ignored_rule_is_explained_and_still_needed(flavor: str, tmp_path:
 def test_image_facts(flavor: str) -> None:
     steps = _instructions(_text(flavor))
     froms = [args for word, args in steps if word == "FROM"]
-    assert len(froms) == 2, "multi-stage: a build stage and a runtime stage"
-    assert froms[0].endswith(" AS build")
+    assert len(froms) == 3, "multi-stage: dependencies, the smserve wheel, the runtime"
+    assert froms[0].endswith(" AS deps") and froms[1] == "deps AS build"
+    # the project's source comes after every dependency, so a change to serving/ reuses them
+    copies = [args for word, args in steps if word == "COPY"]
+    assert copies.index("serving /src/serving") > copies.index("pyproject.toml /src/")
+    deps_stage = _text(flavor).split("FROM deps AS build", 1)[0]
+    assert "COPY serving" not in deps_stage and "-r /tmp/requirements.txt" in deps_stage
     args = dict(a.split("=", 1) for w, a in steps if w == "ARG" and "=" in a)
     bases = [v for k, v in args.items() if k.endswith("_IMAGE")]
     assert bases and all(":" in b and not b.endswith(":latest") for b in bases), bases
@@ -109,7 +114,8 @@ def test_image_facts(flavor: str) -> None:
     users = [a for w, a in steps if w == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert "openjdk-17-jre-headless" in text
-    assert "COPY --from=build /opt/venv /opt/venv" in text
+    assert "COPY --from=deps /opt/venv /opt/venv" in text
+    assert "COPY --from=build /smserve/ /opt/venv/" in text
     runtime = text.split("FROM ${", 2)[-1]
     assert "pip install" not in runtime, "nothing is installed in the runtime stage"
     assert "smserve-*.whl" in text, "installed from the wheel built in the first stage"

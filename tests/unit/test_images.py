@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +14,13 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from serving import __version__, images
+from serving import __version__, _image_bases, images
 from serving._ecr import aws_error
 from serving.aws import ClientFactory
 from serving.cli import main
 from serving.errors import ConfigError, ImageError
 from serving.local.stack import LocalStack
-from serving.settings import Settings
+from serving.settings import BASE_IMAGE_ARGS, Settings
 from tests.unit.fake_engine import FakeEngine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,9 +67,17 @@ class Recorder:
         self.bars.append((done, total, text))
 
 
+#: The Dockerfiles' default bases, which the fake engine has (as a machine that pulled them).
+BASES = {image for flavor in images.FLAVORS
+         for image in _image_bases.declared(images.dockerfile_for(flavor, ROOT)).values()}
+
+
 @pytest.fixture()
-def engine() -> Iterator[FakeEngine]:
-    with FakeEngine(build_events=list(BUILD_OK), push_events=list(PUSH_OK)) as fake:
+def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeEngine]:
+    for arg in BASE_IMAGE_ARGS:  # the Dockerfiles' defaults, whatever this machine exports
+        monkeypatch.delenv(f"SMSERVE_{arg}", raising=False)
+    with FakeEngine(images=set(BASES), build_events=list(BUILD_OK),
+                    push_events=list(PUSH_OK)) as fake:
         yield fake
 
 
@@ -145,22 +154,28 @@ def test_repository_is_created_once_with_scan_on_push_and_immutable_tags(
     assert stored["imageTagMutability"] == "IMMUTABLE"
 
 
+@pytest.fixture()
+def registry(stack: LocalStack) -> str:
+    """The address of the stack's registry (skips where docker-registry is not installed)."""
+    if stack.registry_address is None:
+        pytest.skip("the embedded stack runs no registry: apt-get install -y docker-registry")
+    return stack.registry_address
+
+
 def test_login_decodes_the_token_and_takes_the_registry_from_proxy_endpoint(
-        clients: ClientFactory) -> None:
+        clients: ClientFactory, registry: str) -> None:
     ecr = clients.client("ecr")
     data = ecr.get_authorization_token()["authorizationData"][0]
     user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
     login = images.registry_login(ecr)
     assert (login.username, login.password) == (user, password) == ("AWS", password)
     assert login.endpoint == data["proxyEndpoint"]
-    assert login.registry == data["proxyEndpoint"].removeprefix("https://")
-    assert login.registry.endswith(".dkr.ecr.us-east-1.amazonaws.com")
+    assert login.registry == re.sub(r"^[a-z]+://", "", data["proxyEndpoint"]) == registry
     assert login.auth_config() == {"username": "AWS", "password": password,
                                    "serveraddress": login.registry}
     assert password not in repr(login)
-    account = login.registry.split(".")[0]
     assert images.image_uri(login.registry, "team/smserve-gpu", "0.1.0") == (
-        f"{account}.dkr.ecr.us-east-1.amazonaws.com/team/smserve-gpu:0.1.0")
+        f"{registry}/team/smserve-gpu:0.1.0")
 
 
 def test_missing_credentials_are_one_line_saying_what_to_set(
@@ -249,16 +264,102 @@ def test_a_failed_build_step_is_one_line_naming_the_step(engine: FakeEngine,
     assert "smserve image build --flavor gpu" in message and "\n" not in message
 
 
+def test_a_failed_build_at_a_from_step_advises_another_base(engine: FakeEngine,
+                                                            docker_client: Any) -> None:
+    engine.build_events = [
+        {"stream": "Step 1/3 : FROM ${PYTHON_IMAGE} AS deps\n"},
+        {"errorDetail": {"message": "pull access denied for nope, repository does not exist"},
+         "error": "pull access denied"},
+    ]
+    with pytest.raises(ImageError) as caught:
+        images.build("cpu", "0.1.0", ROOT, docker_client, Recorder())
+    message = str(caught.value)
+    assert "pull access denied" in message and "base image" in message
+    assert "--build-arg <ARG>=IMAGE" in message and "fix the Dockerfile" not in message
+
+
+def test_a_base_image_that_cannot_be_pulled_is_named_with_the_fix(
+        engine: FakeEngine, docker_client: Any) -> None:
+    engine.images.discard("python:3.11-slim-bookworm")
+    with pytest.raises(ImageError) as caught:
+        images.build("cpu", "0.1.0", ROOT, docker_client, Recorder())
+    message = str(caught.value)
+    assert message.startswith("the base image python:3.11-slim-bookworm (PYTHON_IMAGE) is not "
+                              "on the Docker engine and could not be pulled: Get ")
+    assert "registry-1.docker.io" in message
+    assert "SMSERVE_PYTHON_IMAGE=IMAGE" in message and "--build-arg PYTHON_IMAGE=IMAGE" in message
+    assert "fix the Dockerfile" not in message and "\n" not in message
+    (pull,) = engine.calls("POST", "/images/create")
+    assert pull.query["fromImage"] == "python" and pull.query["tag"] == "3.11-slim-bookworm"
+    assert engine.calls("POST", "/build") == []
+    assert "smserve-cpu:0.1.0" not in engine.images
+
+
+def test_a_missing_base_is_pulled_before_the_build(engine: FakeEngine,
+                                                  docker_client: Any) -> None:
+    engine.images.discard("ubuntu:22.04")
+    engine.pull_events = [{"status": "Pulling from library/ubuntu"},
+                          {"status": "Status: Downloaded newer image for ubuntu:22.04"}]
+    progress = Recorder()
+    images.build("gpu", "0.1.0", ROOT, docker_client, progress)
+    assert "pulling the base image ubuntu:22.04 (BUILD_IMAGE)" in progress.lines
+    assert [c.query["fromImage"] for c in engine.calls("POST", "/images/create")] == ["ubuntu"]
+    assert len(engine.calls("POST", "/build")) == 1
+
+
+def test_with_pulling_off_a_missing_base_fails_before_any_pull(engine: FakeEngine,
+                                                               docker_client: Any) -> None:
+    with pytest.raises(ImageError) as caught:
+        images.build("gpu", "0.1.0", ROOT, docker_client, Recorder(), pull_bases=False,
+                     build_args={"CUDA_IMAGE": "stand/in:1"})
+    assert str(caught.value).startswith("the base image stand/in:1 (CUDA_IMAGE) is not on the "
+                                        "Docker engine and pulling is off")
+    assert engine.calls("POST", "/images/create") == [] and engine.calls("POST", "/build") == []
+
+
+def test_cli_build_takes_the_bases_from_the_environment(
+        engine: FakeEngine, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    engine.images |= {"stand/python:1", "stand/debian:1"}
+    monkeypatch.setenv("DOCKER_HOST", engine.url)
+    monkeypatch.setenv("SMSERVE_PYTHON_IMAGE", "stand/python:1")
+    monkeypatch.setenv("SMSERVE_BUILD_IMAGE", "stand/debian:1")
+    monkeypatch.setenv("SMSERVE_CUDA_IMAGE", "stand/debian:1")
+    assert main(["image", "build", "--flavor", "cpu", "--context", str(ROOT)]) == 0
+    assert main(["image", "build", "--flavor", "gpu", "--context", str(ROOT), "--build-arg",
+                 "CUDA_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04"]) == 0
+    cpu, gpu = (json.loads(c.query["buildargs"]) for c in engine.calls("POST", "/build"))
+    assert cpu == {"PYTHON_IMAGE": "stand/python:1"}  # only what the Dockerfile declares
+    assert gpu == {"BUILD_IMAGE": "stand/debian:1",  # an explicit --build-arg wins
+                   "CUDA_IMAGE": "nvidia/cuda:12.4.1-runtime-ubuntu22.04"}
+    assert engine.calls("POST", "/images/create") == []
+    err = capsys.readouterr().err
+    assert "on PYTHON_IMAGE=stand/python:1" in err
+
+
+def test_cli_build_with_no_pull_and_a_missing_base_exits_6(
+        engine: FakeEngine, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DOCKER_HOST", engine.url)
+    monkeypatch.setenv("SMSERVE_PYTHON_IMAGE", "not/here:1")
+    assert main(["image", "build", "--flavor", "cpu", "--no-pull", "--context", str(ROOT)]) == 6
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("smserve: error: the base image not/here:1 (PYTHON_IMAGE)")
+    assert engine.calls("POST", "/build") == []
+
+
 def test_push_tags_and_pushes_with_the_ecr_login(engine: FakeEngine, docker_client: Any,
-                                                 clients: ClientFactory,
+                                                 clients: ClientFactory, registry: str,
                                                  request: pytest.FixtureRequest) -> None:
     engine.images.add("smserve-cpu:0.1.0")
     repo = _repo(request)
     progress = Recorder()
-    result = images.push("cpu", repo, None, "0.1.0", clients, docker_client, progress)
+    result = images.push("cpu", repo, None, "0.1.0", clients, docker_client, progress,
+                         create_repository=True)
     login = images.registry_login(clients.client("ecr"))
     target = f"{login.registry}/{repo}"
-    assert result.uri == f"{target}:0.1.0"
+    described = clients.client("ecr").describe_repositories(repositoryNames=[repo])
+    assert result.uri == f"{described['repositories'][0]['repositoryUri']}:0.1.0"
     assert result.digest == "sha256:" + "ef" * 32
     assert result.repository_created is True
 
@@ -282,17 +383,21 @@ def test_push_tags_and_pushes_with_the_ecr_login(engine: FakeEngine, docker_clie
 
 def test_a_push_the_registry_refuses_is_one_line_and_exit_6(
         engine: FakeEngine, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], registry: str, clients: ClientFactory) -> None:
     engine.images.add("smserve-cpu:0.1.0")
     engine.push_events = list(REFUSED)
     monkeypatch.setenv("DOCKER_HOST", engine.url)
-    code = main(["image", "push", "--flavor", "cpu", "--repository", "smserve-cpu",
-                 "--tag", "0.1.0"])
+    code = main(["image", "push", "--flavor", "cpu", "--repository", "t/refused-push",
+                 "--tag", "0.1.0", "--create-repository"])
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert code == 6
     assert last.startswith("smserve: error: the registry refused ")
     assert "already exists" in last and "push a new tag (--tag)" in last
+    # no repository half made: the one this push created is gone again
+    ecr = clients.client("ecr")
+    with pytest.raises(ecr.exceptions.RepositoryNotFoundException):
+        ecr.describe_repositories(repositoryNames=["t/refused-push"])
 
 
 def test_push_without_the_local_image_says_to_build_it(engine: FakeEngine, docker_client: Any,
@@ -304,13 +409,35 @@ def test_push_without_the_local_image_says_to_build_it(engine: FakeEngine, docke
 
 
 def test_cli_push_prints_the_image_uri_last(engine: FakeEngine, aws_env: dict[str, str],
-                                            monkeypatch: pytest.MonkeyPatch,
+                                            monkeypatch: pytest.MonkeyPatch, registry: str,
+                                            tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     engine.images.add(f"smserve-gpu:{__version__}")
     monkeypatch.setenv("DOCKER_HOST", engine.url)
-    assert main(["image", "push", "--flavor", "gpu", "--repository", "cli/smserve-gpu"]) == 0
+    monkeypatch.setenv("SMSERVE_IMAGES_FILE", str(tmp_path / "images.json"))
+    assert main(["image", "push", "--flavor", "gpu", "--repository", "cli/smserve-gpu",
+                 "--create-repository"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].endswith(f".dkr.ecr.us-east-1.amazonaws.com/cli/smserve-gpu:{__version__}")
+    recorded = json.loads((tmp_path / "images.json").read_text())["images"]["gpu"]
+    assert recorded["uri"] == out[-1] and recorded["endpoint"] == aws_env["AWS_ENDPOINT_URL"]
+
+
+def test_cli_push_to_a_missing_repository_says_to_create_it(
+        engine: FakeEngine, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], clients: ClientFactory) -> None:
+    engine.images.add("smserve-cpu:0.1.0")
+    monkeypatch.setenv("DOCKER_HOST", engine.url)
+    code = main(["image", "push", "--flavor", "cpu", "--repository", "t/never-made",
+                 "--tag", "0.1.0"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert "ECR repository t/never-made does not exist in us-east-1" in last
+    assert "--create-repository" in last and "RepositoryNotFoundException" in last
+    assert not engine.calls("POST", r"/images/.*/(tag|push)")
+    ecr = clients.client("ecr")
+    with pytest.raises(ecr.exceptions.RepositoryNotFoundException):
+        ecr.describe_repositories(repositoryNames=["t/never-made"])
 
 
 def test_cli_build_prints_the_image_name(engine: FakeEngine, monkeypatch: pytest.MonkeyPatch,
@@ -388,29 +515,17 @@ def test_push_dry_run_prints_the_steps_and_touches_nothing(
 # --- with a real engine --------------------------------------------------------------------------
 
 
-def _real_engine() -> str | None:
-    """None when a Docker engine answers; else why not."""
-    import os
-
-    try:
-        images.connect(dict(os.environ), timeout=5).close()
-    except ImageError as err:
-        return err.message
-    return None
-
-
 @pytest.mark.docker
 @pytest.mark.timeout(3600)
-def test_the_cpu_image_builds_for_real(tmp_path: Path) -> None:
-    import os
+def test_the_cpu_image_builds_for_real() -> None:
+    """Skips, saying what is missing, with no engine or no base image at hand (never pulls
+    unasked); otherwise builds smserve-cpu from this tree (tests/docker_images.py)."""
+    from tests.docker_images import engine_or_skip, serving_image
 
-    reason = _real_engine()
-    if reason is not None:
-        pytest.skip(f"needs a reachable Docker engine: {reason}")
-    client = images.connect(dict(os.environ), timeout=3600)
+    image = serving_image("cpu")
+    client = engine_or_skip()
     try:
-        image_id = images.build("cpu", "test", ROOT, client, Recorder())
-        inspected = client.api.inspect_image(image_id)
+        inspected = client.api.inspect_image(image)
         labels = inspected["Config"]["Labels"]
         assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
         assert "SMSERVE_BIND_HOST=0.0.0.0" in inspected["Config"]["Env"]

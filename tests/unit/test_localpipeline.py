@@ -7,6 +7,7 @@ with a fake model runner that writes the outputs itself.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import sys
 import threading
@@ -526,3 +527,31 @@ def test_models_option_warns_about_missing_upstream_outputs(
     assert any("reads existing outputs of a" in line for line in lines)
     assert any("warning: 1 of them read outputs of a that do not exist" in line
                for line in lines)
+
+
+class LabelledRunner(WritingRunner):
+    """A WritingRunner that says which runner ran each model, as TransformRunner does."""
+
+    def __call__(self, work: ModelWork, progress: ProgressFn) -> ModelResult:
+        result = super().__call__(work, progress)
+        label = "docker smserve-gpu:0.1.0 (on the CPU: the engine has no NVIDIA runtime)" \
+            if work.model == "a" else "local process"
+        return dataclasses.replace(result, runner=label)
+
+
+def test_the_view_and_the_report_say_which_runner_ran_each_model(
+        clients: ClientFactory, bucket: str) -> None:
+    put_inputs(clients, bucket, ["in/a.npy"])
+    g = graph(spec("a"), spec("b", "a"), spec("x"))
+    report, lines = run(g, clients, f"s3://{bucket}/in/",
+                        run_model=LabelledRunner(clients, fail={"x"}))
+    done_a = [line for line in lines if " a  done" in line]
+    assert done_a and done_a[0].endswith(
+        "-> docker smserve-gpu:0.1.0 (on the CPU: the engine has no NVIDIA runtime)")
+    assert any(" b  done" in line and line.endswith("-> local process") for line in lines)
+    assert any(" x  failed (local process)   on purpose" in line for line in lines)
+    assert report.model("a").runner.startswith("docker smserve-gpu:0.1.0")
+    assert report.to_dict()["models"][0]["runner"] == report.models[0].runner
+    message = report_message(report)
+    assert "-> docker smserve-gpu:0.1.0 (on the CPU" in message
+    assert "-> local process" in message

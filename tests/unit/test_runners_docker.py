@@ -110,7 +110,8 @@ def test_host_network_on_a_linux_engine(engine: FakeEngine, client: Any,
 def test_bridge_network_and_gpus_on_docker_desktop(engine: FakeEngine, client: Any,
                                                    model_dir: Path) -> None:
     engine.operating_system = "Docker Desktop"
-    runner = DockerRunner(IMAGE, client, BASE_ENV, gpu=True, user=None, startup_timeout=20)
+    engine.runtimes = ("runc", "nvidia")
+    runner = DockerRunner(IMAGE, client, BASE_ENV, gpus="all", user=None, startup_timeout=20)
     (container,) = runner.start(model_dir)
     try:
         assert _healthy(container.url)
@@ -148,9 +149,57 @@ def test_a_missing_image_says_to_build_it(engine: FakeEngine, client: Any,
         runner.start(model_dir)
 
 
+def test_a_gpu_image_without_an_nvidia_runtime_runs_on_the_cpu(engine: FakeEngine, client: Any,
+                                                               model_dir: Path) -> None:
+    engine.images.add("smserve-gpu:1.0")
+    engine.image_env["smserve-gpu:1.0"] = ["NVIDIA_VISIBLE_DEVICES=all"]
+    lines: list[str] = []
+    runner = DockerRunner("smserve-gpu:1.0", client, BASE_ENV, startup_timeout=20,
+                          log=lines.append)
+    (container,) = runner.start(model_dir)
+    container.stop(grace=1)
+    host = engine.calls("POST", "/containers/create")[0].json()["HostConfig"]
+    assert not host.get("DeviceRequests")
+    said = [line for line in lines if "NVIDIA" in line]
+    assert said == ["smserve-gpu:1.0: on the CPU: the engine has no NVIDIA runtime; no GPU "
+                    "device request: the model runs on the CPU (SMSERVE_DOCKER_GPUS=all asks "
+                    "for a GPU anyway)"]
+    assert runner.describe() == ("docker smserve-gpu:1.0 (on the CPU: the engine has no NVIDIA "
+                                 "runtime)")
+    # the same image where the engine has the NVIDIA runtime asks for every GPU
+    engine.runtimes = ("runc", "nvidia")
+    gpu_runner = DockerRunner("smserve-gpu:1.0", client, BASE_ENV, startup_timeout=20)
+    (container,) = gpu_runner.start(model_dir)
+    container.stop(grace=1)
+    host = engine.calls("POST", "/containers/create")[1].json()["HostConfig"]
+    assert host["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
+    assert gpu_runner.describe() == "docker smserve-gpu:1.0 (on the GPU)"
+    # a CPU image never asks, and there is nothing to say about it
+    assert DockerRunner(IMAGE, client, BASE_ENV).describe() == f"docker {IMAGE}"
+
+
+def test_a_gpu_asked_for_and_not_had_shows_the_engines_whole_message(
+        engine: FakeEngine, client: Any, model_dir: Path) -> None:
+    from tests.unit.fake_engine import NO_GPU
+
+    runner = DockerRunner(IMAGE, client, BASE_ENV, gpus="all", startup_timeout=20)
+    with pytest.raises(ServerStartError) as caught:
+        runner.start(model_dir)
+    message = caught.value.message
+    assert message.startswith(f"the Docker engine could not start container 0 from {IMAGE}: "
+                              f"{NO_GPU} (HTTP 500); the container asked for every GPU")
+    assert "SMSERVE_DOCKER_GPUS=auto" in message and "..." not in message
+    assert engine.containers == {}, "the container that could not start is removed"
+    with pytest.raises(ValueError, match="gpus must be one of auto, all, none"):
+        DockerRunner(IMAGE, client, BASE_ENV, gpus="yes")
+
+
 def test_for_flavor_needs_an_engine(engine: FakeEngine) -> None:
     runner = DockerRunner.for_flavor("gpu", {"DOCKER_HOST": engine.url}, "1.0")
-    assert (runner.image, runner.gpu) == ("smserve-gpu:1.0", True)
+    assert (runner.image, runner.gpus) == ("smserve-gpu:1.0", "auto")
+    runner = DockerRunner.for_flavor("gpu", {"DOCKER_HOST": engine.url,
+                                             "SMSERVE_DOCKER_GPUS": "none"})
+    assert runner.gpus == "none"
     with pytest.raises(ImageError, match="no Docker engine is reachable"):
         DockerRunner.for_flavor("cpu", {"DOCKER_HOST": "tcp://127.0.0.1:1"})
 
@@ -159,19 +208,10 @@ def test_for_flavor_needs_an_engine(engine: FakeEngine) -> None:
 @pytest.mark.timeout(600)
 def test_the_real_cpu_image_serves_a_model(request: pytest.FixtureRequest) -> None:
     from local_test.docker_harness import harness_environ, running_image
+    from tests.docker_images import serving_image
 
     environ = dict(os.environ)
-    try:
-        client = images.connect(environ, timeout=10)
-    except ImageError as err:
-        pytest.skip(f"needs a reachable Docker engine: {err.message}")
-    try:
-        client.api.inspect_image(images.local_image("cpu", images.default_tag()))
-    except Exception:
-        pytest.skip(f"needs the image {images.local_image('cpu', images.default_tag())}: "
-                    "smserve image build --flavor cpu")
-    finally:
-        client.close()
+    serving_image("cpu")  # built from this tree, or a skip saying what is missing
     stack = request.getfixturevalue("stack")
     with running_image(ROOT / "models" / "frame_features", "cpu",
                        harness_environ(stack, environ)) as containers:
@@ -185,6 +225,44 @@ def test_choose_runner(engine: FakeEngine) -> None:
 
     assert isinstance(choose_runner("process", "cpu", {"PATH": "/bin"}), ProcessRunner)
     docker = choose_runner("docker", "gpu", {"DOCKER_HOST": engine.url}, tag="2.0")
-    assert isinstance(docker, DockerRunner) and docker.image == "smserve-gpu:2.0" and docker.gpu
+    assert isinstance(docker, DockerRunner) and docker.image == "smserve-gpu:2.0"
     with pytest.raises(ConfigError, match="SMSERVE_CONTAINER_RUNNER='k8s' is not a runner"):
         choose_runner("k8s", "cpu", {})
+
+
+def test_the_stacks_jobs_with_the_docker_runner_and_no_engine_fail_saying_so() -> None:
+    """SMSERVE_CONTAINER_RUNNER=docker on the embedded stack: CreateTransformJob runs the
+    model's Image on the engine DOCKER_HOST names; with none there, the job fails at once
+    with the reason (a real stack and boto3; no container is started)."""
+    import time
+
+    import boto3
+
+    from serving.local.stack import LocalStack
+    from serving.settings import Settings
+
+    settings = Settings.from_environ({**os.environ, "SMSERVE_CONTAINER_RUNNER": "docker",
+                                      "DOCKER_HOST": "tcp://127.0.0.1:1"})
+    stack = LocalStack(settings=settings).start()
+    try:
+        sm = boto3.client("sagemaker", endpoint_url=stack.endpoint_url, region_name=stack.region,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        sm.create_model(ModelName="in-image", ExecutionRoleArn="arn:aws:iam::123456789012:role/r",
+                        PrimaryContainer={"Image": IMAGE,
+                                          "ModelDataUrl": "s3://no-engine-bucket/model.tar.gz"})
+        sm.create_transform_job(
+            TransformJobName="no-engine", ModelName="in-image",
+            TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                                            "S3Uri": "s3://no-engine-bucket/in/"}}},
+            TransformOutput={"S3OutputPath": "s3://no-engine-bucket/out/"},
+            TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1})
+        deadline = time.monotonic() + 60
+        while (described := sm.describe_transform_job(TransformJobName="no-engine")
+               )["TransformJobStatus"] == "InProgress":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert described["TransformJobStatus"] == "Failed"
+        assert described["FailureReason"].startswith(
+            "ClientError: no Docker engine is reachable at DOCKER_HOST=tcp://127.0.0.1:1")
+    finally:
+        stack.stop()

@@ -202,3 +202,14 @@ def test_with_environ_reads_again_with_extra_on_top() -> None:
     assert changed.region == "eu-west-1"
     assert changed.endpoint_for("s3") == "http://127.0.0.1:9"
     assert base.allowed_buckets == ("a",)
+
+
+def test_base_images_and_docker_gpus() -> None:
+    s = Settings.from_environ({"SMSERVE_PYTHON_IMAGE": " mirror/python:3.11 ",
+                               "SMSERVE_CUDA_IMAGE": "", "SMSERVE_DOCKER_GPUS": "None"})
+    assert s.base_images == {"PYTHON_IMAGE": "mirror/python:3.11"}
+    assert s.docker_gpus == "none"
+    assert Settings.from_environ({}).base_images == {}
+    assert Settings.from_environ({}).docker_gpus == "auto"
+    with pytest.raises(ConfigError, match="SMSERVE_DOCKER_GPUS"):
+        Settings.from_environ({"SMSERVE_DOCKER_GPUS": "some"})

@@ -2,9 +2,11 @@
 
 :class:`TransformRun` does what the service does after ``CreateTransformJob``
 has answered: fetch and extract the model's ``ModelDataUrl``, start
-``InstanceCount`` containers (the process runner: ``smserve serve`` with the
-model's ``Environment`` and the job's on top; the model's ``Image`` is
-recorded in the log), run the data plane, and always stop the containers.
+``InstanceCount`` containers with the model's ``Environment`` and the job's on
+top, run the data plane, and always stop the containers. The containers are
+local processes (``smserve serve``; the model's ``Image`` is recorded in the
+log) or, with ``SMSERVE_CONTAINER_RUNNER=docker`` in the stack's environment,
+the model's ``Image`` itself on the Docker engine that environment names.
 It ends in an :class:`Outcome`: ``Completed``, ``Failed`` with a
 ``FailureReason`` (at most 1024 characters, saying what happened and what to
 change) or ``Stopped``. Every line goes to the job's CloudWatch log.
@@ -23,16 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from serving.aws import ClientFactory
-from serving.errors import ConfigError, ServerStartError, TransformError
+from serving.errors import ConfigError, ImageError, ServerStartError, TransformError
 from serving.local.sagemaker.artifacts import fetch_model
 from serving.local.sagemaker.logs import JobLog
+from serving.runners.docker import DockerContainer, DockerRunner, close_runner
 from serving.runners.process import Container, ProcessRunner
+from serving.settings import Settings
 from serving.transform.dataplane import DataPlane
 from serving.transform.listing import InputObject, list_inputs
 from serving.transform.params import container_environment
 from serving.transform.result import MAX_FAILURE_REASON, JobResult
 from serving.transform.spec import TransformJobSpec
 
+#: A started container, from either runner.
+_Started = Container | DockerContainer
 #: Seconds a container gets between SIGTERM and SIGKILL.
 STOP_GRACE = 5.0
 #: Seconds to wait for a container that stopped answering to exit, before blaming it.
@@ -75,6 +81,20 @@ class _TrackingRunner(ProcessRunner):
         return container
 
 
+class _TrackingDockerRunner(DockerRunner):
+    """A :class:`DockerRunner` that reports each container as it is created (see above)."""
+
+    def __init__(self, on_spawn: Callable[[Any], None], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_spawn = on_spawn
+
+    def _create(self, model_dir: Path, environment: Mapping[str, str], index: int,
+                network: str) -> DockerContainer:
+        container = super()._create(model_dir, environment, index, network)
+        self._on_spawn(container)
+        return container
+
+
 class TransformRun:
     """Runs one job in a thread of its own.
 
@@ -112,7 +132,7 @@ class TransformRun:
         self._lock = threading.Lock()
         self._stopping = False
         self._plane: DataPlane | None = None
-        self._containers: list[Container] = []
+        self._containers: list[_Started] = []
         self._thread = threading.Thread(target=self._main, name=f"job-{spec.name}", daemon=True)
 
     def start(self) -> None:
@@ -163,12 +183,19 @@ class TransformRun:
     def _execute(self) -> Outcome:
         spec, say = self.spec, self.log.data
         workdir = Path(tempfile.mkdtemp(prefix=f"smserve-sagemaker-{spec.name}-"))
+        runner: ProcessRunner | DockerRunner | None = None
         try:
             environment = container_environment(spec, self.container.get("Environment") or {})
             program = environment.get("SAGEMAKER_PROGRAM") or "serving.py"
             image = self.container.get("Image") or "(no Image)"
-            say(f"{spec.name}: model {spec.model_name}, image {image} (run as a local process: "
-                f"smserve serve), {spec.instance_count} instance(s) of {spec.instance_type}")
+            try:
+                runner = self._runner(image)
+            except (ImageError, ConfigError) as err:
+                return Outcome("Failed", _cut(f"ClientError: {err.message}"))
+            how = (runner.describe() if isinstance(runner, DockerRunner)
+                   else "run as a local process: smserve serve")
+            say(f"{spec.name}: model {spec.model_name}, image {image} ({how}), "
+                f"{spec.instance_count} instance(s) of {spec.instance_type}")
             try:
                 model_dir = fetch_model(self.clients.client("s3"), self.container, workdir,
                                         program)
@@ -181,7 +208,7 @@ class TransformRun:
             if self.stopping:
                 return Outcome("Stopped")
             try:
-                containers = self._start_containers(model_dir, environment)
+                containers = self._start_containers(runner, model_dir, environment)
             except ServerStartError as err:
                 if self.stopping:
                     return Outcome("Stopped")
@@ -195,11 +222,33 @@ class TransformRun:
                 container.stop(grace=STOP_GRACE)
             for container in self._pooled:  # warm for the next job, unless stopped
                 self._pool.release(container, reusable=not self.stopping)
+            if runner is not None:
+                close_runner(runner)
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _start_containers(self, model_dir: Path, environment: Mapping[str, str]
-                          ) -> list[Container]:
-        if self._pool is not None and self.spec.instance_count == 1:
+    def _runner(self, image: str) -> ProcessRunner | DockerRunner:
+        """The runner the stack's settings choose (``SMSERVE_CONTAINER_RUNNER``).
+
+        Raises:
+            ImageError: ``docker`` with no reachable engine.
+            ConfigError: a bad setting.
+        """
+        settings = Settings.from_environ(self.runner_env)
+        if settings.container_runner == "docker" and self._command is None:
+            from serving.images import connect
+
+            return _TrackingDockerRunner(
+                self._spawned_one, image, connect(self.runner_env), self.runner_env,
+                gpus=settings.docker_gpus, startup_timeout=self.startup_timeout,
+                log=self.log.container, stop_grace=STOP_GRACE)
+        return _TrackingRunner(self._spawned_one, command=self._command, env=self.runner_env,
+                               startup_timeout=self.startup_timeout, log=self.log.container,
+                               stop_grace=STOP_GRACE)
+
+    def _start_containers(self, runner: ProcessRunner | DockerRunner, model_dir: Path,
+                          environment: Mapping[str, str]) -> list[_Started]:
+        if (self._pool is not None and self.spec.instance_count == 1
+                and isinstance(runner, ProcessRunner) and self._command is None):
             container, reused = self._pool.start(model_dir, environment,
                                                  name=self.spec.model_name)
             with self._lock:
@@ -208,14 +257,13 @@ class TransformRun:
                           f"server for model {self.spec.model_name} (pid {container.pid}); it "
                           "stays warm after the job")
             return [container]
-        runner = _TrackingRunner(self._spawned_one, command=self._command, env=self.runner_env,
-                                 startup_timeout=self.startup_timeout, log=self.log.container,
-                                 stop_grace=STOP_GRACE)
         self.log.data(f"{self.spec.name}: starting {self.spec.instance_count} container(s): "
                       + ", ".join(self.log.instance_ids))
-        return runner.start(model_dir, environment, count=self.spec.instance_count)
+        started: list[_Started] = []
+        started.extend(runner.start(model_dir, environment, count=self.spec.instance_count))
+        return started
 
-    def _transform(self, containers: list[Container], objects: list[InputObject]) -> Outcome:
+    def _transform(self, containers: list[_Started], objects: list[InputObject]) -> Outcome:
         plane = DataPlane(self.clients.client("s3"), [c.url for c in containers], self.spec,
                           log=self.log.data)
         with self._lock:
@@ -240,18 +288,18 @@ class TransformRun:
 
     # --- containers ----------------------------------------------------------------------
 
-    def _spawned_one(self, container: Container) -> None:
+    def _spawned_one(self, container: _Started) -> None:
         with self._lock:
             self._containers.append(container)
             stopping = self._stopping
         if stopping:
             container.stop(grace=STOP_GRACE)
 
-    def _spawned(self) -> list[Container]:
+    def _spawned(self) -> list[_Started]:
         with self._lock:
             return list(self._containers)
 
-    def _died(self, containers: list[Container], result: JobResult) -> str:
+    def _died(self, containers: list[_Started], result: JobResult) -> str:
         lost = any((o.error or "").startswith("ConnectionError") for o in result.failed)
         deadline = time.monotonic() + (DEATH_WAIT if lost else 0.0)
         # a container whose server died takes a moment to exit: give it that moment
@@ -274,7 +322,9 @@ class TransformRun:
         if said:  # the server's own word on why (a model_fn that raised, a bad handler)
             text += f" The container said: {said[-1].removeprefix('smserve: error:').strip()}"
         for container in self._spawned():  # paths as the container sees them
-            text = text.replace(str(container.base_dir), "/opt/ml")
+            base_dir = getattr(container, "base_dir", None)
+            if base_dir is not None:
+                text = text.replace(str(base_dir), "/opt/ml")
         text = text if text.endswith((".", ";")) else text + "."
         streams = ", ".join(self.log.container_stream(i)
                             for i in range(len(self.log.instance_ids)))

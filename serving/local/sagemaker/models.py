@@ -5,7 +5,10 @@ A model is what the service stores: its name, its container (``Image``,
 given. Nothing is fetched or started here; a transform job reads the model
 when it runs. Errors are the service's: a second model with the same name or
 an unknown one is a ``ValidationException`` (the service does not declare
-``ResourceNotFound`` for models).
+``ResourceNotFound`` for models). Each container's ``Image`` is checked
+against the stack's ECR when the store is given an ``image_check``
+(:meth:`serving.local.ecr.LocalEcr.check_image`): an image ECR does not hold,
+one without a tag or digest, or one outside ECR is refused, as on AWS.
 """
 
 from __future__ import annotations
@@ -63,12 +66,16 @@ class ModelStore:
         region: the stack's region (in ARNs).
         account: the stack's account (in ARNs).
         clock: epoch seconds.
+        image_check: raises ValidationException for an ``Image`` the service would refuse
+            (None: every image is taken as given).
     """
 
-    def __init__(self, region: str, account: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, region: str, account: str, clock: Callable[[], float] = time.time,
+                 image_check: Callable[[str], None] | None = None) -> None:
         self.region = region
         self.account = account
         self._clock = clock
+        self._image_check = image_check
         self._models: dict[str, ModelRecord] = {}
         self._lock = threading.Lock()
 
@@ -107,6 +114,9 @@ class ModelStore:
             raise ValidationException("PrimaryContainer and Containers cannot both be "
                                       "provided; use PrimaryContainer for one container")
         record = ModelRecord(name, self.arn(name), dict(request), self._clock())
+        if self._image_check is not None:
+            for container in record.containers:
+                self._image_check(str(container.get("Image") or ""))
         with self._lock:
             if name.lower() in self._models:
                 raise ValidationException(

@@ -40,14 +40,17 @@ class SageMakerService:
         account: the account in ARNs (moto's default).
         echo: receives one line per job status change.
         clock: epoch seconds.
+        image_check: ``CreateModel``'s check of each ``Image`` (the stack's ECR;
+            None: images are taken as given).
     """
 
     def __init__(self, settings: Settings, *, account: str = DEFAULT_ACCOUNT,
                  echo: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 image_check: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.validator = RequestValidator()
-        self.models = ModelStore(settings.region, account, clock)
+        self.models = ModelStore(settings.region, account, clock, image_check)
         runner_env = {k: v for k, v in settings.environ.items()
                       if not k.startswith("AWS_ENDPOINT_URL_")}
         self.pool: Any = None

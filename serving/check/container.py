@@ -1,0 +1,76 @@
+"""``smserve check --serve`` in the model's serving image, with ``SMSERVE_CONTAINER_RUNNER=docker``.
+
+Internal to :mod:`serving.check`. :func:`start_in_container` stages the model
+folder as ``model.tar.gz`` would hold it, starts one container of the
+model's image (``smserve-<image>:<version>``, ``model.toml``'s ``image``)
+through :class:`~serving.runners.docker.DockerRunner`, and hands back
+something :func:`serving.check.server.served` uses as it uses a local
+server: ``.url``, ``.process``, ``.stop()``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from serving.check.run import Run
+from serving.settings import Settings
+
+
+class Served:
+    """A started serving container and the staged folder it serves; stopped together.
+
+    Attributes:
+        url: where the container answers.
+        process: ``.poll()`` gives its exit code once it stopped.
+        runner: what runs it, in a few words (``docker smserve-cpu:0.1.0``).
+    """
+
+    def __init__(self, container: Any, workdir: Path, runner: str,
+                 close: Callable[[], None] | None = None) -> None:
+        self.container = container
+        self._close = close
+        self.url: str = container.url
+        self.process = container.process
+        self.runner = runner
+        self._workdir = workdir
+
+    def stop(self) -> None:
+        """Stop and remove the container, then the staged folder."""
+        try:
+            self.container.stop()
+        finally:
+            if self._close is not None:
+                self._close()
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def start_in_container(run: Run, settings: Settings, echo: Callable[[str], None]) -> Served:
+    """Start the model of ``run`` in its image, on the engine ``settings`` name.
+
+    Raises:
+        ServerStartError: the container did not pass ``/ping`` (its log is in the message).
+        ImageError: no Docker engine is reachable.
+        ConfigError: the model folder cannot be staged.
+    """
+    from serving.runners.docker import DockerRunner
+    from serving.transform.job import prepare_model
+
+    workdir = Path(tempfile.mkdtemp(prefix="smserve-check-image-"))
+    runner: DockerRunner | None = None
+    try:
+        model_dir = prepare_model(run.folder, workdir)
+        runner = DockerRunner.for_flavor(run.spec.image, settings.environ, log=echo,
+                                         startup_timeout=float(settings.startup_timeout))
+        label = runner.describe()
+        echo(f"starting {label} on {run.folder.name}")
+        (container,) = runner.start(model_dir, run.spec.container_environment(), count=1)
+    except BaseException:
+        if runner is not None:
+            runner.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return Served(container, workdir, label, close=runner.close)
