@@ -215,8 +215,11 @@ def main() -> int:
                 s3.put_object(Bucket=BUCKET, Key=f"{WORK}input/part-{i}.csv", Body=data)
             archive = build_archive(folder, tmp / "model.tar.gz")
             s3.upload_file(str(archive), BUCKET, f"{WORK}model.tar.gz")
+            from serving.local.stackimages import stack_images
+
+            image = stack_images(setup.clients, ("cpu",), registry=False)["cpu"]
             sm.create_model(ModelName="mlp", ExecutionRoleArn="arn:aws:iam::123456789012:role/b",
-                            PrimaryContainer={"Image": "smserve-cpu:latest",
+                            PrimaryContainer={"Image": image,
                                               "ModelDataUrl": f"s3://{BUCKET}/{WORK}model.tar.gz"})
             cold = api_job(sm, "mlp", f"mlp-cold-{os.getpid()}")
             warm = api_job(sm, "mlp", f"mlp-warm-{os.getpid()}")

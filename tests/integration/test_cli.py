@@ -525,7 +525,13 @@ def test_local_up_allows_its_buckets_and_a_403_says_why(tmp_path: Path,
         s3.put_object(Bucket=bucket, Key="requests/r.jsonl", Body=encode_records(requests))
         archive = build_archive(spec.folder, tmp_path / "model.tar.gz")
         s3.upload_file(str(archive), bucket, "models/clip_stats.tar.gz")
-        container = {"Image": "local/cpu", "ModelDataUrl": f"s3://{bucket}/models/clip_stats.tar.gz"}
+        from serving.aws import ClientFactory as Clients
+        from serving.local.stackimages import stack_images
+        from serving.settings import Settings
+
+        image = stack_images(Clients(Settings.from_environ({**env, **{
+            k: v.strip("'") for k, v in exports.items()}})), ("cpu",), registry=False)["cpu"]
+        container = {"Image": image, "ModelDataUrl": f"s3://{bucket}/models/clip_stats.tar.gz"}
         role = "arn:aws:iam::123456789012:role/sagemaker"
         sm.create_model(ModelName="stats", ExecutionRoleArn=role, PrimaryContainer=container)
         sm.create_model(ModelName="stats-elsewhere", ExecutionRoleArn=role, PrimaryContainer={
@@ -558,7 +564,6 @@ def test_local_up_allows_its_buckets_and_a_403_says_why(tmp_path: Path,
         assert "not on the allow-list" in reason and "a 403 from the model" in reason, reason
 
         started = _printed(printed, "server started for stats ")
-        _printed(printed, "server started for stats-elsewhere ")
         pid = int(started.split("(pid ")[1].split(")")[0])
         s3.delete_object(Bucket=bucket, Key=requests[0].output_path)
         sm.create_transform_job(
