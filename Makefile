@@ -62,6 +62,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/local_transform.py
 	$(BIN)/python bench/pipeline_local.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/watch.py
+	$(BIN)/python bench/warm_servers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -124,14 +124,36 @@ def cmd_transform(args: argparse.Namespace) -> int:
 # --- local stack ---------------------------------------------------------------------------
 
 
+#: Seconds ``smserve local up`` keeps an idle model server warm.
+WARM_IDLE_S = 300
+
+
 def cmd_local_up(args: argparse.Namespace) -> int:
-    """Run the embedded AWS stack in the foreground."""
+    """Run the embedded AWS stack in the foreground.
+
+    Models get ``SMSERVE_ALLOWED_BUCKETS=*`` (every bucket on the stack is local)
+    unless it is set already; the stack's jobs' containers get it, and the
+    printed ``export`` line gives it to the shell that runs other commands.
+    Model servers stay warm between jobs (``SMSERVE_WARM_IDLE_S``, default
+    :data:`WARM_IDLE_S`); they are this process's children and stop with it.
+    """
+    import shlex
     import threading
 
     from serving.local.stack import LocalStack
 
+    settings = _settings()
+    extra = {}
+    if not settings.allowed_buckets:
+        # Every bucket on this stack is local (and made after it starts): allow them all.
+        extra["SMSERVE_ALLOWED_BUCKETS"] = "*"
+    if "SMSERVE_WARM_IDLE_S" not in settings.environ:
+        extra["SMSERVE_WARM_IDLE_S"] = str(WARM_IDLE_S)
+    settings = settings.with_environ(extra)
+    allowed = ",".join(settings.allowed_buckets)
     state = Path(args.state).resolve() if args.state else None
-    stack = LocalStack(port=args.port, echo=lambda line: _say(f"# {line}"), state=state).start()
+    stack = LocalStack(port=args.port, settings=settings, echo=lambda line: _say(f"# {line}"),
+                       state=state).start()
     done = threading.Event()
     print(f"# embedded AWS stack (S3, SQS, ECR, IAM, STS, CloudWatch Logs) on {stack.endpoint_url}")
     if state is None:
@@ -151,7 +173,13 @@ def cmd_local_up(args: argparse.Namespace) -> int:
               "(smserve image push puts them there)")
     for notice in stack.notices:
         print(f"# {notice}")
+    print(f"# buckets models may name: SMSERVE_ALLOWED_BUCKETS={allowed} ('*': any bucket on "
+          "this stack;\n# set it before local up to narrow it); the stack's jobs get it too")
+    print(f"# a job's model server stays warm {settings.warm_idle_s} s for the next job on the "
+          "same model and environment\n# (SMSERVE_WARM_IDLE_S; 0 = never); the lines below "
+          "list servers as they start, are reused and stop")
     print("# paste these into another shell; Ctrl-C stops the stack")
+    print(f"export SMSERVE_ALLOWED_BUCKETS={shlex.quote(allowed)}")
     print(stack.exports(), flush=True)
     try:
         done.wait()  # until a stop signal (main() turns each into _Stopped)
@@ -175,7 +203,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 #: Modules under serving/commands/ that add subcommands: each has
 #: ``register(subparsers) -> None`` and sets ``func`` on its parsers.
-COMMAND_MODULES: tuple[str, ...] = ("pipeline", "check", "new", "image", "replay", "plan")
+COMMAND_MODULES: tuple[str, ...] = ("pipeline", "check", "new", "image", "replay", "plan", "dev")
 
 
 def _register_plugins(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

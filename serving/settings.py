@@ -27,6 +27,9 @@ Variables (SageMaker's own, then ours):
                                        container to pass ``/ping`` (600)
 ``SMSERVE_LOCAL_JOB_STARTUP_SECONDS``  the embedded SageMaker API waits this long before a
                                        job's containers start, as AWS provisions (0; float)
+``SMSERVE_WARM_IDLE_S``                the embedded SageMaker API keeps a job's model server
+                                       warm this many seconds for the next job on the same
+                                       model and environment; 0 = never (``local up``: 300)
 ``SMSERVE_RUN_DIR``                    the server's private run directory (set by ``serve``)
 ``SMSERVE_CONTAINER_RUNNER``           local transform containers: process (default) or docker
 ``SMSERVE_DOCKER_GPUS``                docker runner, GPU image: auto (a GPU where the engine has
@@ -143,6 +146,7 @@ class Settings:
     startup_timeout: int = 600
     container_startup_timeout: int = 600
     local_job_startup_seconds: float = 0.0
+    warm_idle_s: int = 0
     run_dir: Path | None = None
     container_runner: str = "process"
     docker_gpus: str = "auto"
@@ -188,6 +192,7 @@ class Settings:
             container_startup_timeout=_int(env, "SMSERVE_CONTAINER_STARTUP_TIMEOUT", 600,
                                            low=1) or 600,
             local_job_startup_seconds=_seconds(env, "SMSERVE_LOCAL_JOB_STARTUP_SECONDS"),
+            warm_idle_s=_int(env, "SMSERVE_WARM_IDLE_S", 0, low=0) or 0,
             run_dir=Path(env["SMSERVE_RUN_DIR"]) if env.get("SMSERVE_RUN_DIR") else None,
             container_runner=_choice(env, "SMSERVE_CONTAINER_RUNNER", "process",
                                      ("process", "docker")),

@@ -118,7 +118,9 @@ def sample_objects(data_dir: Path) -> dict[str, Path]:
     return found
 
 
-def _content_type(path: Path) -> str:
+def content_type_of(path: str | Path) -> str:
+    """The content type of an object named ``path``, from its extension (``.npy`` -> NPY)."""
+    path = Path(path)
     by_suffix = {".npy": codecs.NPY, ".npz": codecs.NPZ, ".json": codecs.JSON,
                  ".jsonl": codecs.JSONLINES, ".csv": codecs.CSV}
     return by_suffix.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or \
@@ -152,7 +154,7 @@ def stage_sample(s3: Any, sample: Sample, data_dir: Path) -> list[str]:
             s3.create_bucket(Bucket=bucket)
         for key, path in objects.items():
             s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(),
-                          ContentType=_content_type(path))
+                          ContentType=content_type_of(path))
     for record in records:  # a stack shared with earlier runs: write the outputs afresh
         if record.output_path not in objects:
             s3.delete_object(Bucket=record.bucket, Key=record.output_path)
@@ -160,7 +162,7 @@ def stage_sample(s3: Any, sample: Sample, data_dir: Path) -> list[str]:
     for i, record in enumerate(records):
         for name, key in record.inputs.items():
             lines.append(f"record {i} input {name!r}: s3://{record.bucket}/{key} "
-                         f"({_object(objects[key].read_bytes(), _content_type(objects[key]))})")
+                         f"({_object(objects[key].read_bytes(), content_type_of(objects[key]))})")
     return lines
 
 

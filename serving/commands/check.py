@@ -22,6 +22,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     from serving.check import check
     from serving.settings import Settings
 
+    if args.watch:
+        from serving.commands.dev import watch
+
+        if args.serve:
+            from serving.errors import ConfigError
+
+            raise ConfigError("--watch runs the handlers in-process and then a local batch "
+                              "transform; drop --serve (or --watch)")
+        return watch(args.model_folder, request=args.request, data_dir=args.data,
+                     transform=True)
     mode = "serve" if args.serve else "transform" if args.transform else "handlers"
     log = (lambda line: print(line, file=sys.stderr)) if args.verbose else None
     if mode != "handlers":
@@ -55,4 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="run the request as a local batch transform (as smserve transform)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print the model server's log (--serve, --transform)")
+    p.add_argument("--watch", action="store_true",
+                   help="rerun on every save: the handlers, then a local batch transform "
+                        "(as smserve dev)")
     p.set_defaults(func=cmd_check)

@@ -3,7 +3,10 @@
 Writes ``models/NAME/`` (``model.py``, ``serving.py``, ``model.toml``,
 ``make_weights.py`` and the ``weights.npz`` it makes, ``sample_request.json``
 and ``sample_data/``) and ``tests/models/test_NAME.py``, from the templates in
-:mod:`serving.templates`.
+:mod:`serving.templates`. ``--framework`` picks the model's code
+(:data:`FRAMEWORKS`: ``chainer``, the default, or ``numpy``); ``--gpu``
+(chainer only) the GPU variant of its handlers. ``model.toml``, the sample
+request and the test are the same for every framework.
 """
 
 from __future__ import annotations
@@ -20,18 +23,33 @@ from pathlib import Path
 
 from serving.errors import ConfigError
 
-#: Template file -> file it becomes in the model folder.
-MODEL_FILES = {
-    "model.py.tmpl": "model.py",
-    "serving.py.tmpl": "serving.py",
-    "model.toml.tmpl": "model.toml",
-    "make_weights.py.tmpl": "make_weights.py",
-}
+#: Frameworks ``smserve new`` has templates for; the first is the default.
+FRAMEWORKS = ("chainer", "numpy")
+#: Frameworks whose templates have a GPU variant (``--gpu``).
+GPU_FRAMEWORKS = ("chainer",)
 TEST_TEMPLATE = "test_model.py.tmpl"
 SAMPLE_BUCKET = "smserve-samples"
 SAMPLE_KEY = "samples/clips/clip-000.npy"
 CPU = {"image": "cpu", "instance_type": "ml.m5.large", "gpu_memory_mb": "0"}
 GPU = {"image": "gpu", "instance_type": "ml.g4dn.xlarge", "gpu_memory_mb": "1024"}
+
+
+def model_files(framework: str, gpu: bool) -> dict[str, str]:
+    """Template file -> the file it becomes in the model folder, for one framework.
+
+    Raises:
+        ConfigError: an unknown framework, or ``gpu`` for one without a GPU variant.
+    """
+    if framework not in FRAMEWORKS:
+        raise ConfigError(f"--framework {framework!r} is not one smserve new knows; use one of "
+                          f"{', '.join(FRAMEWORKS)}")
+    if gpu and framework not in GPU_FRAMEWORKS:
+        raise ConfigError(f"--gpu needs --framework {' or '.join(GPU_FRAMEWORKS)}: the "
+                          f"{framework} template runs on the CPU; drop --gpu")
+    handlers = f"{framework}_gpu_serving.py.tmpl" if gpu else f"{framework}_serving.py.tmpl"
+    return {f"{framework}_model.py.tmpl": "model.py", handlers: "serving.py",
+            "model.toml.tmpl": "model.toml",
+            f"{framework}_make_weights.py.tmpl": "make_weights.py"}
 
 
 def template(name: str) -> str:
@@ -110,14 +128,15 @@ def _sample_request(name: str) -> str:
     return json.dumps(record) + "\n"
 
 
-def _values(name: str, gpu: bool, depends_on: list[str], model_rel: str) -> dict[str, str]:
+def _values(name: str, gpu: bool, depends_on: list[str], model_rel: str,
+            framework: str) -> dict[str, str]:
     upstream = "".join(
         f"# {dep} = \"{dep}\"  # uncomment to read {dep}'s output for the same clip\n"
         for dep in depends_on)
     return {
         **(GPU if gpu else CPU),
         "name": name,
-        "use_gpu": "True" if gpu else "False",
+        "framework": framework,
         "depends_on": ", ".join(f'"{d}"' for d in depends_on),
         "upstream_inputs": upstream.rstrip("\n"),
         "model_rel": model_rel,
@@ -125,32 +144,35 @@ def _values(name: str, gpu: bool, depends_on: list[str], model_rel: str) -> dict
 
 
 def create(name: str, models_dir: Path, tests_dir: Path, *, gpu: bool = False,
-           depends_on: list[str] | None = None) -> tuple[Path, Path]:
+           depends_on: list[str] | None = None,
+           framework: str = FRAMEWORKS[0]) -> tuple[Path, Path]:
     """Write the model folder and its test; returns both paths.
 
     The model folder appears whole or not at all: it is written beside its
     final place and renamed once ``weights.npz`` is made.
 
     Raises:
-        ConfigError: a bad or taken name, or an unknown dependency.
+        ConfigError: a bad or taken name, an unknown dependency or framework,
+            or ``gpu`` with a framework that has no GPU template.
     """
     deps = list(depends_on or [])
+    files = model_files(framework, gpu)
     check_name(name, models_dir, tests_dir)
     check_depends_on(deps, name, models_dir)
     folder = models_dir / name
     test = tests_dir / f"test_{name}.py"
     model_rel = os.path.relpath(folder.resolve(), tests_dir.resolve())
-    values = _values(name, gpu, deps, Path(model_rel).as_posix())
+    values = _values(name, gpu, deps, Path(model_rel).as_posix(), framework)
     models_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir))
     try:
-        for source, target in MODEL_FILES.items():
+        for source, target in files.items():
             (staging / target).write_text(render(template(source), values), encoding="utf-8")
         (staging / "sample_request.json").write_text(_sample_request(name), encoding="utf-8")
         clip = staging / "sample_data" / SAMPLE_KEY
         clip.parent.mkdir(parents=True)
         clip.write_bytes(sample_clip())
-        _make_weights(staging)
+        _make_weights(staging, framework)
         staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -163,7 +185,7 @@ def create(name: str, models_dir: Path, tests_dir: Path, *, gpu: bool = False,
     return folder, test
 
 
-def _make_weights(folder: Path) -> None:
+def _make_weights(folder: Path, framework: str) -> None:
     from serving.settings import Settings
 
     env = {**Settings.from_environ().environ, "SETUPTOOLS_USE_DISTUTILS": "stdlib",
@@ -171,7 +193,7 @@ def _make_weights(folder: Path) -> None:
     done = subprocess.run([sys.executable, "make_weights.py"], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     if done.returncode != 0:
-        raise ConfigError(f"make_weights.py failed (exit {done.returncode}); is chainer "
+        raise ConfigError(f"make_weights.py failed (exit {done.returncode}); is {framework} "
                           f"installed?\n{done.stderr.strip()[-2000:]}")
 
 
@@ -179,11 +201,12 @@ def cmd_new(args: argparse.Namespace) -> int:
     """Write models/NAME and tests/models/test_NAME.py."""
     deps = [d.strip() for d in (args.depends_on or "").split(",") if d.strip()]
     folder, test = create(args.name, Path(args.models_dir), Path(args.tests_dir), gpu=args.gpu,
-                          depends_on=deps)
+                          depends_on=deps, framework=args.framework)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     print(f"created {folder}/: {', '.join(files)}")
     print(f"created {test}")
-    print("next: edit model.py and serving.py, then")
+    print(f"framework: {args.framework}{' (GPU)' if args.gpu else ''}; next: edit model.py and "
+          "serving.py, then")
     print(f"  smserve check {folder}                 # the handlers in-process, in seconds")
     print(f"  python -m pytest {test}")
     print(f"  smserve check {folder} --transform     # a local batch transform")
@@ -195,8 +218,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("new", help="write a new model folder from the template",
                               description=cmd_new.__doc__)
     p.add_argument("name", help="the model's name, a Python identifier (models/NAME)")
+    p.add_argument("--framework", default=FRAMEWORKS[0], choices=FRAMEWORKS,
+                   help="the model's code: a chainer.Chain, or plain numpy (default: chainer)")
     p.add_argument("--gpu", action="store_true",
-                   help='a GPU model: image "gpu" on ml.g4dn.xlarge, the network on GPU 0')
+                   help='a GPU model (chainer): image "gpu" on ml.g4dn.xlarge, the network on '
+                        "GPU 0 when there is one")
     p.add_argument("--depends-on", default="", metavar="A,B",
                    help="models that must run first (their outputs feed this one)")
     p.add_argument("--models-dir", default="models", help="folder of model folders (models)")

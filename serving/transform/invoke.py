@@ -6,6 +6,14 @@ raises :class:`~serving.errors.TransformError` whose context says what
 happened: ``kind`` (``ClientError``, ``ServerError``, ``Timeout``,
 ``ConnectionError``), ``status`` (the HTTP status or None), ``detail`` (the
 container's message, trimmed) and ``attempts``.
+
+One deliberate difference from the service, which retries every non-2xx
+answer: a 403 or 404 (:data:`FINAL_STATUSES`) is not retried. The model
+answers them for a request it will refuse again (a bucket outside its
+allow-list, an input object that does not exist), so retrying only delays the
+same failure; the object fails at once with the same status and message. A 403
+also says what it means (:data:`FORBIDDEN_HINT`): the model's allow-list, and
+how to set it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,15 @@ from serving.errors import TransformError
 from serving.transform.params import parse_execution_parameters
 
 MESSAGE_CHARS = 300
+#: Answers the same request gets again: failed at the first try, not retried.
+FINAL_STATUSES = frozenset({403, 404})
+#: What a 403 from a model means, appended to its message.
+FORBIDDEN_HINT = (
+    "[a 403 from the model: the request names a bucket or output key outside the model's "
+    "allow-list; set SMSERVE_ALLOWED_BUCKETS (and SMSERVE_OUTPUT_PREFIXES) in the model's "
+    "container environment: export it in the shell that runs smserve transform or smserve "
+    "local up (local up sets it and prints the export line), or set it in model.toml "
+    "[environment] or CreateModel's Environment]")
 
 
 def container_message(body: bytes, limit: int = MESSAGE_CHARS) -> str:
@@ -114,6 +131,8 @@ class Invoker:
             answer, last = self._once(body, chunked, attempt + 1)
             if answer is not None:
                 return answer
+            if last is not None and last.context.get("status") in FINAL_STATUSES:
+                break
         assert last is not None
         raise last
 
@@ -133,7 +152,10 @@ class Invoker:
         if 200 <= resp.status_code < 300:
             return resp.content, None
         kind = "ClientError" if 400 <= resp.status_code < 500 else "ServerError"
-        return None, _failure(kind, resp.status_code, container_message(resp.content), attempt)
+        detail = container_message(resp.content)
+        if resp.status_code == 403:
+            detail = f"{detail} {FORBIDDEN_HINT}" if detail else FORBIDDEN_HINT
+        return None, _failure(kind, resp.status_code, detail, attempt)
 
     def execution_parameters(self, timeout: float = 10.0
                              ) -> tuple[dict[str, Any] | None, list[str]]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import boto3
 import numpy as np
+import psutil
 import pytest
 
 from local_test.clips import upload_clips
@@ -451,6 +452,147 @@ def test_local_up_serves_s3_and_stops_on_signal(signo: int, base_env: dict[str, 
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:
+        _end(proc)
+
+
+def _start_local_up(env: Mapping[str, str]
+                    ) -> tuple[subprocess.Popen[str], dict[str, str], queue.Queue[str | None]]:
+    """``smserve local up``, the ``export`` lines it printed, and the lines it prints next."""
+    proc = subprocess.Popen([*_command(), "local", "up"], env=dict(env), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
+    exports: dict[str, str] = {}
+    deadline = time.monotonic() + 30
+    while "AWS_SESSION_TOKEN" not in exports:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            _end(proc)
+            pytest.fail("smserve local up printed no export lines within 30 s")
+        if line is None:
+            pytest.fail(f"smserve local up exited {proc.wait()}")
+        if line.startswith("export "):
+            name, _, value = line.removeprefix("export ").strip().partition("=")
+            exports[name] = value
+    return proc, exports, lines
+
+
+def _printed(lines: queue.Queue[str | None], text: str, timeout: float = 60) -> str:
+    """The next line ``smserve local up`` prints that holds ``text``."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while True:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            pytest.fail(f"smserve local up did not print {text!r}:\n" + "".join(seen))
+        if line is None:
+            pytest.fail(f"smserve local up ended before printing {text!r}:\n" + "".join(seen))
+        seen.append(line)
+        if text in line:
+            return line
+
+
+def test_local_up_allows_its_buckets_and_a_403_says_why(tmp_path: Path,
+                                                        base_env: dict[str, str]) -> None:
+    """A model created with boto3 and no Environment reads and writes the stack's buckets;
+    one whose allow-list leaves the bucket out fails at the first try, saying what a 403 is;
+    a second job on the first model reuses its warm server, and none outlives local up."""
+    from serving.modelspec import load_spec
+    from serving.package import build_archive
+    from serving.pipeline import build_requests
+    from serving.transform.transfer import encode_records
+
+    env = {k: v for k, v in base_env.items()
+           if not k.startswith("AWS_") and k != "SMSERVE_ALLOWED_BUCKETS"}
+    env["PYTHONPATH"] = str(ROOT)  # this tree's serving, not an installed one
+    proc, exports, printed = _start_local_up(env)
+    try:
+        assert exports["SMSERVE_ALLOWED_BUCKETS"] == "'*'"
+        kw = {"endpoint_url": exports["AWS_ENDPOINT_URL"],
+              "region_name": exports["AWS_DEFAULT_REGION"],
+              "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+        s3, sm = boto3.client("s3", **kw), boto3.client("sagemaker", **kw)
+        bucket = "local-up-allow"
+        s3.create_bucket(Bucket=bucket)
+        keys = upload_clips(s3, bucket, "videos/", 2)
+        spec = load_spec(MODELS / "clip_stats")
+        requests = build_requests(spec, bucket, keys, specs={spec.name: spec})
+        s3.put_object(Bucket=bucket, Key="requests/r.jsonl", Body=encode_records(requests))
+        archive = build_archive(spec.folder, tmp_path / "model.tar.gz")
+        s3.upload_file(str(archive), bucket, "models/clip_stats.tar.gz")
+        from serving.aws import ClientFactory as Clients
+        from serving.local.stackimages import stack_images
+        from serving.settings import Settings
+
+        image = stack_images(Clients(Settings.from_environ({**env, **{
+            k: v.strip("'") for k, v in exports.items()}})), ("cpu",), registry=False)["cpu"]
+        container = {"Image": image, "ModelDataUrl": f"s3://{bucket}/models/clip_stats.tar.gz"}
+        role = "arn:aws:iam::123456789012:role/sagemaker"
+        sm.create_model(ModelName="stats", ExecutionRoleArn=role, PrimaryContainer=container)
+        sm.create_model(ModelName="stats-elsewhere", ExecutionRoleArn=role, PrimaryContainer={
+            **container, "Environment": {"SMSERVE_ALLOWED_BUCKETS": "elsewhere"}})
+        for model in ("stats", "stats-elsewhere"):
+            sm.create_transform_job(
+                TransformJobName=f"{model}-job", ModelName=model, BatchStrategy="MultiRecord",
+                TransformInput={"DataSource": {"S3DataSource": {
+                    "S3DataType": "S3Prefix", "S3Uri": f"s3://{bucket}/requests/"}},
+                    "ContentType": "application/jsonlines", "SplitType": "Line"},
+                TransformOutput={"S3OutputPath": f"s3://{bucket}/out/{model}/",
+                                 "Accept": "application/jsonlines", "AssembleWith": "Line"},
+                TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1})
+        described = {}
+        deadline = time.monotonic() + 120
+        while len(described) < 2:
+            for model in ("stats", "stats-elsewhere"):
+                job = sm.describe_transform_job(TransformJobName=f"{model}-job")
+                if job["TransformJobStatus"] not in ("InProgress", "Stopping"):
+                    described[model] = job
+            assert time.monotonic() < deadline, "the jobs did not end within 120 s"
+            time.sleep(0.2)
+        assert described["stats"]["TransformJobStatus"] == "Completed", described["stats"]
+        for request in requests:
+            assert s3.head_object(Bucket=bucket, Key=request.output_path)["ContentLength"] > 0
+        failed = described["stats-elsewhere"]
+        assert failed["TransformJobStatus"] == "Failed"
+        reason = failed["FailureReason"]
+        assert "ClientError: 403" in reason and "1 tries" in reason, reason
+        assert "not on the allow-list" in reason and "a 403 from the model" in reason, reason
+
+        started = _printed(printed, "server started for stats ")
+        pid = int(started.split("(pid ")[1].split(")")[0])
+        s3.delete_object(Bucket=bucket, Key=requests[0].output_path)
+        sm.create_transform_job(
+            TransformJobName="stats-again", ModelName="stats", BatchStrategy="MultiRecord",
+            TransformInput={"DataSource": {"S3DataSource": {
+                "S3DataType": "S3Prefix", "S3Uri": f"s3://{bucket}/requests/"}},
+                "ContentType": "application/jsonlines", "SplitType": "Line"},
+            TransformOutput={"S3OutputPath": f"s3://{bucket}/out/again/",
+                             "Accept": "application/jsonlines", "AssembleWith": "Line"},
+            TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1})
+        reused = _printed(printed, "warm server reused for stats ")
+        assert f"(pid {pid}, 1 earlier job(s))" in reused, reused
+        deadline = time.monotonic() + 120
+        while (status := sm.describe_transform_job(TransformJobName="stats-again")[
+                "TransformJobStatus"]) == "InProgress":
+            assert time.monotonic() < deadline, "stats-again did not end within 120 s"
+            time.sleep(0.2)
+        assert status == "Completed"
+        assert s3.head_object(Bucket=bucket, Key=requests[0].output_path)["ContentLength"] > 0
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        deadline = time.monotonic() + 10  # the warm servers stop with local up
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, f"warm server {pid} outlived smserve local up"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
         _end(proc)
 
 

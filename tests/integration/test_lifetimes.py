@@ -231,6 +231,24 @@ def _job_story(env: dict[str, str], sm: Any, name: str) -> str:
     return "\n".join(text)
 
 
+def _slow_image(env: dict[str, str]) -> str:
+    """An image URI the stack's ECR holds, for CreateModel (as on AWS, it refuses others).
+
+    Recorded with PutImage only: the stack's jobs run the model with the process
+    runner, which never pulls the image.
+    """
+    from serving.local.ecr import put_placeholder
+
+    ecr = _client(env, "ecr")
+    try:
+        uri = ecr.describe_repositories(repositoryNames=["slow"])["repositories"][0][
+            "repositoryUri"]
+    except ecr.exceptions.RepositoryNotFoundException:
+        uri = ecr.create_repository(repositoryName="slow")["repository"]["repositoryUri"]
+        put_placeholder(ecr, "slow", "1")
+    return f"{uri}:1"
+
+
 def _slow_job(env: dict[str, str], tmp_path: Path, mark: Path, *,
               padding: int = 0, sleep: int = 600) -> tuple[Any, str]:
     """A model that takes its time, and a job for it: (sagemaker client, job name).
@@ -253,7 +271,7 @@ def _slow_job(env: dict[str, str], tmp_path: Path, mark: Path, *,
     s3.put_object(Bucket=bucket, Key="in/a.jsonl",
                   Body=json.dumps({"mark": str(mark), "sleep": sleep}).encode() + b"\n")
     sm.create_model(ModelName=bucket, ExecutionRoleArn=ROLE, PrimaryContainer={
-        "Image": "local/slow", "ModelDataUrl": f"s3://{bucket}/model.tar.gz"})
+        "Image": _slow_image(env), "ModelDataUrl": f"s3://{bucket}/model.tar.gz"})
     name = f"job-{label}"
     sm.create_transform_job(
         TransformJobName=name, ModelName=bucket,

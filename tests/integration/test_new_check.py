@@ -127,6 +127,7 @@ def test_new_gpu_model_depending_on_another(repo: Path) -> None:
     (["class"], "'class' is not a valid model name"),
     (["_hidden"], "'_hidden' is not a valid model name"),
     (["fresh", "--depends-on", "nope"], "--depends-on names 'nope', which is not a model"),
+    (["fresh", "--framework", "numpy", "--gpu"], "--gpu needs --framework chainer"),
 ])
 def test_new_refuses_a_bad_or_taken_name(repo: Path, args: list[str], expect: str) -> None:
     before = sorted(p.name for p in (repo / "models").iterdir())
@@ -157,12 +158,12 @@ CASES = {
         lambda f: (f / "serving.py").unlink(),
         ["no serving.py in", "model_fn and predict_fn", "fix: add serving.py"]),
     "syntax_error": (
-        lambda f: edit(f / "serving.py", "def model_fn(model_dir: str) -> Loaded:",
-                       "def model_fn(model_dir: str) -> Loaded"),
+        lambda f: edit(f / "serving.py", "def model_fn(model_dir: str) -> Net:",
+                       "def model_fn(model_dir: str) -> Net"),
         ["serving.py, line", "syntax error", "SyntaxError", "fix: correct the syntax at"]),
     "wrong_signature": (
         lambda f: edit(f / "serving.py", "def predict_fn(records: list[s3refs.RequestRecord], "
-                       "model: Loaded)", "def predict_fn(records: list[s3refs.RequestRecord])"),
+                       "model: Net)", "def predict_fn(records: list[s3refs.RequestRecord])"),
         ["FAILED in predict_fn", "serving.py: predict_fn(", "does not match the contract",
          "fix: define it as predict_fn(data, model)"]),
     "model_fn_raises": (
@@ -208,3 +209,64 @@ def test_check_serve_bad_input(repo: Path, tmp_path: Path, case: str) -> None:
             assert text in out, f"{text!r} not in:\n{out}"
     assert f"{folder}/serving.py" in out  # staged paths are shown as the model folder's
     assert "FileNotFoundError" in out or "returned dict" in out
+
+
+def test_the_cpu_chainer_template_has_no_gpu_code(repo: Path) -> None:
+    source = (repo / "models" / "my_model" / "serving.py").read_text()
+    for gpu_only in ("cupy", "USE_GPU", "GPU_MEMORY_MB", "to_device"):
+        assert gpu_only not in source
+
+
+# --- --framework numpy: its own test and check pass, and its test outlives a port ---------
+
+
+@pytest.fixture(scope="module")
+def numpy_model(repo: Path) -> Path:
+    done = smserve(repo, "new", "np_model", "--framework", "numpy")
+    assert done.returncode == 0, done.stderr
+    assert "framework: numpy" in done.stdout
+    return repo / "models" / "np_model"
+
+
+def test_new_numpy_model_has_no_chainer(numpy_model: Path) -> None:
+    for name in ("model.py", "serving.py", "make_weights.py"):
+        assert "chainer" not in (numpy_model / name).read_text(), name
+    spec = load_spec(numpy_model)
+    assert (spec.image, spec.content_type, spec.output_suffix) == \
+        ("cpu", "application/jsonlines", ".npy")
+
+
+def test_new_numpy_model_passes_check_and_its_own_test(repo: Path, numpy_model: Path) -> None:
+    done = smserve(repo, "check", "models/np_model")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "application/x-npy: ndarray float32 (8, 4)" in done.stdout
+    tested = run(repo, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                 "tests/models/test_np_model.py")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "2 passed" in tested.stdout
+
+
+def test_the_generated_test_checks_what_the_model_declares(repo: Path) -> None:
+    """A port that changes the output's shape and suffix passes; outputs that lie fail."""
+    done = smserve(repo, "new", "ported", "--framework", "numpy")
+    assert done.returncode == 0, done.stderr
+    folder, test = repo / "models" / "ported", repo / "tests" / "models" / "test_ported.py"
+    try:
+        edit(folder / "model.py", "OUTPUT_DIM = 4", "OUTPUT_DIM = 7")
+        edit(folder / "model.toml", 'output_suffix = ".npy"', 'output_suffix = ".scores.npy"')
+        edit(folder / "sample_request.json", '"results/ported/samples/clips/clip-000.npy"',
+             '"results/ported/samples/clips/clip-000.scores.npy"')
+        made = run(repo, sys.executable, str(folder / "make_weights.py"))
+        assert made.returncode == 0, made.stderr
+        tested = run(repo, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                     str(test.relative_to(repo)))
+        assert tested.returncode == 0, tested.stdout + tested.stderr
+        edit(folder / "serving.py", "return [codecs.encode(net(clip), NPY) for clip in clips]",
+             "return [b'not an npy' for clip in clips]")
+        tested = run(repo, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                     str(test.relative_to(repo)))
+        assert tested.returncode != 0
+        assert "failed" in tested.stdout and "not an .npy file" in tested.stdout, tested.stdout
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        test.unlink(missing_ok=True)

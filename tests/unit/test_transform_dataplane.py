@@ -24,8 +24,9 @@ from tests.helpers import QuietHandler, serve_in_thread
 
 
 class Peer:
-    """An HTTP server in a thread: uppercases bodies, 500 on b"boom", 400 on b"bad",
-    sleeps on b"slow", serves /execution-parameters when given some, else 404."""
+    """An HTTP server in a thread: uppercases bodies, 500 on b"boom", 400 on b"bad", 403 on
+    b"deny", 404 on b"gone", sleeps on b"slow", serves /execution-parameters when given
+    some, else 404."""
 
     def __init__(self, execution_parameters: dict[str, Any] | None = None,
                  slow_seconds: float = 3.0) -> None:
@@ -63,6 +64,12 @@ class Peer:
                     elif b"bad" in body:
                         self._answer(400, b'{"error": "InvalidInput", "message": '
                                           b'"bad record\\n  fix it"}')
+                    elif b"deny" in body:
+                        self._answer(403, b'{"error": "Forbidden", "message": "bucket '
+                                          b"'x' is not on the allow-list; add it to "
+                                          b'SMSERVE_ALLOWED_BUCKETS"}')
+                    elif b"gone" in body:
+                        self._answer(404, b'{"error": "NotFound", "message": "no such key"}')
                     else:
                         self._answer(200, body.upper())
                 finally:
@@ -332,6 +339,26 @@ def test_client_error_message_is_trimmed_to_one_line(clients: ClientFactory, buc
         f"1 of 1 input object(s) failed: {bucket}/data/a.txt: ClientError: 400 "
         "(record 0, 1 tries): InvalidInput: bad record fix it")
     assert len(peer.invocations) == 1
+
+
+@pytest.mark.parametrize(("body", "status"), [(b"deny\n", 403), (b"gone\n", 404)])
+def test_a_403_or_404_fails_at_the_first_try(clients: ClientFactory, bucket: str, peer: Peer,
+                                             body: bytes, status: int) -> None:
+    put(clients, bucket, {"data/a.txt": body, "data/b.txt": b"fine\n"})
+    result = run(clients, [peer.url], job(bucket, invocations_max_retries=3))
+    assert sum(body.strip() in c["body"] for c in peer.invocations) == 1  # no retry
+    assert outputs(clients, bucket) == {"out/b.txt.out": b"FINE\n"}
+    (failed,) = result.failed
+    assert (failed.error or "").startswith(f"ClientError: {status} (record 0, 1 tries): ")
+
+
+def test_a_403_says_what_the_allow_list_is_and_how_to_set_it(
+        clients: ClientFactory, bucket: str, peer: Peer) -> None:
+    put(clients, bucket, {"data/a.txt": b"deny\n"})
+    reason = run(clients, [peer.url], job(bucket)).failure_reason()
+    assert "Forbidden: bucket 'x' is not on the allow-list" in reason
+    assert "a 403 from the model" in reason
+    assert "SMSERVE_ALLOWED_BUCKETS" in reason and "smserve local up" in reason
 
 
 def test_timeout_is_retried_then_fails(clients: ClientFactory, bucket: str, peer: Peer) -> None:

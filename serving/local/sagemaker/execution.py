@@ -124,6 +124,8 @@ class TransformRun:
             None: the Docker runner runs ``Image`` as the engine already has it.
         startup_delay: seconds to wait before the containers start (the time AWS
             takes to provision instances and pull the image); a stop ends the wait.
+        pool: a :class:`~serving.runners.warm.WarmPool`: a one-instance job takes
+            its server from it and gives it back (None: started and stopped here).
     """
 
     def __init__(self, spec: TransformJobSpec, container: Mapping[str, Any],
@@ -131,11 +133,13 @@ class TransformRun:
                  startup_timeout: float, on_running: Callable[[], None] | None = None,
                  on_finished: Callable[[Outcome], None] | None = None,
                  command: Sequence[str] | None = None, startup_delay: float = 0.0,
-                 image_pull: ImagePull | None = None) -> None:
+                 image_pull: ImagePull | None = None, pool: Any = None) -> None:
         self.spec = spec
         self._image_pull = image_pull
         self.startup_delay = startup_delay
         self._stop_event = threading.Event()
+        self._pool = pool
+        self._pooled: list[Container] = []
         self.container = dict(container)
         self.clients = clients
         self.log = log
@@ -164,7 +168,7 @@ class TransformRun:
         with self._lock:
             self._stopping = True
             self._stop_event.set()
-            plane, containers = self._plane, list(self._containers)
+            plane, containers = self._plane, [*self._containers, *self._pooled]
         self.log.data(f"{self.spec.name}: stop requested")
         if plane is not None:
             plane.stop()
@@ -240,6 +244,8 @@ class TransformRun:
         finally:
             for container in self._spawned():
                 container.stop(grace=STOP_GRACE)
+            for container in self._pooled:  # warm for the next job, unless stopped
+                self._pool.release(container, reusable=not self.stopping)
             if runner is not None:
                 close_runner(runner)
             shutil.rmtree(workdir, ignore_errors=True)
@@ -268,6 +274,16 @@ class TransformRun:
 
     def _start_containers(self, runner: ProcessRunner | DockerRunner, model_dir: Path,
                           environment: Mapping[str, str]) -> list[_Started]:
+        if (self._pool is not None and self.spec.instance_count == 1
+                and isinstance(runner, ProcessRunner) and self._command is None):
+            container, reused = self._pool.start(model_dir, environment,
+                                                 name=self.spec.model_name)
+            with self._lock:
+                self._pooled.append(container)
+            self.log.data(f"{self.spec.name}: {'reusing the warm' if reused else 'started a'} "
+                          f"server for model {self.spec.model_name} (pid {container.pid}); it "
+                          "stays warm after the job")
+            return [container]
         self.log.data(f"{self.spec.name}: starting {self.spec.instance_count} container(s): "
                       + ", ".join(self.log.instance_ids))
         started: list[_Started] = []

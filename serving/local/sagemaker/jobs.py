@@ -134,10 +134,11 @@ class JobStore:
                  echo: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.time,
                  image_pull: ImagePull | None = None,
-                 startup_delay: float = 0.0) -> None:
+                 startup_delay: float = 0.0, pool: Any = None) -> None:
         self.startup_delay = startup_delay
         self.models = models
         self.image_pull = image_pull
+        self.pool = pool  # a serving.runners.warm.WarmPool, or None: every job starts cold
         self.clients = clients
         self.runner_env = dict(runner_env)
         self.startup_timeout = startup_timeout
@@ -191,7 +192,7 @@ class JobStore:
         job.run = TransformRun(
             spec, containers[0], self.clients, log, runner_env=self.runner_env,
             startup_timeout=self.startup_timeout, image_pull=self.image_pull,
-            startup_delay=self.startup_delay,
+            startup_delay=self.startup_delay, pool=self.pool,
             on_running=lambda: self._running(job),
             on_finished=lambda outcome: self._finished(job, outcome))
         job.start_time = self._clock()

@@ -57,10 +57,19 @@ class SageMakerService:
         self.models = ModelStore(settings.region, account, clock, image_check)
         runner_env = {k: v for k, v in settings.environ.items()
                       if not k.startswith("AWS_ENDPOINT_URL_")}
+        self.pool: Any = None
+        if settings.warm_idle_s:  # smserve local up: servers stay warm between jobs
+            from serving.runners.process import ProcessRunner
+            from serving.runners.warm import WarmPool
+
+            self.pool = WarmPool(ProcessRunner(env=runner_env, stop_grace=5.0,
+                                               startup_timeout=settings.container_startup_timeout),
+                                 idle_timeout=settings.warm_idle_s, log=echo)
+            self.pool.start_reaper()
         self.jobs = JobStore(self.models, ClientFactory(settings), runner_env=runner_env,
                              startup_timeout=settings.container_startup_timeout, echo=echo,
                              clock=clock, image_pull=image_pull,
-                             startup_delay=settings.local_job_startup_seconds)
+                             startup_delay=settings.local_job_startup_seconds, pool=self.pool)
         self._operations: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
             "CreateModel": self.models.create,
             "DescribeModel": self.models.describe,
@@ -119,5 +128,7 @@ class SageMakerService:
         self.models.reset()
 
     def shutdown(self) -> None:
-        """Stop every running job and wait for its containers to end."""
+        """Stop every running job and wait for its containers to end; stop the warm ones."""
         self.jobs.shutdown()
+        if self.pool is not None:
+            self.pool.close()
