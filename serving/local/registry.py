@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -108,7 +107,7 @@ class LocalRegistry:
             self._process = subprocess.Popen(
                 [self.binary, "serve", str(self._dir / "config.json")],
                 stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin"})  # nothing of ours leaks in
         except OSError as err:
             self.stop()
             raise StackError(f"cannot start the registry {self.binary}: {err}") from err
