@@ -8,7 +8,7 @@ import pytest
 
 
 def test_dev_works_without_a_variable_and_main_says_what_to_set() -> None:
-    from config import ConfigError, parse_config
+    from smserve_dags.config import ConfigError, parse_config
 
     dev = parse_config("dev", None)
     assert (dev.bucket, dev.queue, dev.max_messages) == ("smserve-dev",
@@ -45,7 +45,7 @@ def test_dev_works_without_a_variable_and_main_says_what_to_set() -> None:
      "model_environment must map each model"),
 ])
 def test_bad_settings_name_the_key(raw: object, expected: str) -> None:
-    from config import ConfigError, parse_config
+    from smserve_dags.config import ConfigError, parse_config
 
     with pytest.raises(ConfigError) as info:
         parse_config("main", raw)  # type: ignore[arg-type]
@@ -53,7 +53,7 @@ def test_bad_settings_name_the_key(raw: object, expected: str) -> None:
 
 
 def parse_config_dev_role() -> str:
-    from config import parse_config
+    from smserve_dags.config import parse_config
 
     role: str = parse_config("dev", {"images": {
         "gpu": "123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-gpu@sha256:" + "a" * 64,
@@ -63,7 +63,7 @@ def parse_config_dev_role() -> str:
 
 def test_load_config_reads_the_variable_and_refuses_text_that_is_not_json(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from config import ConfigError, load_config
+    from smserve_dags.config import ConfigError, load_config
 
     monkeypatch.setenv("AIRFLOW_VAR_SMSERVE_MAIN", json.dumps(
         {"external_bucket": "e", "bucket": "b", "queue": "q", "camera_angles": ["top"]}))

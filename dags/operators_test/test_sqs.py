@@ -21,7 +21,7 @@ def _depth(sqs: Any, url: str) -> tuple[int, int]:
 
 def test_collect_takes_more_than_ten_at_ten_per_call_and_deletes_none(
         clients: Any, resources: Resources) -> None:
-    from operators.sqs import collect_messages
+    from smserve_dags.operators.sqs import collect_messages
 
     sqs = clients.client("sqs")
     sent = send(sqs, resources.queue_url, 35)
@@ -39,7 +39,7 @@ def test_collect_takes_more_than_ten_at_ten_per_call_and_deletes_none(
 
 def test_the_sensor_waits_then_returns_a_partial_batch_in_the_sqs_sensor_shape(
         clients: Any, resources: Resources) -> None:
-    from operators.sqs import SqsBufferingSensor
+    from smserve_dags.operators.sqs import SqsBufferingSensor
 
     sqs = clients.client("sqs")
     send(sqs, resources.queue_url, 12, bucket=resources.bucket)
@@ -64,7 +64,7 @@ def test_the_sensor_waits_then_returns_a_partial_batch_in_the_sqs_sensor_shape(
 
 def test_the_sensor_returns_at_once_when_the_batch_is_full(clients: Any,
                                                            resources: Resources) -> None:
-    from operators.sqs import SqsBufferingSensor
+    from smserve_dags.operators.sqs import SqsBufferingSensor
 
     send(clients.client("sqs"), resources.queue_url, 20)
     resources.configure(max_messages=20, max_wait_seconds=3600)
@@ -78,7 +78,7 @@ def test_the_sensor_fails_clearly_without_a_connection(resources: Resources,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from operators.sqs import SqsBufferingSensor
+    from smserve_dags.operators.sqs import SqsBufferingSensor
 
     monkeypatch.delenv("AIRFLOW_CONN_AWS_DEFAULT")
     ti = FakeTI()
@@ -90,7 +90,7 @@ def test_the_sensor_fails_clearly_without_a_connection(resources: Resources,
 def test_an_unknown_queue_is_a_clear_failure(resources: Resources) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from operators.sqs import SqsBufferingSensor
+    from smserve_dags.operators.sqs import SqsBufferingSensor
 
     resources.configure(queue="no-such-queue")
     with pytest.raises(AirflowFailException, match="SQS queue 'no-such-queue' does not exist"):
@@ -99,7 +99,7 @@ def test_an_unknown_queue_is_a_clear_failure(resources: Resources) -> None:
 
 def test_visibility_extension_and_deletion_report_stale_receipt_handles(
         clients: Any, resources: Resources) -> None:
-    from operators.sqs import collect_messages, delete_batch, extend_visibility
+    from smserve_dags.operators.sqs import collect_messages, delete_batch, extend_visibility
 
     sqs = clients.client("sqs")
     send(sqs, resources.queue_url, 3)
@@ -116,7 +116,7 @@ def test_visibility_extension_and_deletion_report_stale_receipt_handles(
 
 
 def test_dead_letter_reads_the_redrive_policy(clients: Any, resources: Resources) -> None:
-    from operators.sqs import dead_letter
+    from smserve_dags.operators.sqs import dead_letter
 
     sqs = clients.client("sqs")
     sqs.send_message(QueueUrl=resources.dead_letter_url, MessageBody="old poison")

@@ -156,7 +156,7 @@ def test_one_bad_clip_fails_alone_and_reaches_the_dead_letter_queue_alone(
 
 def test_a_retried_transform_task_adopts_the_job_it_started(
         make_pipeline: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from operators.transform import BatchTransformOperator
+    from smserve_dags.operators.transform import BatchTransformOperator
 
     pipeline = make_pipeline()
     pipeline.queue(pipeline.seed(2))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from config import ConfigError
+from smserve_dags.config import ConfigError
 
 __all__ = ["Aws", "describe_error", "error_code"]
 

@@ -27,9 +27,9 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator
 
-from config import ConfigError, load_config
-from operators.aws import Aws, describe_error, error_code
-from operators.report import fail, report_message
+from smserve_dags.config import ConfigError, load_config
+from smserve_dags.operators.aws import Aws, describe_error, error_code
+from smserve_dags.operators.report import fail, report_message
 
 __all__ = [
     "DeadLetter",
@@ -136,7 +136,7 @@ class SqsBufferingSensor(BaseSensorOperator):
     Pushes the messages (possibly none) as XCom ``messages`` (the provider's
     ``SqsSensor`` shape: a list of ``ReceiveMessage`` entries) and deletes
     none. The queue, the batch size, the wait and the visibility timeout come
-    from the environment's Variable when it runs (see ``config.py``);
+    from the environment's Variable when it runs (see ``smserve_dags/config.py``);
     ``poke_interval_seconds`` sets the time between pokes.
 
     Args:
