@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,6 +96,45 @@ def test_an_unknown_queue_is_a_clear_failure(resources: Resources) -> None:
     resources.configure(queue="no-such-queue")
     with pytest.raises(AirflowFailException, match="SQS queue 'no-such-queue' does not exist"):
         SqsBufferingSensor(task_id="s", env="dev").poke({"ti": FakeTI()})
+
+
+def test_a_retried_sensor_receives_the_failed_trys_messages_again_and_deletes_none(
+        clients: Any, resources: Resources) -> None:
+    # a scheduler hiccup marks a poke that received a batch failed: Airflow retries the
+    # sensor, and the messages it had received come back; none is lost or deleted
+    from smserve_dags.operators.sqs import SqsBufferingSensor
+
+    sqs = clients.client("sqs")
+    sent = send(sqs, resources.queue_url, 3, bucket=resources.bucket)
+    resources.configure(max_messages=3, visibility_timeout_seconds=1)
+    sensor = SqsBufferingSensor(task_id="wait_for_messages", env="dev")
+    assert sensor.retries == 2, "a hiccup is retried"
+    first = FakeTI(try_number=1)
+    assert sensor.poke({"ti": first}) is True
+    assert {m["MessageId"] for m in first.xcoms["messages"]} == set(sent)
+
+    deadline = time.monotonic() + 60
+    while _depth(sqs, resources.queue_url) != (3, 0):  # back after the visibility timeout
+        assert time.monotonic() < deadline, "the failed try's messages never came back"
+        time.sleep(0.2)
+    second = FakeTI(try_number=2)
+    assert sensor.poke({"ti": second}) is True
+    again = second.xcoms["messages"]
+    assert {m["MessageId"] for m in again} == set(sent)
+    assert {m["Attributes"]["ApproximateReceiveCount"] for m in again} == {"2"}
+
+
+def test_the_poke_interval_has_a_floor_in_reschedule_mode(resources: Resources) -> None:
+    from smserve_dags.operators.sqs import SqsBufferingSensor
+
+    resources.configure(max_messages=50, max_wait_seconds=300, poke_interval_seconds=1,
+                        min_reschedule_seconds=5)
+    rescheduled = SqsBufferingSensor(task_id="s", env="dev")
+    assert rescheduled.poke({"ti": FakeTI()}) is False
+    assert rescheduled.poke_interval == 5, "no faster than the scheduler keeps up"
+    poking = SqsBufferingSensor(task_id="s", env="dev", mode="poke")
+    assert poking.poke({"ti": FakeTI()}) is False
+    assert poking.poke_interval == 1
 
 
 def test_visibility_extension_and_deletion_report_stale_receipt_handles(

@@ -77,6 +77,11 @@ def test_inference_graph_follows_the_model_graph(dags: dict[str, Any], dag_id: s
     assert dag.get_task("delete_messages").trigger_rule == "all_done"
     assert dag.get_task("wait_for_messages").mode == "reschedule"
     assert dag.get_task("frame_features.transform").mode == "reschedule"
+    # scheduler hiccups are retried by the sensor and the transforms (neither loses a message
+    # nor runs a job twice: the sensor never deletes, a retried transform adopts its job)
+    assert dag.get_task("wait_for_messages").retries == 2
+    assert {dag.get_task(f"{m}.transform").retries
+            for m in ("frame_features", "scene_classifier", "clip_stats")} == {2}
     assert set(dag.task_group.children) >= {"frame_features", "scene_classifier", "clip_stats"}
     assert dag.max_active_runs == 1 and dag.catchup is False
 
@@ -153,7 +158,7 @@ def test_dag_files_import_nothing_heavy_and_do_no_io(tmp_path: Path) -> None:
 
 
 def _airflow_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``airflow <args>`` as a user runs it: a fresh home, dags/ as the DAGs folder, cwd elsewhere."""
+    """``airflow <args>`` as a user runs it: a fresh home, dags/ as the DAGs folder."""
     from local_test.airflow_setup import airflow_environ
 
     env = {k: v for k, v in os.environ.items()

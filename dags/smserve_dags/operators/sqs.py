@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
@@ -137,7 +137,11 @@ class SqsBufferingSensor(BaseSensorOperator):
     ``SqsSensor`` shape: a list of ``ReceiveMessage`` entries) and deletes
     none. The queue, the batch size, the wait and the visibility timeout come
     from the environment's Variable when it runs (see ``smserve_dags/config.py``);
-    ``poke_interval_seconds`` sets the time between pokes.
+    ``poke_interval_seconds`` sets the time between pokes (at least
+    ``min_reschedule_seconds`` in reschedule mode). A failed try is retried
+    (``retries``, default 2) unless the settings are wrong; a retry receives
+    afresh: what the failed try received is invisible until its visibility
+    timeout, then received again (its receive count one higher).
 
     Args:
         env: the settings' environment (``main``, ``dev``).
@@ -150,6 +154,11 @@ class SqsBufferingSensor(BaseSensorOperator):
         kwargs.setdefault("mode", "reschedule")
         kwargs.setdefault("timeout", 24 * 3600)
         kwargs.setdefault("poke_interval", 30)
+        # a scheduler hiccup (a poke marked failed though it succeeded) is retried; nothing is
+        # lost: the sensor never deletes, and what a failed try received comes back to the
+        # queue after its visibility timeout. Bad settings fail at once (AirflowFailException).
+        kwargs.setdefault("retries", 2)
+        kwargs.setdefault("retry_delay", timedelta(seconds=30))
         super().__init__(**kwargs)
         self.env = env
 
@@ -158,7 +167,7 @@ class SqsBufferingSensor(BaseSensorOperator):
         ti = context["ti"]
         try:
             cfg = load_config(self.env)
-            self.poke_interval = cfg.poke_interval_seconds
+            self.poke_interval = cfg.interval(cfg.poke_interval_seconds, self.mode)
             aws = Aws(cfg.aws_conn_id, cfg.variable)
             aws.check_connection()
             url = queue_url(aws.sqs, cfg.queue)

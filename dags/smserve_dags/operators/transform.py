@@ -146,7 +146,7 @@ class BatchTransformOperator(BaseSensorOperator):
         work: Mapping[str, Any] = self.work
         try:
             cfg = load_config(self.env)
-            self.poke_interval = cfg.transform_poll_seconds
+            self.poke_interval = cfg.interval(cfg.transform_poll_seconds, self.mode)
             self.timeout = cfg.transform_timeout_seconds
             aws = Aws(cfg.aws_conn_id, cfg.variable)
             aws.check_connection()
