@@ -137,6 +137,25 @@ def test_the_poke_interval_has_a_floor_in_reschedule_mode(resources: Resources) 
     assert poking.poke_interval == 1
 
 
+def test_a_missing_bucket_fails_the_sensor_before_it_receives_anything(
+        clients: Any, resources: Resources) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from smserve_dags.operators.sqs import SqsBufferingSensor
+
+    sqs = clients.client("sqs")
+    send(sqs, resources.queue_url, 4, bucket=resources.bucket)
+    resources.configure(bucket=f"{resources.bucket}-gone", max_messages=4)
+    ti = FakeTI()
+    with pytest.raises(AirflowFailException,
+                       match=f"S3 bucket '{resources.bucket}-gone' does not exist; create it, "
+                             "or fix 'bucket' in Variable smserve_dev"):
+        SqsBufferingSensor(task_id="s", env="dev").poke({"ti": ti})
+    assert "does not exist" in ti.xcoms["report"]
+    assert "messages" not in ti.xcoms
+    assert _depth(sqs, resources.queue_url) == (4, 0), "nothing received, nothing deleted"
+
+
 def test_visibility_extension_and_deletion_report_stale_receipt_handles(
         clients: Any, resources: Resources) -> None:
     from smserve_dags.operators.sqs import collect_messages, delete_batch, extend_visibility

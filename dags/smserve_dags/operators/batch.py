@@ -84,6 +84,7 @@ def parse_messages(env: str, messages: Sequence[Mapping[str, Any]] | None) -> di
         aws = Aws(cfg.aws_conn_id, cfg.variable)
         aws.check_connection()
         url = queue_url(aws.sqs, cfg.queue)
+        aws.check_bucket(cfg.bucket)  # else every object would look missing
         batch = parse_batch(received, cfg.bucket,
                             exists=lambda keys: existing_keys(aws.s3, cfg.bucket, keys),
                             check_key=_check_key)

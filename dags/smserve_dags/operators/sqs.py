@@ -171,6 +171,9 @@ class SqsBufferingSensor(BaseSensorOperator):
             aws = Aws(cfg.aws_conn_id, cfg.variable)
             aws.check_connection()
             url = queue_url(aws.sqs, cfg.queue)
+            # before anything is received: a batch that cannot be read would come back
+            # each run, one receive nearer the dead-letter queue
+            aws.check_bucket(cfg.bucket)
         except ConfigError as err:
             fail(ti, str(err))
         started = ti.get_first_reschedule_date(context) or datetime.now(UTC)
