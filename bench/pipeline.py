@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         created = create_resources(clients, resources)
         set_variable("dev", resources.variable(
             images=created.images, max_messages=args.clips, max_wait_seconds=0,
-            poke_interval_seconds=1, transform_poll_seconds=1, receive_wait_seconds=1))
+            poke_interval_seconds=1, transform_poll_seconds=1, receive_wait_seconds=1,
+            min_reschedule_seconds=0))  # dag.test: no scheduler to outpace
         dag = load_dags()["inference_dev"]
 
         begun = time.monotonic()

@@ -1,6 +1,6 @@
 """Everything the pipeline DAGs need on the embedded stack (or on AWS), and Airflow on SQLite.
 
-Creates what ``dags/config.py``'s ``dev`` defaults name: the external bucket,
+Creates what ``smserve_dags/config.py``'s ``dev`` defaults name: the external bucket,
 our bucket, the queue with a redrive policy to its dead-letter queue, an
 execution role and, when the endpoint serves SageMaker, an ECR image per
 flavor (the pushed one, else one recorded in the stack's ECR) and one SageMaker

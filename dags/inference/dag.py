@@ -1,7 +1,7 @@
 """``inference_main`` (every 10 minutes) and ``inference_dev`` (manual): SQS batch -> models -> S3.
 
 One function builds both; they differ only in the environment whose
-Variable names the bucket and the queue (see ``config.py``)::
+Variable names the bucket and the queue (see ``smserve_dags/config.py``)::
 
     wait_for_messages -> parse_messages -> skip_if_empty
         -> frame_features.requests -> frame_features.transform
@@ -37,18 +37,26 @@ Variable names the bucket and the queue (see ``config.py``)::
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+# The dag-processor and task runs put the bundle (dags/) on sys.path; `airflow dags list
+# --local` does not, so the DAG file does it for its own package, smserve_dags.
+_BUNDLE = str(Path(__file__).resolve().parents[1])
+if _BUNDLE not in sys.path:
+    sys.path.append(_BUNDLE)
 
 from airflow.sdk import DAG, TaskGroup, XComArg
 
-from operators.batch import delete_messages, parse_messages, skip_if_empty
-from operators.models import model_graph
-from operators.report import reporter
-from operators.requests import prepare_requests
-from operators.sqs import SqsBufferingSensor
-from operators.transform import BatchTransformOperator
-from operators.wrap import Wrapper, wrap
+from smserve_dags.operators.batch import delete_messages, parse_messages, skip_if_empty
+from smserve_dags.operators.models import model_graph
+from smserve_dags.operators.report import reporter
+from smserve_dags.operators.requests import prepare_requests
+from smserve_dags.operators.sqs import SqsBufferingSensor
+from smserve_dags.operators.transform import BatchTransformOperator
+from smserve_dags.operators.wrap import Wrapper, wrap
 
 DEFAULT_ARGS = {"owner": "smserve", "retry_delay": timedelta(seconds=30)}
 START = datetime(2026, 1, 1, tzinfo=UTC)

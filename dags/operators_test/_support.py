@@ -49,7 +49,8 @@ class Resources:
                  "queue": self.queue_url, "sagemaker_model_prefix": self.model_prefix,
                  "images": self.images,
                  "max_wait_seconds": 0, "poke_interval_seconds": 1,
-                 "transform_poll_seconds": 0.5, "receive_wait_seconds": 0, **settings}
+                 "transform_poll_seconds": 0.5, "receive_wait_seconds": 0,
+                 "min_reschedule_seconds": 0, **settings}
         self.monkeypatch.setenv("AIRFLOW_VAR_SMSERVE_DEV", json.dumps(value))
 
 

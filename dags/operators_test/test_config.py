@@ -8,7 +8,7 @@ import pytest
 
 
 def test_dev_works_without_a_variable_and_main_says_what_to_set() -> None:
-    from config import ConfigError, parse_config
+    from smserve_dags.config import ConfigError, parse_config
 
     dev = parse_config("dev", None)
     assert (dev.bucket, dev.queue, dev.max_messages) == ("smserve-dev",
@@ -33,6 +33,10 @@ def test_dev_works_without_a_variable_and_main_says_what_to_set() -> None:
      "source_prefix = '{day}/' cannot be filled in"),
     ({"external_bucket": "e", "bucket": "b", "queue": "q", "max_wait_seconds": True},
      "max_wait_seconds = true is not a whole number or a number"),
+    ({"external_bucket": "e", "bucket": "b", "queue": "q", "min_reschedule_seconds": -1},
+     "min_reschedule_seconds = -1 is out of range; use 0..600"),
+    ({"external_bucket": "e", "bucket": 7, "queue": "q"}, "bucket = 7 is not a string"),
+    ({"external_bucket": "e", "bucket": "b", "queue": ""}, "queue is empty"),
     (["not", "an", "object"], "must be a JSON object"),
     ({"external_bucket": "e", "bucket": "b", "queue": "q", "images": {"cpu": "smserve-cpu:0.1.0"}},
      "images.cpu: image 'smserve-cpu:0.1.0' is not in ECR"),
@@ -45,7 +49,7 @@ def test_dev_works_without_a_variable_and_main_says_what_to_set() -> None:
      "model_environment must map each model"),
 ])
 def test_bad_settings_name_the_key(raw: object, expected: str) -> None:
-    from config import ConfigError, parse_config
+    from smserve_dags.config import ConfigError, parse_config
 
     with pytest.raises(ConfigError) as info:
         parse_config("main", raw)  # type: ignore[arg-type]
@@ -53,7 +57,7 @@ def test_bad_settings_name_the_key(raw: object, expected: str) -> None:
 
 
 def parse_config_dev_role() -> str:
-    from config import parse_config
+    from smserve_dags.config import parse_config
 
     role: str = parse_config("dev", {"images": {
         "gpu": "123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-gpu@sha256:" + "a" * 64,
@@ -63,7 +67,7 @@ def parse_config_dev_role() -> str:
 
 def test_load_config_reads_the_variable_and_refuses_text_that_is_not_json(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from config import ConfigError, load_config
+    from smserve_dags.config import ConfigError, load_config
 
     monkeypatch.setenv("AIRFLOW_VAR_SMSERVE_MAIN", json.dumps(
         {"external_bucket": "e", "bucket": "b", "queue": "q", "camera_angles": ["top"]}))
@@ -77,3 +81,14 @@ def test_load_config_reads_the_variable_and_refuses_text_that_is_not_json(
     monkeypatch.setenv("AIRFLOW_VAR_SMSERVE_MAIN", "{oops")
     with pytest.raises(ConfigError, match="smserve_main: is not JSON"):
         load_config("main")
+
+
+def test_reschedule_intervals_have_a_floor_the_variable_can_lower() -> None:
+    from smserve_dags.config import parse_config
+
+    cfg = parse_config("dev", {"poke_interval_seconds": 1, "transform_poll_seconds": 0.5})
+    assert cfg.min_reschedule_seconds == 5
+    assert cfg.interval(1, "reschedule") == 5, "faster than the scheduler keeps up"
+    assert cfg.interval(60, "reschedule") == 60
+    assert cfg.interval(1, "poke") == 1, "a poking task does not go through the scheduler"
+    assert parse_config("dev", {"min_reschedule_seconds": 0}).interval(0.5, "reschedule") == 0.5

@@ -14,7 +14,7 @@ def _message(body: str, message_id: str = "m1", count: int = 1) -> dict[str, Any
 
 
 def test_both_shapes_name_objects() -> None:
-    from operators.messages import object_refs
+    from smserve_dags.operators.messages import object_refs
 
     assert object_refs('{"bucket": "b", "key": "v/a.npy", "size": 3}') == [("b", "v/a.npy")]
     event = {"Records": [{"eventSource": "aws:s3", "s3": {
@@ -30,14 +30,14 @@ def test_both_shapes_name_objects() -> None:
     ('{"Records": [{"eventName": "x"}]}', "Records[0] is not an S3 event record"),
 ])
 def test_bad_bodies_say_why(body: str, reason: str) -> None:
-    from operators.messages import object_refs
+    from smserve_dags.operators.messages import object_refs
 
     with pytest.raises(ValueError, match=reason.replace("[", r"\[").replace("]", r"\]")):
         object_refs(body)
 
 
 def test_parse_batch_keeps_the_usable_messages_and_sets_the_rest_aside() -> None:
-    from operators.messages import batch_id, parse_batch
+    from smserve_dags.operators.messages import batch_id, parse_batch
 
     messages = [
         _message('{"bucket": "b", "key": "v/a.npy"}', "m1"),
@@ -60,7 +60,7 @@ def test_parse_batch_keeps_the_usable_messages_and_sets_the_rest_aside() -> None
 def test_a_key_that_cannot_become_an_output_key_is_set_aside() -> None:
     from serving.pipeline import output_key
 
-    from operators.messages import parse_batch
+    from smserve_dags.operators.messages import parse_batch
 
     batch = parse_batch([_message('{"bucket": "b", "key": "../escape.npy"}')], "b",
                         check_key=lambda key: output_key("m", key))

@@ -11,7 +11,7 @@ def _message(message_id: str, count: int) -> dict[str, Any]:
 
 
 def test_a_message_is_deleted_only_when_every_model_finished_every_object() -> None:
-    from operators.outcomes import message_fates
+    from smserve_dags.operators.outcomes import message_fates
 
     expected = {"a": {"v/good.npy": "r/a/good.npy", "v/bad.npy": "r/a/bad.npy"},
                 "b": {"v/good.npy": "r/b/good.npy", "v/bad.npy": "r/b/bad.npy"}}
@@ -37,7 +37,7 @@ def test_a_message_is_deleted_only_when_every_model_finished_every_object() -> N
 
 
 def test_failed_reason_names_the_objects() -> None:
-    from operators.outcomes import failed_reason, note_key
+    from smserve_dags.operators.outcomes import failed_reason, note_key
 
     outcomes = [{"status": "written"}] * 2 + [
         {"status": "failed", "error": "InvalidInput", "message": f"s3://b/v/{i}.npy: bad"}

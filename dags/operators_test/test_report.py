@@ -13,7 +13,7 @@ def _model(name: str, status: str, **counts: Any) -> dict[str, Any]:
 
 
 def test_a_failed_model_fails_the_run_and_explains_the_skipped_ones() -> None:
-    from operators.report import TaskOutcome, summarize
+    from smserve_dags.operators.report import TaskOutcome, summarize
 
     outcomes = [
         TaskOutcome("wait_for_messages", "success", ["received 2 message(s)"]),
@@ -45,7 +45,7 @@ def test_a_failed_model_fails_the_run_and_explains_the_skipped_ones() -> None:
 
 
 def test_a_task_that_crashed_without_a_report_is_a_problem() -> None:
-    from operators.report import TaskOutcome, summarize
+    from smserve_dags.operators.report import TaskOutcome, summarize
 
     lines, problems = summarize("sync_data_dev run", [
         TaskOutcome("camera_angles", "success", ["camera angles: front"]),
@@ -58,7 +58,7 @@ def test_a_task_that_crashed_without_a_report_is_a_problem() -> None:
 
 
 def test_a_model_task_that_failed_without_a_report_is_named() -> None:
-    from operators.report import TaskOutcome, summarize
+    from smserve_dags.operators.report import TaskOutcome, summarize
 
     lines, problems = summarize("r", [TaskOutcome("clip_stats.requests", "failed"),
                                       TaskOutcome("clip_stats.transform", "upstream_failed")],
@@ -69,7 +69,7 @@ def test_a_model_task_that_failed_without_a_report_is_named() -> None:
 
 def test_report_message_pushes_the_report_xcom() -> None:
     from _support import FakeTI
-    from operators.report import fail, is_model_report, report_message
+    from smserve_dags.operators.report import fail, is_model_report, report_message
 
     ti = FakeTI()
     report_message(ti, ["one", "two"])
@@ -83,7 +83,7 @@ def test_report_message_pushes_the_report_xcom() -> None:
 
 
 def test_a_mapped_task_shows_its_worst_instance() -> None:
-    from operators.report import task_state
+    from smserve_dags.operators.report import task_state
 
     states = {"sync_current_month_0": "success", "sync_current_month_1": "failed",
               "sync_previous_month_0": "success", "camera_angles": "success"}

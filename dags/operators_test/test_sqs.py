@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,7 @@ def _depth(sqs: Any, url: str) -> tuple[int, int]:
 
 def test_collect_takes_more_than_ten_at_ten_per_call_and_deletes_none(
         clients: Any, resources: Resources) -> None:
-    from operators.sqs import collect_messages
+    from smserve_dags.operators.sqs import collect_messages
 
     sqs = clients.client("sqs")
     sent = send(sqs, resources.queue_url, 35)
@@ -39,7 +40,7 @@ def test_collect_takes_more_than_ten_at_ten_per_call_and_deletes_none(
 
 def test_the_sensor_waits_then_returns_a_partial_batch_in_the_sqs_sensor_shape(
         clients: Any, resources: Resources) -> None:
-    from operators.sqs import SqsBufferingSensor
+    from smserve_dags.operators.sqs import SqsBufferingSensor
 
     sqs = clients.client("sqs")
     send(sqs, resources.queue_url, 12, bucket=resources.bucket)
@@ -64,7 +65,7 @@ def test_the_sensor_waits_then_returns_a_partial_batch_in_the_sqs_sensor_shape(
 
 def test_the_sensor_returns_at_once_when_the_batch_is_full(clients: Any,
                                                            resources: Resources) -> None:
-    from operators.sqs import SqsBufferingSensor
+    from smserve_dags.operators.sqs import SqsBufferingSensor
 
     send(clients.client("sqs"), resources.queue_url, 20)
     resources.configure(max_messages=20, max_wait_seconds=3600)
@@ -78,7 +79,7 @@ def test_the_sensor_fails_clearly_without_a_connection(resources: Resources,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from operators.sqs import SqsBufferingSensor
+    from smserve_dags.operators.sqs import SqsBufferingSensor
 
     monkeypatch.delenv("AIRFLOW_CONN_AWS_DEFAULT")
     ti = FakeTI()
@@ -90,16 +91,74 @@ def test_the_sensor_fails_clearly_without_a_connection(resources: Resources,
 def test_an_unknown_queue_is_a_clear_failure(resources: Resources) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from operators.sqs import SqsBufferingSensor
+    from smserve_dags.operators.sqs import SqsBufferingSensor
 
     resources.configure(queue="no-such-queue")
     with pytest.raises(AirflowFailException, match="SQS queue 'no-such-queue' does not exist"):
         SqsBufferingSensor(task_id="s", env="dev").poke({"ti": FakeTI()})
 
 
+def test_a_retried_sensor_receives_the_failed_trys_messages_again_and_deletes_none(
+        clients: Any, resources: Resources) -> None:
+    # a scheduler hiccup marks a poke that received a batch failed: Airflow retries the
+    # sensor, and the messages it had received come back; none is lost or deleted
+    from smserve_dags.operators.sqs import SqsBufferingSensor
+
+    sqs = clients.client("sqs")
+    sent = send(sqs, resources.queue_url, 3, bucket=resources.bucket)
+    resources.configure(max_messages=3, visibility_timeout_seconds=1)
+    sensor = SqsBufferingSensor(task_id="wait_for_messages", env="dev")
+    assert sensor.retries == 2, "a hiccup is retried"
+    first = FakeTI(try_number=1)
+    assert sensor.poke({"ti": first}) is True
+    assert {m["MessageId"] for m in first.xcoms["messages"]} == set(sent)
+
+    deadline = time.monotonic() + 60
+    while _depth(sqs, resources.queue_url) != (3, 0):  # back after the visibility timeout
+        assert time.monotonic() < deadline, "the failed try's messages never came back"
+        time.sleep(0.2)
+    second = FakeTI(try_number=2)
+    assert sensor.poke({"ti": second}) is True
+    again = second.xcoms["messages"]
+    assert {m["MessageId"] for m in again} == set(sent)
+    assert {m["Attributes"]["ApproximateReceiveCount"] for m in again} == {"2"}
+
+
+def test_the_poke_interval_has_a_floor_in_reschedule_mode(resources: Resources) -> None:
+    from smserve_dags.operators.sqs import SqsBufferingSensor
+
+    resources.configure(max_messages=50, max_wait_seconds=300, poke_interval_seconds=1,
+                        min_reschedule_seconds=5)
+    rescheduled = SqsBufferingSensor(task_id="s", env="dev")
+    assert rescheduled.poke({"ti": FakeTI()}) is False
+    assert rescheduled.poke_interval == 5, "no faster than the scheduler keeps up"
+    poking = SqsBufferingSensor(task_id="s", env="dev", mode="poke")
+    assert poking.poke({"ti": FakeTI()}) is False
+    assert poking.poke_interval == 1
+
+
+def test_a_missing_bucket_fails_the_sensor_before_it_receives_anything(
+        clients: Any, resources: Resources) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from smserve_dags.operators.sqs import SqsBufferingSensor
+
+    sqs = clients.client("sqs")
+    send(sqs, resources.queue_url, 4, bucket=resources.bucket)
+    resources.configure(bucket=f"{resources.bucket}-gone", max_messages=4)
+    ti = FakeTI()
+    with pytest.raises(AirflowFailException,
+                       match=f"S3 bucket '{resources.bucket}-gone' does not exist; create it, "
+                             "or fix 'bucket' in Variable smserve_dev"):
+        SqsBufferingSensor(task_id="s", env="dev").poke({"ti": ti})
+    assert "does not exist" in ti.xcoms["report"]
+    assert "messages" not in ti.xcoms
+    assert _depth(sqs, resources.queue_url) == (4, 0), "nothing received, nothing deleted"
+
+
 def test_visibility_extension_and_deletion_report_stale_receipt_handles(
         clients: Any, resources: Resources) -> None:
-    from operators.sqs import collect_messages, delete_batch, extend_visibility
+    from smserve_dags.operators.sqs import collect_messages, delete_batch, extend_visibility
 
     sqs = clients.client("sqs")
     send(sqs, resources.queue_url, 3)
@@ -116,7 +175,7 @@ def test_visibility_extension_and_deletion_report_stale_receipt_handles(
 
 
 def test_dead_letter_reads_the_redrive_policy(clients: Any, resources: Resources) -> None:
-    from operators.sqs import dead_letter
+    from smserve_dags.operators.sqs import dead_letter
 
     sqs = clients.client("sqs")
     sqs.send_message(QueueUrl=resources.dead_letter_url, MessageBody="old poison")

@@ -16,7 +16,7 @@ PREFIX = "videos/2026/11/front/"
 
 
 def test_month_back_crosses_years() -> None:
-    from operators.sync import month_back
+    from smserve_dags.operators.sync import month_back
 
     assert month_back(datetime(2026, 11, 29), 0) == (2026, 11)
     assert month_back(datetime(2026, 1, 5), 1) == (2025, 12)
@@ -35,7 +35,7 @@ def _messages(sqs: Any, url: str) -> list[dict[str, Any]]:
 def test_new_objects_are_copied_and_queued_once(clients: Any, resources: Resources) -> None:
     from local_test.clips import upload_clips
 
-    from operators.sync import SOURCE_ETAG, sync_prefix
+    from smserve_dags.operators.sync import SOURCE_ETAG, sync_prefix
 
     s3, sqs = clients.client("s3"), clients.client("sqs")
     external = f"{resources.bucket}-ext"
@@ -63,7 +63,7 @@ def test_new_objects_are_copied_and_queued_once(clients: Any, resources: Resourc
 
 
 def test_an_empty_prefix_copies_nothing(clients: Any, resources: Resources) -> None:
-    from operators.sync import sync_prefix
+    from smserve_dags.operators.sync import sync_prefix
 
     result = sync_prefix(clients.client("s3"), clients.client("sqs"), resources.queue_url,
                          f"{resources.bucket}-ext", resources.bucket, PREFIX)
@@ -76,7 +76,7 @@ def test_a_copy_whose_message_cannot_be_sent_is_taken_back(clients: Any,
                                                           resources: Resources) -> None:
     from local_test.clips import upload_clips
 
-    from operators.sync import sync_prefix
+    from smserve_dags.operators.sync import sync_prefix
 
     s3 = clients.client("s3")
     keys = upload_clips(s3, f"{resources.bucket}-ext", PREFIX, 2)

@@ -18,7 +18,7 @@ MODEL = "clip_stats"
 
 
 def test_job_names_are_deterministic_valid_and_short() -> None:
-    from operators.transform import JOB_NAME, job_name
+    from smserve_dags.operators.transform import JOB_NAME, job_name
 
     name = job_name("inference_main", "scheduled__2026-11-29T10:00:00+00:00", "frame_features",
                     "0123456789abcdef", 1)
@@ -64,7 +64,7 @@ def _work(clients: Any, resources: Resources, ti: FakeTI, count: int) -> dict[st
 
     from local_test.clips import upload_clips
 
-    from operators.requests import prepare_requests
+    from smserve_dags.operators.requests import prepare_requests
 
     keys = upload_clips(clients.client("s3"), resources.bucket, "videos/2026/11/top/", count)
     batch = {"batch": "b" * 16, "bucket": resources.bucket, "queue_url": resources.queue_url,
@@ -91,7 +91,7 @@ def _jobs(clients: Any, contains: str) -> list[str]:
 
 def test_create_wait_then_a_retry_adopts_and_a_rerun_skips(
         clients: Any, resources: Resources, model: Any) -> None:
-    from operators.transform import BatchTransformOperator, job_name
+    from smserve_dags.operators.transform import BatchTransformOperator, job_name
 
     made = model()
     ti = FakeTI(run_id="manual__adopt")
@@ -137,7 +137,7 @@ def test_a_failed_job_fails_the_task_with_its_reason(clients: Any, resources: Re
                                                      model: Any) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from operators.transform import BatchTransformOperator
+    from smserve_dags.operators.transform import BatchTransformOperator
 
     model(SMSERVE_ALLOWED_BUCKETS="another-bucket")
     ti = FakeTI(run_id="manual__fails")
@@ -154,7 +154,7 @@ def test_a_failed_job_fails_the_task_with_its_reason(clients: Any, resources: Re
 
 def test_the_operator_creates_the_model_from_the_configured_image(
         clients: Any, resources: Resources) -> None:
-    from operators.transform import BatchTransformOperator, job_name
+    from smserve_dags.operators.transform import BatchTransformOperator, job_name
 
     ti = FakeTI(run_id="manual__own-model")
     work = _work(clients, resources, ti, 1)
@@ -172,7 +172,7 @@ def test_no_configured_image_says_how_to_push_one(clients: Any,
                                                   resources: Resources) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from operators.transform import BatchTransformOperator
+    from smserve_dags.operators.transform import BatchTransformOperator
 
     resources.configure(images={})
     ti = FakeTI(run_id="manual__noimage")
@@ -189,7 +189,7 @@ def test_an_image_ecr_does_not_hold_is_createmodels_error(clients: Any,
                                                          resources: Resources) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from operators.transform import BatchTransformOperator
+    from smserve_dags.operators.transform import BatchTransformOperator
 
     missing = "123456789012.dkr.ecr.us-east-1.amazonaws.com/smserve-cpu:never-pushed"
     resources.configure(images={"cpu": missing})

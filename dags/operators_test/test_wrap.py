@@ -31,7 +31,7 @@ def test_plain_shift_loses_the_edge_into_a_chain_in_a_list(tasks: Any) -> None:
 
 
 def test_wrap_wires_a_list_of_chains(tasks: Any) -> None:
-    from operators.wrap import wrap
+    from smserve_dags.operators.wrap import wrap
 
     dag, (a, b1, b2, c, d) = tasks("a", "b1", "b2", "c", "d")
     wrap(a) >> [wrap(b1) >> b2, c] >> d
@@ -52,7 +52,7 @@ def test_the_task_group_form_wires_the_same(tasks: Any) -> None:
 
 
 def test_reflected_and_left_shifts(tasks: Any) -> None:
-    from operators.wrap import wrap
+    from smserve_dags.operators.wrap import wrap
 
     dag, (x, y, z, w) = tasks("x", "y", "z", "w")
     sub = [x, y] >> wrap(z)  # a list on the left: __rrshift__
@@ -68,7 +68,7 @@ def test_reflected_and_left_shifts(tasks: Any) -> None:
 
 
 def test_a_wrapper_keeps_where_a_sub_graph_starts_and_ends(tasks: Any) -> None:
-    from operators.wrap import Wrapper, wrap
+    from smserve_dags.operators.wrap import Wrapper, wrap
 
     dag, (start, f1, f2, g, end) = tasks("start", "f1", "f2", "g", "end")
     f1 >> f2

@@ -2,7 +2,7 @@
 
 One function builds both; they differ only in the environment whose
 Variable names the buckets and the queue (``smserve_main``,
-``smserve_dev``; see ``config.py``)::
+``smserve_dev``; see ``smserve_dags/config.py``)::
 
     camera_angles --> sync_current_month[angle]  --> report
                   \\-> sync_previous_month[angle] -/
@@ -18,13 +18,21 @@ failed, logs one summary, and fails the run when anything failed.
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+# The dag-processor and task runs put the bundle (dags/) on sys.path; `airflow dags list
+# --local` does not, so the DAG file does it for its own package, smserve_dags.
+_BUNDLE = str(Path(__file__).resolve().parents[1])
+if _BUNDLE not in sys.path:
+    sys.path.append(_BUNDLE)
 
 from airflow.sdk import DAG
 
-from operators.report import reporter
-from operators.sync import camera_angles, sync_month
-from operators.wrap import wrap
+from smserve_dags.operators.report import reporter
+from smserve_dags.operators.sync import camera_angles, sync_month
+from smserve_dags.operators.wrap import wrap
 
 DEFAULT_ARGS = {"owner": "smserve", "retry_delay": timedelta(seconds=60)}
 START = datetime(2026, 1, 1, tzinfo=UTC)

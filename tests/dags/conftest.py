@@ -43,7 +43,8 @@ HOME = isolated_home()
 
 #: Short waits for tests: a batch is whatever is queued, pokes every second.
 FAST = {"max_wait_seconds": 0, "poke_interval_seconds": 1, "transform_poll_seconds": 0.5,
-        "receive_wait_seconds": 0, "visibility_timeout_seconds": 120}
+        "receive_wait_seconds": 0, "visibility_timeout_seconds": 120,
+        "min_reschedule_seconds": 0}
 CLIPS = "videos/2026/11/front/"
 
 requires_sagemaker = pytest.mark.skipif(

@@ -156,7 +156,7 @@ def test_one_bad_clip_fails_alone_and_reaches_the_dead_letter_queue_alone(
 
 def test_a_retried_transform_task_adopts_the_job_it_started(
         make_pipeline: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from operators.transform import BatchTransformOperator
+    from smserve_dags.operators.transform import BatchTransformOperator
 
     pipeline = make_pipeline()
     pipeline.queue(pipeline.seed(2))
@@ -287,11 +287,24 @@ def test_a_missing_variable_fails_clearly(make_pipeline: Any,
     assert "airflow variables set smserve_main" in result.summary
 
 
-def test_a_bad_setting_names_the_key(make_pipeline: Any) -> None:
-    pipeline = make_pipeline(models=False, max_messages="lots")
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({"max_messages": "lots"},
+     'Airflow Variable smserve_dev: max_messages = "lots" is not a whole number'),
+    ({"max_mesages": 5}, "Airflow Variable smserve_dev: unknown key(s) max_mesages; the keys "
+                         "are external_bucket, bucket, queue"),
+    ({"bucket": "no-such-bucket"}, "S3 bucket 'no-such-bucket' does not exist; create it, or "
+                                   "fix 'bucket' in Variable smserve_dev"),
+    ({"queue": "no-such-queue"}, "SQS queue 'no-such-queue' does not exist; create it"),
+], ids=["wrong-type", "unknown-key", "missing-bucket", "missing-queue"])
+def test_a_bad_setting_fails_with_the_fix_and_deletes_nothing(
+        make_pipeline: Any, settings: dict[str, Any], expected: str) -> None:
+    pipeline = make_pipeline(models=False)
+    pipeline.queue(pipeline.seed(1))
+    pipeline.configure(**settings)
 
     result = pipeline.run()
 
     assert result.state == "failed"
-    assert 'Airflow Variable smserve_dev: max_messages = "lots" is not a whole number' \
-        in result.summary
+    assert result.states["wait_for_messages"] == "failed"
+    assert expected in result.summary
+    assert pipeline.depth() == (1, 0), "nothing was received, nothing deleted"

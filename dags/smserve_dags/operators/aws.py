@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from config import ConfigError
+from smserve_dags.config import ConfigError
 
 __all__ = ["Aws", "describe_error", "error_code"]
 
@@ -71,6 +71,25 @@ class Aws:
                 "'{\"region_name\": \"us-east-1\"}', or set " + env_name + "), or set "
                 f"aws_conn_id to null in Variable {self.variable} to use boto3's default "
                 "credentials") from None
+
+    def check_bucket(self, bucket: str, key: str = "bucket") -> None:
+        """Fail with what to do when ``bucket`` does not exist or cannot be read.
+
+        Raises:
+            ConfigError: S3 refused ``HeadBucket`` (no such bucket, no permission).
+        """
+        try:
+            self.s3.head_bucket(Bucket=bucket)
+        except Exception as err:
+            code = error_code(err)
+            if not code:
+                raise
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise ConfigError(f"S3 bucket {bucket!r} does not exist; create it, or fix "
+                                  f"{key!r} in Variable {self.variable}") from None
+            raise ConfigError(f"S3 bucket {bucket!r} cannot be read ({describe_error(err)}); "
+                              f"give connection {self.conn_id!r} access to it, or fix "
+                              f"{key!r} in Variable {self.variable}") from None
 
     @cached_property
     def s3(self) -> Any:

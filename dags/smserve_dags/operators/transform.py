@@ -35,10 +35,10 @@ from typing import Any, NoReturn
 
 from airflow.sdk import BaseSensorOperator
 
-from config import ConfigError, PipelineConfig, load_config
-from operators.aws import Aws, describe_error, error_code
-from operators.models import model_graph
-from operators.report import fail, report_message
+from smserve_dags.config import ConfigError, PipelineConfig, load_config
+from smserve_dags.operators.aws import Aws, describe_error, error_code
+from smserve_dags.operators.models import model_graph
+from smserve_dags.operators.report import fail, report_message
 
 __all__ = ["JOB_NAME", "BatchTransformOperator", "job_name", "transform_jobs"]
 
@@ -146,7 +146,7 @@ class BatchTransformOperator(BaseSensorOperator):
         work: Mapping[str, Any] = self.work
         try:
             cfg = load_config(self.env)
-            self.poke_interval = cfg.transform_poll_seconds
+            self.poke_interval = cfg.interval(cfg.transform_poll_seconds, self.mode)
             self.timeout = cfg.transform_timeout_seconds
             aws = Aws(cfg.aws_conn_id, cfg.variable)
             aws.check_connection()
@@ -222,7 +222,7 @@ class BatchTransformOperator(BaseSensorOperator):
               adopted: bool) -> None:
         from serving.transform.spec import parse_s3_uri
 
-        from operators.outcomes import failed_reason, read_outcomes
+        from smserve_dags.operators.outcomes import failed_reason, read_outcomes
 
         name = found["TransformJobName"]
         written, skipped, other = count_answers(aws.s3,
@@ -276,7 +276,7 @@ class BatchTransformOperator(BaseSensorOperator):
         from serving.s3refs import parse_records
         from serving.transform.spec import parse_s3_uri
 
-        from operators.batch import existing_keys
+        from smserve_dags.operators.batch import existing_keys
 
         try:
             bucket, key = parse_s3_uri(request_uri, "request")

@@ -22,14 +22,14 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
 
-from config import ConfigError, load_config
-from operators.aws import Aws, describe_error, error_code
-from operators.report import fail, report_message
+from smserve_dags.config import ConfigError, load_config
+from smserve_dags.operators.aws import Aws, describe_error, error_code
+from smserve_dags.operators.report import fail, report_message
 
 __all__ = [
     "DeadLetter",
@@ -136,8 +136,12 @@ class SqsBufferingSensor(BaseSensorOperator):
     Pushes the messages (possibly none) as XCom ``messages`` (the provider's
     ``SqsSensor`` shape: a list of ``ReceiveMessage`` entries) and deletes
     none. The queue, the batch size, the wait and the visibility timeout come
-    from the environment's Variable when it runs (see ``config.py``);
-    ``poke_interval_seconds`` sets the time between pokes.
+    from the environment's Variable when it runs (see ``smserve_dags/config.py``);
+    ``poke_interval_seconds`` sets the time between pokes (at least
+    ``min_reschedule_seconds`` in reschedule mode). A failed try is retried
+    (``retries``, default 2) unless the settings are wrong; a retry receives
+    afresh: what the failed try received is invisible until its visibility
+    timeout, then received again (its receive count one higher).
 
     Args:
         env: the settings' environment (``main``, ``dev``).
@@ -150,6 +154,11 @@ class SqsBufferingSensor(BaseSensorOperator):
         kwargs.setdefault("mode", "reschedule")
         kwargs.setdefault("timeout", 24 * 3600)
         kwargs.setdefault("poke_interval", 30)
+        # a scheduler hiccup (a poke marked failed though it succeeded) is retried; nothing is
+        # lost: the sensor never deletes, and what a failed try received comes back to the
+        # queue after its visibility timeout. Bad settings fail at once (AirflowFailException).
+        kwargs.setdefault("retries", 2)
+        kwargs.setdefault("retry_delay", timedelta(seconds=30))
         super().__init__(**kwargs)
         self.env = env
 
@@ -158,10 +167,13 @@ class SqsBufferingSensor(BaseSensorOperator):
         ti = context["ti"]
         try:
             cfg = load_config(self.env)
-            self.poke_interval = cfg.poke_interval_seconds
+            self.poke_interval = cfg.interval(cfg.poke_interval_seconds, self.mode)
             aws = Aws(cfg.aws_conn_id, cfg.variable)
             aws.check_connection()
             url = queue_url(aws.sqs, cfg.queue)
+            # before anything is received: a batch that cannot be read would come back
+            # each run, one receive nearer the dead-letter queue
+            aws.check_bucket(cfg.bucket)
         except ConfigError as err:
             fail(ti, str(err))
         started = ti.get_first_reschedule_date(context) or datetime.now(UTC)

@@ -2,7 +2,7 @@
 
 Each is a ``@task`` to call in a DAG; they read their settings from the
 environment's Variable when they run, and report what they did (see
-:mod:`operators.report`).
+:mod:`smserve_dags.operators.report`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 
 from airflow.sdk import TriggerRule, get_current_context, task
 
-from config import ConfigError, load_config
-from operators.aws import Aws, describe_error, error_code
-from operators.messages import BadMessage, batch_id, parse_batch
-from operators.report import fail, report_message
-from operators.sqs import dead_letter, delete_batch, queue_url
+from smserve_dags.config import ConfigError, load_config
+from smserve_dags.operators.aws import Aws, describe_error, error_code
+from smserve_dags.operators.messages import BadMessage, batch_id, parse_batch
+from smserve_dags.operators.report import fail, report_message
+from smserve_dags.operators.sqs import dead_letter, delete_batch, queue_url
 
 __all__ = ["delete_messages", "existing_keys", "parse_messages", "skip_if_empty"]
 
@@ -84,6 +84,7 @@ def parse_messages(env: str, messages: Sequence[Mapping[str, Any]] | None) -> di
         aws = Aws(cfg.aws_conn_id, cfg.variable)
         aws.check_connection()
         url = queue_url(aws.sqs, cfg.queue)
+        aws.check_bucket(cfg.bucket)  # else every object would look missing
         batch = parse_batch(received, cfg.bucket,
                             exists=lambda keys: existing_keys(aws.s3, cfg.bucket, keys),
                             check_key=_check_key)
@@ -143,11 +144,11 @@ def delete_messages(env: str, models: Sequence[str]) -> None:
     """
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from operators.messages import object_refs
-    from operators.models import model_graph
-    from operators.outcomes import message_fates, read_outcomes, write_note
-    from operators.report import collect_states, task_state
-    from operators.requests import run_prefix
+    from smserve_dags.operators.messages import object_refs
+    from smserve_dags.operators.models import model_graph
+    from smserve_dags.operators.outcomes import message_fates, read_outcomes, write_note
+    from smserve_dags.operators.report import collect_states, task_state
+    from smserve_dags.operators.requests import run_prefix
 
     ti = get_current_context()["ti"]
     batch = ti.xcom_pull(task_ids="parse_messages")

@@ -33,6 +33,7 @@ key                            meaning                                      defa
 ``visibility_timeout_seconds``  how long a batch stays invisible per model   1800
 ``transform_poll_seconds``     between two DescribeTransformJob calls       30
 ``transform_timeout_seconds``  a transform task gives up after this long    21600
+``min_reschedule_seconds``     floor of the two intervals above (reschedule) 5
 ``aws_conn_id``                Airflow connection (null: boto3's defaults)  ``aws_default``
 =============================  ===========================================  ================
 
@@ -90,10 +91,20 @@ class PipelineConfig:
     visibility_timeout_seconds: int = 1800
     transform_poll_seconds: float = 30.0
     transform_timeout_seconds: float = 6 * 3600.0
+    min_reschedule_seconds: float = 5.0
     aws_conn_id: str | None = "aws_default"
     images: Mapping[str, str] = field(default_factory=dict)
     role_arn: str | None = None
     model_environment: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def interval(self, seconds: float, mode: str) -> float:
+        """The wait between two pokes: ``seconds``, but never under the floor in reschedule mode.
+
+        A rescheduled task goes back through the scheduler and the executor
+        each time; faster than they keep up, they race (a poke that
+        succeeded can be marked failed), so ``min_reschedule_seconds`` bounds it.
+        """
+        return max(seconds, self.min_reschedule_seconds) if mode == "reschedule" else seconds
 
     @property
     def variable(self) -> str:
@@ -127,7 +138,8 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "max_wait_seconds": (int, float), "poke_interval_seconds": (int, float),
     "receive_wait_seconds": (int,), "visibility_timeout_seconds": (int,),
     "transform_poll_seconds": (int, float), "transform_timeout_seconds": (int, float),
-    "aws_conn_id": (str, type(None)), "images": (dict,), "role_arn": (str, type(None)),
+    "min_reschedule_seconds": (int, float), "aws_conn_id": (str, type(None)),
+    "images": (dict,), "role_arn": (str, type(None)),
     "model_environment": (dict,),
 }
 _WORDS: dict[type, str] = {str: "a string", list: "a list", dict: "a JSON object",
@@ -137,7 +149,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_messages": (1, 10_000), "max_wait_seconds": (0, 12 * 3600),
     "poke_interval_seconds": (0.1, 3600), "receive_wait_seconds": (0, 20),
     "visibility_timeout_seconds": (1, 12 * 3600), "transform_poll_seconds": (0.1, 3600),
-    "transform_timeout_seconds": (1, 5 * 24 * 3600),
+    "transform_timeout_seconds": (1, 5 * 24 * 3600), "min_reschedule_seconds": (0, 600),
 }
 
 

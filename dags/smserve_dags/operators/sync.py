@@ -24,10 +24,10 @@ from typing import Any
 
 from airflow.sdk import get_current_context, task
 
-from config import ConfigError, load_config
-from operators.aws import Aws, describe_error, error_code
-from operators.report import fail, report_message
-from operators.sqs import SQS_BATCH, queue_url
+from smserve_dags.config import ConfigError, load_config
+from smserve_dags.operators.aws import Aws, describe_error, error_code
+from smserve_dags.operators.report import fail, report_message
+from smserve_dags.operators.sqs import SQS_BATCH, queue_url
 
 __all__ = ["SyncResult", "camera_angles", "month_back", "sync_month", "sync_prefix"]
 

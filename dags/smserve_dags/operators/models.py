@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from serving.pipeline import Graph
 
 #: ``dags/`` sits next to ``models/`` in the repository (and in the Airflow image).
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
 #: Set it to read the models from elsewhere (a deployment that moves ``dags/``).
 MODELS_DIR_VARIABLE = "SMSERVE_MODELS_DIR"
 

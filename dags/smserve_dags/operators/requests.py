@@ -19,12 +19,12 @@ from typing import Any
 
 from airflow.sdk import get_current_context, task
 
-from config import ConfigError, PipelineConfig, load_config
-from operators.aws import Aws, describe_error, error_code
-from operators.batch import batch_messages, existing_keys
-from operators.models import model_graph
-from operators.report import fail, report_message
-from operators.sqs import extend_visibility
+from smserve_dags.config import ConfigError, PipelineConfig, load_config
+from smserve_dags.operators.aws import Aws, describe_error, error_code
+from smserve_dags.operators.batch import batch_messages, existing_keys
+from smserve_dags.operators.models import model_graph
+from smserve_dags.operators.report import fail, report_message
+from smserve_dags.operators.sqs import extend_visibility
 
 __all__ = ["prepare_requests", "run_prefix"]
 
