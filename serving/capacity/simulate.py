@@ -197,11 +197,16 @@ class _Day:
 
     def run(self) -> tuple[list[Run], dict[str, list[JobFigure]]]:
         from local_test.clips import clip_bytes
+        from serving.local.stackimages import stack_images
         from serving.localpipeline import Resources
         from serving.sagemaker.jobs import SageMakerJobs
 
         self.clips = [clip_bytes(i) for i in range(CLIP_VARIETY)]
-        self.jobs = SageMakerJobs(self.clients, poll=0.1)
+        # CreateModel takes only images the stack's ECR holds (as on AWS); the process
+        # runner never pulls them, so a recorded image is enough.
+        flavors = sorted({self.graph[name].image for name in self.graph.order()})
+        images = stack_images(self.clients, flavors, registry=False)
+        self.jobs = SageMakerJobs(self.clients, poll=0.1, images=images)
         self.resources = Resources(0, 4 * max(1, len(self.graph)), "simulation", "simulation")
         s3 = self.clients.client("s3")
         for k, body in enumerate(self.clips):

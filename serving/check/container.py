@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from serving.check.run import Run
+from serving.server.markers import ANSWERED_MARK
 from serving.settings import Settings
 
 
@@ -37,6 +39,21 @@ class Served:
         self.process = container.process
         self.runner = runner
         self._workdir = workdir
+        #: Refused or failed requests whose log the workers finished (as ServerProcess).
+        self.answers_logged = 0
+        self._logged = threading.Condition()
+
+    def saw(self, line: str) -> None:
+        """Count a worker's end-of-request mark in the container's log."""
+        if ANSWERED_MARK in line:
+            with self._logged:
+                self.answers_logged += 1
+                self._logged.notify_all()
+
+    def wait_answer_logged(self, after: int, timeout: float) -> bool:
+        """Wait until the log has one more finished request than ``after`` (or ``timeout``)."""
+        with self._logged:
+            return self._logged.wait_for(lambda: self.answers_logged > after, timeout)
 
     def stop(self) -> None:
         """Stop and remove the container, then the staged folder."""
@@ -61,9 +78,16 @@ def start_in_container(run: Run, settings: Settings, echo: Callable[[str], None]
 
     workdir = Path(tempfile.mkdtemp(prefix="smserve-check-image-"))
     runner: DockerRunner | None = None
+    served: list[Served] = []
+
+    def log(line: str) -> None:
+        for one in served:
+            one.saw(line)
+        echo(line)
+
     try:
         model_dir = prepare_model(run.folder, workdir)
-        runner = DockerRunner.for_flavor(run.spec.image, settings.environ, log=echo,
+        runner = DockerRunner.for_flavor(run.spec.image, settings.environ, log=log,
                                          startup_timeout=float(settings.startup_timeout))
         label = runner.describe()
         echo(f"starting {label} on {run.folder.name}")
@@ -73,4 +97,5 @@ def start_in_container(run: Run, settings: Settings, echo: Callable[[str], None]
             runner.close()
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return Served(container, workdir, label, close=runner.close)
+    served.append(Served(container, workdir, label, close=runner.close))
+    return served[0]

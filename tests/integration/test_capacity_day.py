@@ -23,6 +23,7 @@ from serving.capacity import load_config
 from serving.capacity.model import arrived_in
 from serving.capacity.simulate import BUCKET, QUEUE, RESULTS, simulate_day
 from serving.local.stack import LocalStack
+from serving.local.stackimages import stack_images
 from serving.package import build_archive
 from serving.settings import Settings
 from tests.helpers import TAG_VAR, kill_tagged
@@ -78,8 +79,9 @@ def test_every_job_waits_the_startup_delay_and_a_stop_cuts_it_short(
         s3.upload_file(str(build_archive(folder, tmp_path / "echo.tar.gz")), "delay",
                        "models/echo.tar.gz")
         s3.put_object(Bucket="delay", Key="in/a.jsonl", Body=b'{"x": 1}\n')
+        image = stack_images(ClientFactory(stack.settings()), ("cpu",), registry=False)["cpu"]
         sm.create_model(ModelName="echo", ExecutionRoleArn=ROLE, PrimaryContainer={
-            "Image": "local/echo", "ModelDataUrl": "s3://delay/models/echo.tar.gz"})
+            "Image": image, "ModelDataUrl": "s3://delay/models/echo.tar.gz"})
         sm.create_transform_job(
             TransformJobName="delayed", ModelName="echo",
             TransformInput={"DataSource": {"S3DataSource": {
