@@ -140,8 +140,10 @@ def test_a_boto3_transform_job_on_the_stack_runs_in_the_models_image(
             pytest.skip("the stack runs no registry (apt-get install -y docker-registry): the "
                         "job's image cannot be pushed to its ECR")
         # As on AWS: the image is pushed to ECR, and the job pulls it from there by digest.
+        # A tag of this test's own: moto's ECR records are per process, so another stack of
+        # this test session may already hold smserve-gpu:<version> from its own registry.
         uri = stack_images(ClientFactory(stack.settings()), ("gpu",), registry=True,
-                           sources={"gpu": gpu_image})["gpu"]
+                           tag=f"t-{uuid.uuid4().hex[:8]}", sources={"gpu": gpu_image})["gpu"]
         sm.create_model(
             ModelName="features-in-image",
             ExecutionRoleArn="arn:aws:iam::123456789012:role/sagemaker-execution",

@@ -145,11 +145,14 @@ def test_serve_leaves_nothing_after_any_signal(signo: int, tag: str, scratch: Pa
     proc = _spawn("serve", str(CLIP_STATS), "--port", str(free_port()), env=_env(tag, scratch))
     try:
         assert proc.stdout is not None
+        seen: list[str] = []
         for line in proc.stdout:
+            seen.append(line)
             if "model ready" in line:
                 break
         else:
-            pytest.fail(f"smserve serve exited {proc.wait()} before the model was ready")
+            pytest.fail(f"smserve serve exited {proc.wait()} before the model was ready:\n"
+                        + "".join(seen[-40:]))
         assert _has(tag, "java")(), _names(tag)  # the whole tree is up: guard, MMS, workers
         assert _leftover_files(scratch)  # its run directory
         proc.send_signal(signo)
