@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo demo-airflow test test-random lint unit integration bench images clean help
 
 help:
-	@echo "make demo   - run two Chainer models as batch transforms on the embedded local stack"
+	@echo "make demo   - run the three example models as batch transforms on the embedded local stack"
 	@echo "make test   - lint, type-check and run the whole test suite"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make images - build smserve-cpu and smserve-gpu (bases: SMSERVE_PYTHON_IMAGE, SMSERVE_BUILD_IMAGE, SMSERVE_CUDA_IMAGE)"

@@ -192,7 +192,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Two Chainer models as local batch transforms on the embedded stack."""
+    """The example models as local batch transforms on the embedded stack."""
     from serving.demo import run_demo
 
     return run_demo(Path(args.models), clips=args.clips, verbose=args.verbose, api=args.api)

@@ -8,7 +8,7 @@ Every key has a default except each model's ``seconds_per_record``::
     peak_factor = 1.5        # peak-hour rate / mean, 1 (flat) to 2      (1.0)
     peak_hour = 18           # hour of the day with the most arrivals    (18.0)
 
-    [dag]                    # the inference DAG (dags/config.py has the same names)
+    [dag]                    # the inference DAG (dags/smserve_dags/config.py has the same names)
     schedule_minutes = 10    # one run per tick, one run at a time       (10)
     max_messages = 100       # clips per run                             (100)
     max_wait_seconds = 120   # run with what came in this long           (120)

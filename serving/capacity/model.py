@@ -27,7 +27,7 @@ from serving.capacity.config import CapacityConfig
 
 #: Runs ending this close to the peak (seconds) make the queue age at the peak.
 PEAK_WINDOW = 3 * 3600.0
-#: Smallest and largest ``max_messages`` the search tries (dags/config.py's range).
+#: Smallest and largest ``max_messages`` the search tries (dags/smserve_dags/config.py's range).
 MAX_MESSAGES_RANGE = (1, 10_000)
 
 

@@ -2,7 +2,7 @@
 
 The one path that creates and adopts models and transform jobs, for
 ``smserve pipeline run --api``, the demo and the Airflow transform operator
-(``dags/operators/transform.py``) alike: package the model, ``CreateModel``
+(``dags/smserve_dags/operators/transform.py``) alike: package the model, ``CreateModel``
 from the configured ECR image (never a local tag) under
 ``<prefix><model>-<digest of archive, environment and image>``, so a changed
 model or image gets a new model and an unchanged one is reused;
