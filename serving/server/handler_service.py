@@ -15,6 +15,7 @@ of MMS's own behaviour (a 200 on ``/ping`` with no model, for ever).
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,9 @@ class HandlerService(DefaultHandlerService):
     def _mark(self, name: str, text: str) -> None:
         if self._settings.run_dir is not None:
             path = self._settings.run_dir / name
-            tmp = path.with_suffix(".tmp")
+            # One temporary name per worker: several workers load at once, and a shared one
+            # would be renamed away under the slower worker (FileNotFoundError kills it).
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(text)
             tmp.replace(path)
 

@@ -312,3 +312,27 @@ def test_module_entry_point_loads_then_answers(tmp_path: Path,
 
     assert (settings.run_dir / MODEL_READY_FILE).exists()
     assert (answer.status, json.loads(answer.body)) == (200, [8])
+
+
+def _mark_many(run_dir: str, times: int) -> None:
+    svc = HandlerService(Settings.from_environ({"SMSERVE_RUN_DIR": run_dir}))
+    for _ in range(times):
+        svc._mark("model_ready.txt", "ready")
+
+
+def test_workers_loading_at_once_all_mark_the_model_ready(tmp_path: Path) -> None:
+    # MMS starts one Python worker per CPU and they load together: each marks the run dir
+    # without renaming the file another worker is about to rename (that killed workers).
+    import multiprocessing
+
+    run_dir = _settings(tmp_path).run_dir
+    assert run_dir is not None
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_mark_many, args=(str(run_dir), 200)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    assert (run_dir / "model_ready.txt").read_text() == "ready"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["model_ready.txt"]
