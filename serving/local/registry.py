@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -107,7 +107,8 @@ class LocalRegistry:
             self._process = subprocess.Popen(
                 [self.binary, "serve", str(self._dir / "config.json")],
                 stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                env={"PATH": "/usr/local/bin:/usr/bin:/bin"})  # nothing of ours leaks in
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin"},  # nothing of ours leaks in
+                preexec_fn=_dies_with_us())
         except OSError as err:
             self.stop()
             raise StackError(f"cannot start the registry {self.binary}: {err}") from err
@@ -207,3 +208,15 @@ class LocalRegistry:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _dies_with_us() -> Callable[[], object] | None:
+    """In the child: SIGTERM when this process ends, even by SIGKILL (Linux; main thread only,
+    since the signal follows the thread that started the child)."""
+    import threading
+
+    from serving.server.guard import set_parent_death_signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return set_parent_death_signal
