@@ -32,6 +32,7 @@ from serving.local.stack import LocalStack
 from serving.package import build_archive
 from serving.pipeline import output_key
 from serving.ports import free_port
+from serving.settings import Settings
 from tests.diskfull import fill, small_disk
 from tests.helpers import TAG_VAR, kill_tagged, tagged
 
@@ -240,16 +241,12 @@ def _slow_image(env: dict[str, str]) -> str:
     Recorded with PutImage only: the stack's jobs run the model with the process
     runner, which never pulls the image.
     """
-    from serving.local.ecr import put_placeholder
+    from serving.aws import ClientFactory
+    from serving.local.stackimages import stack_images
 
-    ecr = _client(env, "ecr")
-    try:
-        uri = ecr.describe_repositories(repositoryNames=["slow"])["repositories"][0][
-            "repositoryUri"]
-    except ecr.exceptions.RepositoryNotFoundException:
-        uri = ecr.create_repository(repositoryName="slow")["repository"]["repositoryUri"]
-        put_placeholder(ecr, "slow", "1")
-    return f"{uri}:1"
+    clients = ClientFactory(Settings.from_environ({**env, "AWS_ACCESS_KEY_ID": "testing",
+                                                   "AWS_SECRET_ACCESS_KEY": "testing"}))
+    return stack_images(clients, ("cpu",), registry=False)["cpu"]
 
 
 def _slow_job(env: dict[str, str], tmp_path: Path, mark: Path, *,
