@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serving import __version__
+from serving import __version__, scratch
 from serving.commands._args import count, port
 from serving.errors import ConfigError, SmserveError
 
@@ -327,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _handle_stop_signals()
+    # What a command killed earlier (SIGKILL, OOM) could not remove: see serving/scratch.py.
+    scratch.reap()
     try:
         code: int = args.func(args)
         return code

@@ -11,12 +11,12 @@ server: ``.url``, ``.process``, ``.stop()``.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from serving import scratch
 from serving.check.run import Run
 from serving.server.markers import ANSWERED_MARK
 from serving.settings import Settings
@@ -76,7 +76,7 @@ def start_in_container(run: Run, settings: Settings, echo: Callable[[str], None]
     from serving.runners.docker import DockerRunner
     from serving.transform.job import prepare_model
 
-    workdir = Path(tempfile.mkdtemp(prefix="smserve-check-image-"))
+    workdir = scratch.make("smserve-check-image-")
     runner: DockerRunner | None = None
     served: list[Served] = []
 

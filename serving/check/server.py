@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from serving import codecs
+from serving import codecs, scratch
 from serving.check.report import Failure, Stage, describe, failure_of
 from serving.check.run import Run, round_trip, run_settings
 from serving.check.sample import outputs
@@ -136,7 +135,7 @@ def served(run: Run, log: Callable[[str], None] | None) -> None:
             log(line)
 
     settings = run_settings(run.settings, run.env)
-    run_dir = Path(tempfile.mkdtemp(prefix="smserve-check-"))
+    run_dir = scratch.make("smserve-check-")
     boot = Stage("start model server", inputs=f"{run.folder.name} (model_fn in a worker)")
     report.stages.append(boot)
     started = time.perf_counter()

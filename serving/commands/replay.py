@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from serving import scratch
 from serving.commands._args import whole_number
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 1
     environment = container_environment(spec, info.container.get("Environment") or {})
     program = environment.get("SAGEMAKER_PROGRAM") or settings.program
-    workdir = Path(tempfile.mkdtemp(prefix="smserve-replay-"))
+    workdir = scratch.make("smserve-replay-")
     try:
         model_dir = fetch_model(clients.client("s3"), info.container, workdir, program)
         return _send_all(args, info, model_dir, environment, program, batches)

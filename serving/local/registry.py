@@ -19,7 +19,6 @@ import json
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from serving import scratch
 from serving.errors import StackError
 from serving.ports import free_port
 
@@ -98,7 +98,7 @@ class LocalRegistry:
         """Start the server and wait until ``/v2/`` answers (401: it asks for the login)."""
         import bcrypt
 
-        self._dir = Path(tempfile.mkdtemp(prefix="smserve-registry-"))
+        self._dir = scratch.make("smserve-registry-")
         hashed = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(rounds=6)).decode()
         (self._dir / "htpasswd").write_text(f"{USER}:{hashed}\n")
         (self._dir / "config.json").write_text(json.dumps(self._config()))

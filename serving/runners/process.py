@@ -36,13 +36,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from serving import scratch
 from serving.errors import ServerStartError
 from serving.ports import free_port
 from serving.runners._logs import LogPump
@@ -278,7 +278,7 @@ class ProcessRunner:
         return not said or any(s in said[-1] for s in _OUTSIDE_MODEL)
 
     def _spawn(self, model_dir: Path, environment: Mapping[str, str], index: int) -> Container:
-        base = Path(tempfile.mkdtemp(prefix=f"smserve-container{index}-"))
+        base = scratch.make(f"smserve-container{index}-")
         try:
             shutil.copytree(model_dir, base / "model", symlinks=True, copy_function=_link_or_copy)
             port = free_port()

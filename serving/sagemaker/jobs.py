@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from serving import scratch
 from serving.errors import ConfigError, TransformError
 from serving.modelspec import ModelSpec
 from serving.transform.predict import INPUT_NAME, decode_output
@@ -121,7 +121,7 @@ class SageMakerJobs:
         from serving.package import build_archive
 
         image = self.image_for(spec)
-        with tempfile.TemporaryDirectory(prefix="smserve-package-") as tmp:
+        with scratch.folder("smserve-package-") as tmp:
             archive = build_archive(spec.folder, Path(tmp) / "model.tar.gz")
             data = archive.read_bytes()
         environment = {**self.environment(spec), **(extra_environment or {})}

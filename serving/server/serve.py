@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving import diskspace
+from serving import diskspace, scratch
 from serving.errors import ServerStartError
 from serving.ports import is_free
 from serving.server import mms
@@ -227,7 +227,7 @@ def start(settings: Settings, model: Path | None = None, port: int | None = None
     given = run_dir or settings.run_dir
     with diskspace.guard(given or Path(tempfile.gettempdir()), None,
                          "the server's run directory"):
-        run_dir = given or Path(tempfile.mkdtemp(prefix="smserve-serve-"))
+        run_dir = given or scratch.make("smserve-serve-")
         (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
         (run_dir / "logs").mkdir(exist_ok=True)
         model_dir = resolve_model_dir(settings, model, run_dir)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import atexit
 import functools
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from serving import scratch
 from serving.aws import ClientFactory
 from serving.errors import ConfigError, TransformError
 from serving.runners.docker import choose_runner, close_runner, runner_description
@@ -96,7 +96,7 @@ def run_transform(spec: TransformJobSpec, model: str | Path, clients: ClientFact
         env = {**Settings.from_environ().environ, **clients.settings.environ}
         runner = choose_runner(clients.settings.container_runner, image, env, log=log)
     options = dict(plane_options or {})
-    workdir = Path(tempfile.mkdtemp(prefix="smserve-job-"))
+    workdir = scratch.make("smserve-job-")
     # Removed at interpreter exit too: a stopped `smserve pipeline run` ends
     # while this may still run in one of its threads.
     remove_at_exit = functools.partial(shutil.rmtree, workdir, ignore_errors=True)

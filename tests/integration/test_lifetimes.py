@@ -4,7 +4,8 @@ Every process a test starts carries the test's tag in its environment (the
 model server, the guard, the MMS launcher, Java, the workers inherit it), so
 "nothing left" means: no process with that tag runs a few seconds after the
 signal (polled, never a fixed sleep). Each test also gives its command a
-private TMPDIR, so leftover temporary folders are seen too.
+private TMPDIR, so leftover temporary folders are seen too; after a SIGKILL (no
+clean-up possible) the next smserve command must remove them (serving/scratch.py).
 """
 
 from __future__ import annotations
@@ -135,6 +136,15 @@ def _leftover_files(scratch: Path) -> list[str]:
     return sorted(str(p.relative_to(scratch)) for p in scratch.iterdir())
 
 
+def _next_command_clears(tag: str, scratch: Path) -> None:
+    """What a SIGKILLed command left in ``scratch`` is gone after the next command starts."""
+    done = subprocess.run([sys.executable, "-m", "serving.cli", "plan", "--config",
+                           str(scratch / "missing.toml")], cwd=ROOT, env=_env(tag, scratch),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert _leftover_files(scratch) == []
+
+
 STOPS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL]
 
 
@@ -193,6 +203,7 @@ def test_transform_leaves_nothing_after_a_signal_during_the_job(
         assert _all_gone(tag) == []
         if signo == signal.SIGKILL:
             assert code == -signal.SIGKILL
+            _next_command_clears(tag, scratch)
             return
         assert code == 128 + signo, out
         assert f"stopped by {signal.Signals(signo).name}" in out
@@ -312,6 +323,8 @@ def test_local_up_leaves_nothing_after_a_signal_during_a_job(
         assert code == (-signo if signo == signal.SIGKILL else 128 + signo)
         if signo != signal.SIGKILL:
             assert _leftover_files(scratch) == []
+        else:
+            _next_command_clears(tag, scratch)
     finally:
         proc.kill()
         proc.wait()
@@ -545,6 +558,7 @@ def test_pipeline_run_leaves_nothing_after_a_signal(
         code = proc.wait(timeout=DEADLINE)
         assert _all_gone(tag) == []
         if signo == signal.SIGKILL:
+            _next_command_clears(tag, scratch)
             return
         out = proc.stdout.read() if proc.stdout else ""
         assert code == 128 + signo, out

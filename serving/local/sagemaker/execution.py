@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import traceback
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serving import scratch
 from serving.aws import ClientFactory
 from serving.errors import ConfigError, ImageError, ServerStartError, TransformError
 from serving.local.sagemaker.artifacts import fetch_model
@@ -202,7 +202,7 @@ class TransformRun:
 
     def _execute(self) -> Outcome:
         spec, say = self.spec, self.log.data
-        workdir = Path(tempfile.mkdtemp(prefix=f"smserve-sagemaker-{spec.name}-"))
+        workdir = scratch.make(f"smserve-sagemaker-{spec.name}-")
         runner: ProcessRunner | DockerRunner | None = None
         try:
             environment = container_environment(spec, self.container.get("Environment") or {})
