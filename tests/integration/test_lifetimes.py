@@ -76,11 +76,18 @@ def tag() -> Iterator[str]:
     assert not described, "processes left running:\n" + "\n".join(described)
 
 
+#: Each test's private TMPDIR, by tag: a process started with a clean environment (the
+#: stack's docker-registry) does not carry the tag, but its command line names a folder there.
+_SCRATCH: dict[str, Path] = {}
+
+
 @pytest.fixture()
-def scratch() -> Iterator[Path]:
+def scratch(tag: str) -> Iterator[Path]:
     """A private TMPDIR for the command under test (short: MMS's unix socket lives there)."""
     path = Path(tempfile.mkdtemp(prefix="lt-"))
+    _SCRATCH[tag] = path
     yield path
+    _SCRATCH.pop(tag, None)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -109,10 +116,18 @@ def _wait_for(what: str, check: Callable[[], bool], proc: subprocess.Popen[str] 
 
 
 def _names(tag: str) -> list[str]:
+    """Command lines of the processes tagged ``tag`` or naming a path in its TMPDIR."""
+    procs = {proc.pid: proc for proc in tagged(tag)}
+    where = _SCRATCH.get(tag)
+    if where is not None:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if any(str(where) in arg for arg in proc.info["cmdline"] or ()):
+                procs.setdefault(proc.pid, proc)
     names = []
-    for proc in tagged(tag):
+    for proc in procs.values():
         try:
-            names.append(" ".join(proc.cmdline()))
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                names.append(" ".join(proc.cmdline()))
         except psutil.Error:
             continue
     return names
