@@ -26,6 +26,7 @@ from serving.commands._args import count, port
 from serving.errors import ConfigError, SmserveError
 
 if TYPE_CHECKING:
+    from serving.local.stack import LocalStack
     from serving.settings import Settings
 
 Handler = Callable[[argparse.Namespace], int]
@@ -128,33 +129,10 @@ def cmd_transform(args: argparse.Namespace) -> int:
 WARM_IDLE_S = 300
 
 
-def cmd_local_up(args: argparse.Namespace) -> int:
-    """Run the embedded AWS stack in the foreground.
-
-    Models get ``SMSERVE_ALLOWED_BUCKETS=*`` (every bucket on the stack is local)
-    unless it is set already; the stack's jobs' containers get it, and the
-    printed ``export`` line gives it to the shell that runs other commands.
-    Model servers stay warm between jobs (``SMSERVE_WARM_IDLE_S``, default
-    :data:`WARM_IDLE_S`); they are this process's children and stop with it.
-    """
+def _print_banner(stack: LocalStack, state: Path | None, settings: Settings, allowed: str) -> None:
+    """What ``local up`` serves, what it keeps, and the export lines (flushed)."""
     import shlex
-    import threading
 
-    from serving.local.stack import LocalStack
-
-    settings = _settings()
-    extra = {}
-    if not settings.allowed_buckets:
-        # Every bucket on this stack is local (and made after it starts): allow them all.
-        extra["SMSERVE_ALLOWED_BUCKETS"] = "*"
-    if "SMSERVE_WARM_IDLE_S" not in settings.environ:
-        extra["SMSERVE_WARM_IDLE_S"] = str(WARM_IDLE_S)
-    settings = settings.with_environ(extra)
-    allowed = ",".join(settings.allowed_buckets)
-    state = Path(args.state).resolve() if args.state else None
-    stack = LocalStack(port=args.port, settings=settings, echo=lambda line: _say(f"# {line}"),
-                       state=state).start()
-    done = threading.Event()
     print(f"# embedded AWS stack (S3, SQS, ECR, IAM, STS, CloudWatch Logs) on {stack.endpoint_url}")
     if state is None:
         print("# state is NOT kept: stopping the stack loses every bucket, object, queue, model "
@@ -181,7 +159,37 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     print("# paste these into another shell; Ctrl-C stops the stack")
     print(f"export SMSERVE_ALLOWED_BUCKETS={shlex.quote(allowed)}")
     print(stack.exports(), flush=True)
+
+
+def cmd_local_up(args: argparse.Namespace) -> int:
+    """Run the embedded AWS stack in the foreground.
+
+    Models get ``SMSERVE_ALLOWED_BUCKETS=*`` (every bucket on the stack is local)
+    unless it is set already; the stack's jobs' containers get it, and the
+    printed ``export`` line gives it to the shell that runs other commands.
+    Model servers stay warm between jobs (``SMSERVE_WARM_IDLE_S``, default
+    :data:`WARM_IDLE_S`); they are this process's children and stop with it.
+    """
+    import threading
+
+    from serving.local.stack import LocalStack
+
+    settings = _settings()
+    extra = {}
+    if not settings.allowed_buckets:
+        # Every bucket on this stack is local (and made after it starts): allow them all.
+        extra["SMSERVE_ALLOWED_BUCKETS"] = "*"
+    if "SMSERVE_WARM_IDLE_S" not in settings.environ:
+        extra["SMSERVE_WARM_IDLE_S"] = str(WARM_IDLE_S)
+    settings = settings.with_environ(extra)
+    allowed = ",".join(settings.allowed_buckets)
+    state = Path(args.state).resolve() if args.state else None
+    stack = LocalStack(port=args.port, settings=settings, echo=lambda line: _say(f"# {line}"),
+                       state=state).start()
+    # From here on a signal (even one that arrives while the banner prints) stops the stack.
     try:
+        done = threading.Event()
+        _print_banner(stack, state, settings, allowed)
         done.wait()  # until a stop signal (main() turns each into _Stopped)
     finally:
         stack.stop()
@@ -322,11 +330,21 @@ def _handle_stop_signals() -> None:
             signal.signal(signo, _stop_on)
 
 
+def _thread_dumps() -> None:
+    """``kill -USR1 <pid>`` prints every thread's stack to stderr (a command that seems stuck)."""
+    import faulthandler
+
+    if hasattr(signal, "SIGUSR1"):
+        with contextlib.suppress(ValueError, OSError, AttributeError, RuntimeError):
+            faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _handle_stop_signals()
+    _thread_dumps()
     # What a command killed earlier (SIGKILL, OOM) could not remove: see serving/scratch.py.
     scratch.reap()
     try:

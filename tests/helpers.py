@@ -8,7 +8,10 @@ copy of the repository's scaffolding.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -16,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 
@@ -26,6 +29,26 @@ TAG_VAR = "SMSERVE_TEST_TAG"
 
 
 # --- no process left behind -------------------------------------------------------------------
+
+
+def wait_or_dump(proc: subprocess.Popen[str], timeout: float,
+                 output: IO[str] | None = None) -> int:
+    """``proc.wait(timeout)``; past it, fail with every thread's stack of the stuck command.
+
+    smserve commands print their threads' stacks on SIGUSR1 (``serving/cli.py``); they
+    land in ``output`` (the command's stderr, or its merged stdout), read after the kill.
+    """
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGUSR1)
+        time.sleep(2.0)  # let faulthandler write before the kill
+        proc.kill()
+        proc.wait()
+        text = output.read() if output is not None else "(output not captured)"
+        raise AssertionError(f"{' '.join(map(str, proc.args))} did not exit within "
+                             f"{timeout:g} s; its output and threads:\n{text[-12000:]}") from None
 
 
 def tagged(tag: str) -> list[psutil.Process]:

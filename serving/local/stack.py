@@ -116,36 +116,40 @@ class LocalStack:
         from serving.local.sagemaker.resources import DEFAULT_ACCOUNT
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.registry = self._start_registry()
-        self.ecr = LocalEcr(DEFAULT_ACCOUNT, self.region, self.registry)
-        self.sagemaker = SageMakerService(self.settings(), echo=self._echo,
-                                          image_check=self.ecr.check_image,
-                                          image_pull=self.ecr.pull_source)
-        app = EcrMiddleware(SageMakerMiddleware(DomainDispatcherApplication(create_backend_app),
-                                                self.sagemaker), self.ecr)
         try:
-            self._server = make_server("127.0.0.1", self.port, app, threaded=True,
-                                       request_handler=MotoRequestHandler)
-        except OSError as err:
-            self.stop()
-            raise StackError(f"cannot listen on 127.0.0.1:{self.port} ({err}); pick another "
-                             "port with --port, or omit it for a free one") from err
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name=f"stack-{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+            self.registry = self._start_registry()
+            self.ecr = LocalEcr(DEFAULT_ACCOUNT, self.region, self.registry)
+            self.sagemaker = SageMakerService(self.settings(), echo=self._echo,
+                                              image_check=self.ecr.check_image,
+                                              image_pull=self.ecr.pull_source)
+            app = EcrMiddleware(SageMakerMiddleware(DomainDispatcherApplication(create_backend_app),
+                                                    self.sagemaker), self.ecr)
             try:
-                with urllib.request.urlopen(self.endpoint_url + "/moto-api/", timeout=2):
-                    pass
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.05)
-                continue
-            self._load_state()
-            return self
-        self.stop()
-        raise StackError(f"the embedded stack did not answer on {self.endpoint_url} "
-                         f"within {timeout:.0f} s")
+                self._server = make_server("127.0.0.1", self.port, app, threaded=True,
+                                           request_handler=MotoRequestHandler)
+            except OSError as err:
+                raise StackError(f"cannot listen on 127.0.0.1:{self.port} ({err}); pick another "
+                                 "port with --port, or omit it for a free one") from err
+            self._thread = threading.Thread(target=self._server.serve_forever,
+                                            name=f"stack-{self.port}", daemon=True)
+            self._thread.start()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(self.endpoint_url + "/moto-api/", timeout=2):
+                        pass
+                except (urllib.error.URLError, OSError):
+                    time.sleep(0.05)
+                    continue
+                self._load_state()
+                return self
+            raise StackError(f"the embedded stack did not answer on {self.endpoint_url} "
+                             f"within {timeout:.0f} s")
+        except BaseException:
+            # A failed start, Ctrl-C or a stop signal while starting: nothing started may
+            # outlive it, and nothing is saved (the state folder keeps what it had).
+            self.stop(save=False)
+            raise
 
     def _start_registry(self) -> Any:
         """The registry behind ECR, started; None (and a notice) when there is no binary."""
@@ -202,7 +206,8 @@ class LocalStack:
                 state.save(self, self.state, jobs)
         finally:
             if self._server is not None:
-                self._server.shutdown()
+                if self._thread is not None and self._thread.is_alive():
+                    self._server.shutdown()  # waits for serve_forever: only when it runs
                 self._server.server_close()
                 self._server = None
             if self._thread is not None:

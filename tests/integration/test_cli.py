@@ -37,7 +37,7 @@ from serving.cli import build_parser
 from serving.local.stack import LocalStack
 from serving.pipeline import output_key
 from serving.ports import free_port
-from tests.helpers import TAG_VAR, kill_tagged
+from tests.helpers import TAG_VAR, kill_tagged, wait_or_dump
 
 pytestmark = pytest.mark.integration
 
@@ -450,7 +450,7 @@ def test_local_up_serves_s3_and_stops_on_signal(signo: int, base_env: dict[str, 
         assert sqs.create_queue(QueueName="local-up-check")["QueueUrl"]
 
         proc.send_signal(signo)
-        code = proc.wait(timeout=20)
+        code = wait_or_dump(proc, 20, proc.stderr)
         stderr = proc.stderr.read()
         assert code == 128 + signo, stderr  # as a shell reports a command a signal stopped
         assert "Traceback" not in stderr
@@ -595,7 +595,7 @@ def test_local_up_allows_its_buckets_and_a_refused_bucket_says_why(tmp_path: Pat
         assert s3.head_object(Bucket=bucket, Key=requests[0].output_path)["ContentLength"] > 0
 
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert wait_or_dump(proc, 60, proc.stderr) == 128 + signal.SIGTERM
         deadline = time.monotonic() + 10  # the warm servers stop with local up
         while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
             assert time.monotonic() < deadline, f"warm server {pid} outlived smserve local up"
@@ -636,8 +636,8 @@ def test_local_up_restarts_on_a_port_in_time_wait(base_env: dict[str, str]) -> N
         assert proc.stdout is not None and proc.stderr is not None
         first = proc.stdout.readline()
         assert first.startswith("# embedded AWS stack"), proc.stderr.read()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 128 + signal.SIGTERM  # stopped by a signal: 128+n
+        proc.send_signal(signal.SIGTERM)  # stopped by a signal: exit 128+n
+        assert wait_or_dump(proc, 20, proc.stderr) == 128 + signal.SIGTERM
     finally:
         _end(proc)
 

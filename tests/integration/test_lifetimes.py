@@ -35,7 +35,7 @@ from serving.pipeline import output_key
 from serving.ports import free_port
 from serving.settings import Settings
 from tests.diskfull import fill, small_disk
-from tests.helpers import TAG_VAR, kill_tagged, tagged
+from tests.helpers import TAG_VAR, kill_tagged, tagged, wait_or_dump
 
 pytestmark = pytest.mark.integration
 
@@ -182,7 +182,7 @@ def test_serve_leaves_nothing_after_any_signal(signo: int, tag: str, scratch: Pa
         assert _has(tag, "java")(), _names(tag)  # the whole tree is up: guard, MMS, workers
         assert _leftover_files(scratch)  # its run directory
         proc.send_signal(signo)
-        proc.wait(timeout=DEADLINE)
+        wait_or_dump(proc, DEADLINE, proc.stdout)
         assert _all_gone(tag) == []
         assert _leftover_files(scratch) == []
     finally:
@@ -203,17 +203,23 @@ def _records(bucket: str, clips: list[str]) -> bytes:
                          ids=lambda s: signal.Signals(s).name)
 def test_transform_leaves_nothing_after_a_signal_during_the_job(
         signo: int, tag: str, scratch: Path, stack: LocalStack, clients: ClientFactory,
-        bucket: str) -> None:
-    s3 = clients.client("s3")
-    clips = upload_clips(s3, bucket, "videos/", 2)
-    s3.put_object(Bucket=bucket, Key="requests/a.jsonl", Body=_records(bucket, clips))
+        bucket: str, tmp_path: Path) -> None:
+    # The model marks its record and then takes its time: the signal lands mid-record
+    # however fast or slow the machine is.
+    model, mark = tmp_path / "slow", tmp_path / "started"
+    model.mkdir()
+    (model / "serving.py").write_text(SLOW)
+    clients.client("s3").put_object(
+        Bucket=bucket, Key="requests/a.jsonl",
+        Body=json.dumps({"mark": str(mark), "sleep": 600}).encode() + b"\n")
     env = _env(tag, scratch, **stack.environ(), SMSERVE_ALLOWED_BUCKETS=bucket)
-    proc = _spawn("transform", "--model", str(FEATURES), "--input", f"s3://{bucket}/requests/",
+    proc = _spawn("transform", "--model", str(model), "--input", f"s3://{bucket}/requests/",
                   "--output", f"s3://{bucket}/out/", env=env)
     try:
-        _wait_for("a model server (java)", _has(tag, "java"), proc)
+        _wait_for("the model to start on its record", mark.exists, proc)
+        assert _has(tag, "java")(), _names(tag)
         proc.send_signal(signo)
-        code = proc.wait(timeout=DEADLINE)
+        code = wait_or_dump(proc, DEADLINE, proc.stdout)
         out = proc.stdout.read() if proc.stdout else ""
         assert _all_gone(tag) == []
         if signo == signal.SIGKILL:
@@ -333,7 +339,7 @@ def test_local_up_leaves_nothing_after_a_signal_during_a_job(
         _wait_for("the job's model to start on its record", mark.exists, proc,
                   explain=lambda: _job_story(env, sm, name))
         proc.send_signal(signo)
-        code = proc.wait(timeout=DEADLINE)
+        code = wait_or_dump(proc, DEADLINE, proc.stdout)
         assert _all_gone(tag) == []
         assert code == (-signo if signo == signal.SIGKILL else 128 + signo)
         if signo != signal.SIGKILL:
@@ -367,7 +373,7 @@ def test_a_job_whose_entry_process_is_killed_fails_with_that_reason(
         # the container's whole tree went with it; only the stack itself still runs
         assert [n for n in _all_gone_but(tag, proc.pid)] == []
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=DEADLINE) == 128 + signal.SIGTERM
+        assert wait_or_dump(proc, DEADLINE, proc.stdout) == 128 + signal.SIGTERM
     finally:
         proc.kill()
         proc.wait()
@@ -424,7 +430,7 @@ def test_full_disks_fail_jobs_at_once_naming_the_disk(tag: str, tmp_path: Path) 
             assert "the container log" in reason, reason
             assert _all_gone_but(tag, proc.pid) == []
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=DEADLINE) == 128 + signal.SIGTERM
+            assert wait_or_dump(proc, DEADLINE, proc.stdout) == 128 + signal.SIGTERM
         finally:
             proc.kill()
             proc.wait()
@@ -475,13 +481,38 @@ def _banner(proc: subprocess.Popen[str]) -> tuple[str, dict[str, str]]:
     pytest.fail(f"smserve local up exited {proc.wait()} before its exports:\n{''.join(lines)}")
 
 
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT],
+                         ids=lambda s: signal.Signals(s).name)
+def test_local_up_stopped_while_it_prints_its_banner(signo: int, tag: str, scratch: Path) -> None:
+    """A signal between the stack's start and its last export line still stops the stack.
+
+    (It used to land outside the stop's ``try``: the command said "stopped" and then
+    never exited. A slow machine widens that window; here the first line is the cue.)
+    """
+    proc = _spawn("local", "up", env=_env(tag, scratch))
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("# embedded AWS stack"), first
+        proc.send_signal(signo)
+        code = wait_or_dump(proc, DEADLINE, proc.stdout)
+        out = proc.stdout.read()
+        assert code == 128 + signo, out
+        assert "Traceback" not in out
+        assert _all_gone(tag) == []
+        assert _leftover_files(scratch) == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_local_up_without_state_says_a_restart_loses_everything(tag: str, scratch: Path) -> None:
     proc = _spawn("local", "up", env=_env(tag, scratch))
     try:
         banner, _ = _banner(proc)
         assert "state is NOT kept" in banner and "--state DIR" in banner
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=DEADLINE) == 130
+        assert wait_or_dump(proc, DEADLINE, proc.stdout) == 130
     finally:
         proc.kill()
         proc.wait()
@@ -515,7 +546,7 @@ def test_local_up_state_survives_a_restart(tag: str, scratch: Path, tmp_path: Pa
         _wait_for("the second job's model to start", run_mark.exists, proc,
                   explain=lambda: _job_story(env, sm, running))
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert wait_or_dump(proc, 60, proc.stdout) == 128 + signal.SIGTERM
         assert _all_gone(tag) == []
     finally:
         proc.kill()
@@ -549,7 +580,7 @@ def test_local_up_state_survives_a_restart(tag: str, scratch: Path, tmp_path: Pa
         assert "the embedded stack stopped" in interrupted["FailureReason"]
         assert len(sm.list_models()["Models"]) == 2
         proc.send_signal(signal.SIGHUP)
-        assert proc.wait(timeout=60) == 128 + signal.SIGHUP
+        assert wait_or_dump(proc, 60, proc.stdout) == 128 + signal.SIGHUP
     finally:
         proc.kill()
         proc.wait()
@@ -570,7 +601,7 @@ def test_pipeline_run_leaves_nothing_after_a_signal(
     try:
         _wait_for("a model server (java)", _has(tag, "java"), proc)
         proc.send_signal(signo)
-        code = proc.wait(timeout=DEADLINE)
+        code = wait_or_dump(proc, DEADLINE, proc.stdout)
         assert _all_gone(tag) == []
         if signo == signal.SIGKILL:
             _next_command_clears(tag, scratch)
