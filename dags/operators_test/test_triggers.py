@@ -104,6 +104,7 @@ def test_the_transform_defers_and_resumes_when_its_job_completes(
     operator.execute_complete({"ti": ti}, event)
     report = ti.xcoms["report"]
     assert (report["status"], report["written"], report["job"]) == ("done", 2, name)
+    assert report["wait"] == "deferred"
     found = clients.client("sagemaker").list_transform_jobs(NameContains=name[:-2])
     assert [j["TransformJobName"] for j in found["TransformJobSummaries"]] == [name]
 
@@ -113,9 +114,9 @@ def test_a_failed_job_fires_with_its_reason_and_fails_the_task(
         clients: Any, resources: Resources) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from smserve_dags.operators.transform import BatchTransformOperator
-
     from serving.transform.spec import parse_s3_uri
+
+    from smserve_dags.operators.transform import BatchTransformOperator
 
     ti = FakeTI(run_id="manual__deferred-fails")
     work = make_work(clients, resources, ti, 2, MODEL)
@@ -247,6 +248,7 @@ def test_the_sensor_defers_then_receives_the_batch_when_the_trigger_fires(
     sensor.execute_complete({"ti": ti}, fire(trigger))
     assert len(ti.xcoms["messages"]) == 4
     assert "received 4 message(s)" in ti.xcoms["report"]
+    assert "in the triggerer (deferred)" in ti.xcoms["report"]
 
 
 def test_deferrable_false_keeps_the_reschedule_mode(clients: Any, resources: Resources) -> None:

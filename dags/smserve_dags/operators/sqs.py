@@ -189,7 +189,7 @@ class SqsBufferingSensor(BaseSensorOperator):
         if not deferrable:
             return super().execute(context)
         cfg, aws, url = self._prepare(ti)
-        self._step(ti, cfg, aws, url, time.time())
+        self._step(ti, cfg, aws, url, time.time(), resumed=False)
         return None
 
     def execute_complete(self, context: Any, event: Mapping[str, Any]) -> None:
@@ -198,7 +198,7 @@ class SqsBufferingSensor(BaseSensorOperator):
         if event.get("status") == "error":
             trigger_failed(ti, event)
         cfg, aws, url = self._prepare(ti)
-        self._step(ti, cfg, aws, url, float(event["started"]))
+        self._step(ti, cfg, aws, url, float(event["started"]), resumed=True)
 
     def poke(self, context: Any) -> bool:
         """Collect and push the batch when it is full or the wait is over; otherwise wait."""
@@ -245,12 +245,14 @@ class SqsBufferingSensor(BaseSensorOperator):
             return False
         return True
 
-    def _step(self, ti: Any, cfg: PipelineConfig, aws: Aws, url: str, started: float) -> None:
+    def _step(self, ti: Any, cfg: PipelineConfig, aws: Aws, url: str, started: float, *,
+              resumed: bool) -> None:
         """Collect if the batch is ready; otherwise defer until it is."""
         waited = time.time() - started
         visible = self._count(ti, aws, url)
         if self._ready(cfg, url, visible, waited):
-            self._collect(ti, cfg, aws, url, visible, waited)
+            self._collect(ti, cfg, aws, url, visible, waited,
+                          " in the triggerer (deferred)" if resumed else "")
             return
         self.defer(trigger=QueueBatchTrigger(
             queue_url=url, max_messages=cfg.max_messages, aws_conn_id=cfg.aws_conn_id,
@@ -259,7 +261,7 @@ class SqsBufferingSensor(BaseSensorOperator):
             method_name="execute_complete", timeout=timedelta(seconds=self.timeout))
 
     def _collect(self, ti: Any, cfg: PipelineConfig, aws: Aws, url: str, visible: int,
-                 waited: float) -> None:
+                 waited: float, where: str = "") -> None:
         try:
             begun = time.monotonic()
             received = collect_messages(aws.sqs, url, cfg.max_messages,
@@ -275,8 +277,8 @@ class SqsBufferingSensor(BaseSensorOperator):
         ti.xcom_push(key="messages", value=received.messages)
         report_message(ti, f"received {len(received.messages)} message(s) from {url} in "
                            f"{received.calls} receive call(s) ({time.monotonic() - begun:.2f} s), "
-                           f"after waiting {waited:.1f} s (batch of up to {cfg.max_messages}, "
-                           f"or what came in {cfg.max_wait_seconds:g} s)")
+                           f"after waiting {waited:.1f} s{where} (batch of up to "
+                           f"{cfg.max_messages}, or what came in {cfg.max_wait_seconds:g} s)")
 
 
 def _too_large(ti: Any, cfg: PipelineConfig, aws: Aws, url: str, received: Received) -> NoReturn:

@@ -142,6 +142,7 @@ class BatchTransformOperator(BaseSensorOperator):
         self.work = work
         self._cfg: PipelineConfig | None = None
         self._waiting: str | None = None
+        self._deferred = False
 
     # --- deferred -------------------------------------------------------------------------
 
@@ -174,6 +175,7 @@ class BatchTransformOperator(BaseSensorOperator):
 
     def _advance(self, context: Any, started: float) -> None:
         """Poke once; defer until the job this try waits for ends, unless the poke finished."""
+        self._deferred = True
         if self.poke(context):
             return
         assert self._cfg is not None and self._waiting is not None
@@ -289,6 +291,8 @@ class BatchTransformOperator(BaseSensorOperator):
             "skipped": skipped, "failed": other + failed, "reason": None, "job": name,
             "started": started, "ended": ended,
             "seconds": ended - started if started is not None and ended is not None else None}
+        if self._deferred:
+            report["wait"] = "deferred"  # the worker slot was free while the job ran
         if adopted:
             report["note"] = (f"adopted transform job {name}, which an earlier try started; "
                               "no new job")
