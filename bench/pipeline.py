@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         set_variable("dev", resources.variable(
             images=created.images, max_messages=args.clips, max_wait_seconds=0,
             poke_interval_seconds=1, transform_poll_seconds=1, receive_wait_seconds=1,
-            min_reschedule_seconds=0))  # dag.test: no scheduler to outpace
+            min_reschedule_seconds=0,  # dag.test: no scheduler to outpace
+            # dag.test runs a deferred task's trigger inline, one task at a time, so the
+            # models' jobs would not overlap; reschedule mode lets them, as a scheduler does
+            deferrable=False))
         dag = load_dags()["inference_dev"]
 
         begun = time.monotonic()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -64,3 +64,20 @@ def send(sqs: Any, url: str, count: int, bucket: str = "b", prefix: str = "k") -
             for i in range(min(10, count - start))])
         ids += [e["MessageId"] for e in answer["Successful"]]
     return ids
+
+
+def make_work(clients: Any, resources: Resources, ti: FakeTI, count: int,
+              model: str) -> dict[str, Any]:
+    """``count`` clips uploaded, and what ``model``'s ``requests`` task returns for them."""
+    from airflow.sdk.execution_time.context import set_current_context
+
+    from local_test.clips import upload_clips
+
+    from smserve_dags.operators.requests import prepare_requests
+
+    keys = upload_clips(clients.client("s3"), resources.bucket, "videos/2026/11/top/", count)
+    batch = {"batch": "b" * 16, "bucket": resources.bucket, "queue_url": resources.queue_url,
+             "keys": keys, "message_ids": []}
+    with set_current_context(cast(Any, {"ti": ti})):
+        work: dict[str, Any] = prepare_requests.function(model, "dev", batch, [])
+    return work

@@ -13,6 +13,8 @@ def test_dev_works_without_a_variable_and_main_says_what_to_set() -> None:
     dev = parse_config("dev", None)
     assert (dev.bucket, dev.queue, dev.max_messages) == ("smserve-dev",
                                                          "smserve-dev-preprocessed", 100)
+    assert (dev.deferrable, dev.max_xcom_bytes) == (True, 48 * 2**20)
+    assert parse_config("dev", {"deferrable": False}).deferrable is False
     with pytest.raises(ConfigError) as info:
         parse_config("main", None)
     assert "Airflow Variable smserve_main: is not set" in str(info.value)
@@ -36,6 +38,14 @@ def test_dev_works_without_a_variable_and_main_says_what_to_set() -> None:
     ({"external_bucket": "e", "bucket": "b", "queue": "q", "min_reschedule_seconds": -1},
      "min_reschedule_seconds = -1 is out of range; use 0..600"),
     ({"external_bucket": "e", "bucket": 7, "queue": "q"}, "bucket = 7 is not a string"),
+    ({"external_bucket": "e", "bucket": "b", "queue": "q", "deferrable": "yes"},
+     'deferrable = "yes" is not true or false'),
+    ({"external_bucket": "e", "bucket": "b", "queue": "q", "deferrable": 1},
+     "deferrable = 1 is not true or false"),
+    ({"external_bucket": "e", "bucket": "b", "queue": "q", "max_xcom_bytes": 100},
+     "max_xcom_bytes = 100 is out of range; use 1024..267386880"),
+    ({"external_bucket": "e", "bucket": "b", "queue": "q", "max_xcom_bytes": 1e6},
+     "max_xcom_bytes = 1000000.0 is not a whole number"),
     ({"external_bucket": "e", "bucket": "b", "queue": ""}, "queue is empty"),
     (["not", "an", "object"], "must be a JSON object"),
     ({"external_bucket": "e", "bucket": "b", "queue": "q", "images": {"cpu": "smserve-cpu:0.1.0"}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -185,3 +186,35 @@ def test_dead_letter_reads_the_redrive_policy(clients: Any, resources: Resources
     assert "after 3 receive(s) SQS moves a message to the dead-letter queue" in found.describe()
     bare = sqs.create_queue(QueueName=f"{found.queue}-bare")["QueueUrl"]
     assert "no redrive policy" in dead_letter(sqs, bare).describe()
+
+
+def test_a_batch_larger_than_max_xcom_bytes_fails_and_goes_back_to_the_queue(
+        clients: Any, resources: Resources) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from smserve_dags.operators.sqs import SqsBufferingSensor
+
+    sqs = clients.client("sqs")
+    sent = set(send(sqs, resources.queue_url, 30, bucket=resources.bucket, prefix="k" * 200))
+    resources.configure(max_messages=30, max_xcom_bytes=4096)
+    ti = FakeTI()
+    with pytest.raises(AirflowFailException) as info:
+        SqsBufferingSensor(task_id="s", env="dev").poke({"ti": ti})
+    message = str(info.value)
+    assert "the batch is too large for an XCom" in message
+    assert "over max_xcom_bytes = 4096" in message
+    assert "set max_messages to " in message and "in Variable smserve_dev" in message
+    assert "none deleted" in message
+    assert "messages" not in ti.xcoms and ti.xcoms["report"] == message
+    assert _depth(sqs, resources.queue_url) == (30, 0), "every message is visible again"
+    fits = int(message.split("set max_messages to ")[1].split()[0])
+    assert 1 <= fits < 30
+
+    resources.configure(max_messages=fits, max_xcom_bytes=4096)
+    again = FakeTI()
+    assert SqsBufferingSensor(task_id="s", env="dev").poke({"ti": again}) is True
+    got = again.xcoms["messages"]
+    assert len(got) == fits and {m["MessageId"] for m in got} <= sent
+    assert all(m["Attributes"]["ApproximateReceiveCount"] == "2" for m in got), \
+        "received once by the failed try, nothing lost"
+    assert len(json.dumps(got)) <= 4096

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
-from _support import FakeTI, Resources
+from _support import FakeTI, Resources, make_work
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     importlib.util.find_spec("serving.local.sagemaker") is None,
@@ -60,18 +60,7 @@ def model(clients: Any, resources: Resources) -> Any:
 
 
 def _work(clients: Any, resources: Resources, ti: FakeTI, count: int) -> dict[str, Any]:
-    from airflow.sdk.execution_time.context import set_current_context
-
-    from local_test.clips import upload_clips
-
-    from smserve_dags.operators.requests import prepare_requests
-
-    keys = upload_clips(clients.client("s3"), resources.bucket, "videos/2026/11/top/", count)
-    batch = {"batch": "b" * 16, "bucket": resources.bucket, "queue_url": resources.queue_url,
-             "keys": keys, "message_ids": []}
-    with set_current_context(cast(Any, {"ti": ti})):
-        work: dict[str, Any] = prepare_requests.function(MODEL, "dev", batch, [])
-    return work
+    return make_work(clients, resources, ti, count, MODEL)
 
 
 def _poke_until_done(operator: Any, ti: FakeTI, timeout: float = 120) -> int:

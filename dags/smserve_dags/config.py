@@ -34,11 +34,22 @@ key                            meaning                                      defa
 ``transform_poll_seconds``     between two DescribeTransformJob calls       30
 ``transform_timeout_seconds``  a transform task gives up after this long    21600
 ``min_reschedule_seconds``     floor of the two intervals above (reschedule) 5
+``deferrable``                 wait in the triggerer (false: reschedule)    ``true``
+``max_xcom_bytes``             largest batch (JSON) the sensor pushes       48 MiB
 ``aws_conn_id``                Airflow connection (null: boto3's defaults)  ``aws_default``
 =============================  ===========================================  ================
 
 ``source_prefix`` is ``videos/{year:04d}/{month:02d}/{angle}/`` by default (filled
 in per month and camera angle); ``work_prefix`` is ``smserve-work/airflow/``.
+
+``deferrable`` (a JSON ``true``/``false``): with ``true`` the two waits (the
+buffering sensor, each transform task) hand their worker slot back and
+``defer()`` to a trigger the triggerer runs (:mod:`smserve_dags.triggers`; the
+triggerer must be able to import ``smserve_dags``); with ``false`` they poke
+in ``reschedule`` mode, every ``poke_interval_seconds`` /
+``transform_poll_seconds`` but at least ``min_reschedule_seconds``.
+``max_xcom_bytes`` bounds the XCom ``messages`` (each message as JSON);
+a larger batch fails the sensor and deletes nothing.
 
 The transform task creates each model itself, the way ``smserve pipeline run
 --api`` does (:class:`serving.sagemaker.jobs.SageMakerJobs`): from ``images``
@@ -92,6 +103,8 @@ class PipelineConfig:
     transform_poll_seconds: float = 30.0
     transform_timeout_seconds: float = 6 * 3600.0
     min_reschedule_seconds: float = 5.0
+    deferrable: bool = True
+    max_xcom_bytes: int = 48 * 2**20
     aws_conn_id: str | None = "aws_default"
     images: Mapping[str, str] = field(default_factory=dict)
     role_arn: str | None = None
@@ -139,10 +152,12 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "receive_wait_seconds": (int,), "visibility_timeout_seconds": (int,),
     "transform_poll_seconds": (int, float), "transform_timeout_seconds": (int, float),
     "min_reschedule_seconds": (int, float), "aws_conn_id": (str, type(None)),
+    "deferrable": (bool,), "max_xcom_bytes": (int,),
     "images": (dict,), "role_arn": (str, type(None)),
     "model_environment": (dict,),
 }
-_WORDS: dict[type, str] = {str: "a string", list: "a list", dict: "a JSON object",
+_WORDS: dict[type, str] = {bool: "true or false", str: "a string", list: "a list",
+                           dict: "a JSON object",
                            int: "a whole number",
                            float: "a number", type(None): "null"}
 _RANGES: dict[str, tuple[float, float]] = {
@@ -150,6 +165,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "poke_interval_seconds": (0.1, 3600), "receive_wait_seconds": (0, 20),
     "visibility_timeout_seconds": (1, 12 * 3600), "transform_poll_seconds": (0.1, 3600),
     "transform_timeout_seconds": (1, 5 * 24 * 3600), "min_reschedule_seconds": (0, 600),
+    "max_xcom_bytes": (1024, 255 * 2**20),
 }
 
 
@@ -157,16 +173,21 @@ def _fail(variable: str, message: str) -> ConfigError:
     return ConfigError(f"Airflow Variable {variable}: {message}")
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _check(variable: str, key: str, given: object) -> Any:
     kinds = _KINDS[key]
     value: Any = given
-    if isinstance(value, bool) or not isinstance(given, kinds):
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(given, kinds):
         wanted = " or ".join(_WORDS[k] for k in kinds)
         raise _fail(variable, f"{key} = {json.dumps(value)} is not {wanted}")
     if key in _RANGES:
         low, high = _RANGES[key]
         if not low <= value <= high:
-            raise _fail(variable, f"{key} = {value} is out of range; use {low:g}..{high:g}")
+            raise _fail(variable, f"{key} = {value} is out of range; use "
+                                  f"{_number(low)}..{_number(high)}")
     if key == "camera_angles":
         if not value or not all(isinstance(a, str) and a and "/" not in a for a in value):
             raise _fail(variable, f"camera_angles = {json.dumps(value)} must be a non-empty "

@@ -40,6 +40,8 @@ def test_a_batch_runs_every_model_then_a_rerun_skips_everything(make_pipeline: A
         assert len(pipeline.outputs(model)) == 3, model
         assert _row(first.summary, model)[1:4] == ["done", "3", "3"]  # status, records, written
     assert pipeline.depth() == (0, 0), "every message is deleted"
+    for model in MODELS:  # dag.test() runs the trigger inline; the task deferred and resumed
+        assert first.reports[f"{model}.transform"][0]["wait"] == "deferred", model
     assert "succeeded" in first.summary.splitlines()[0]
     assert "deleted 3 of 3 message(s)" in first.summary
 
@@ -215,6 +217,32 @@ def test_the_sensor_buffers_more_than_ten_and_waits_for_a_full_batch(
     assert "received 25 message(s)" in result.summary
     assert "in 3 receive call(s)" in result.summary
     assert pipeline.depth() == (5, 25), "25 taken (none deleted: their objects are missing)"
+
+
+def test_the_sensor_defers_and_takes_what_came_by_the_deadline(make_pipeline: Any) -> None:
+    pipeline = make_pipeline(models=False, max_messages=5, max_wait_seconds=2)
+    pipeline.queue([f"videos/2026/11/front/missing-{i:03d}.npy" for i in range(3)])
+
+    result = pipeline.run()
+
+    assert result.states["wait_for_messages"] == "success", result.summary
+    assert "received 3 message(s)" in result.summary
+    assert "in the triggerer (deferred)" in result.summary
+    assert pipeline.depth() == (0, 3), "received, none deleted (their objects are missing)"
+
+
+def test_deferrable_false_waits_in_reschedule_mode(make_pipeline: Any) -> None:
+    pipeline = make_pipeline(deferrable=False, max_messages=5, max_wait_seconds=2)
+    pipeline.queue(pipeline.seed(2))
+
+    result = pipeline.run()
+
+    assert result.state == "success", result.summary
+    assert "in the triggerer" not in result.summary
+    for model in MODELS:
+        assert len(pipeline.outputs(model)) == 2, model
+        assert "wait" not in result.reports[f"{model}.transform"][0], "rescheduled, not deferred"
+    assert pipeline.depth() == (0, 0)
 
 
 def test_bad_messages_stay_on_the_queue_and_the_good_ones_are_processed(

@@ -14,7 +14,7 @@ from typing import Any
 
 from smserve_dags.config import ConfigError
 
-__all__ = ["Aws", "describe_error", "error_code"]
+__all__ = ["Aws", "describe_error", "error_code", "job_missing"]
 
 
 def error_code(err: BaseException) -> str:
@@ -35,6 +35,13 @@ def describe_error(err: BaseException, limit: int = 1000) -> str:
         text = getattr(err, "message", None) or f"{type(err).__name__}: {err}"
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def job_missing(err: BaseException) -> bool:
+    """True when ``err`` is SageMaker saying that the transform job does not exist."""
+    code = error_code(err)
+    return code == "ResourceNotFound" or (code == "ValidationException"
+                                          and "Could not find" in describe_error(err))
 
 
 class Aws:

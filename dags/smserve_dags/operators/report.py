@@ -41,6 +41,7 @@ __all__ = [
     "report_message",
     "reporter",
     "summarize",
+    "trigger_failed",
     "upstream_task_ids",
 ]
 
@@ -84,6 +85,22 @@ def fail(ti: Any, message: str, report: Any = None) -> NoReturn:
 
     report_message(ti, message if report is None else report)
     raise AirflowFailException(message) from None
+
+
+def trigger_failed(ti: Any, event: Mapping[str, Any]) -> NoReturn:
+    """Fail on a trigger's error event; retried (``retries``) when the event says a retry helps.
+
+    Raises:
+        AirflowFailException: not retryable (no connection, an unknown job).
+        AirflowException: retryable (AWS could not be reached).
+    """
+    message = str(event.get("message") or event)
+    if not event.get("retryable"):
+        fail(ti, message)
+    from airflow.sdk.exceptions import AirflowException
+
+    report_message(ti, message)
+    raise AirflowException(message)
 
 
 def is_model_report(value: Any) -> bool:

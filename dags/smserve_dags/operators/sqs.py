@@ -8,11 +8,13 @@ after every model succeeded; until then a failed run's messages come back
 after their visibility timeout, and after the queue's ``maxReceiveCount``
 SQS moves them to the dead-letter queue.
 
-The sensor runs in ``reschedule`` mode and holds nothing between pokes: a
-poke that is not ready only looks at ``ApproximateNumberOfMessages``; the
-poke that is ready receives, at most 10 messages per call, until it has
-``max_messages`` or the queue is drained, so a full batch of N messages
-costs ``ceil(N / 10)`` receive calls.
+The sensor holds nothing while it waits: deferred (``deferrable``, the
+default), the triggerer looks at ``ApproximateNumberOfMessages``
+(:class:`~smserve_dags.triggers.QueueBatchTrigger`); in ``reschedule`` mode
+each poke that is not ready does. Once ready it receives, at most 10
+messages per call, until it has ``max_messages`` or the queue is drained, so
+a full batch of N messages costs ``ceil(N / 10)`` receive calls. A batch
+whose JSON passes ``max_xcom_bytes`` fails the task (see :func:`_too_large`).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from airflow.sdk import BaseSensorOperator
 
-from smserve_dags.config import ConfigError, load_config
+from smserve_dags.config import ConfigError, PipelineConfig, load_config
 from smserve_dags.operators.aws import Aws, describe_error, error_code
-from smserve_dags.operators.report import fail, report_message
+from smserve_dags.operators.report import fail, report_message, trigger_failed
+from smserve_dags.triggers import QueueBatchTrigger, approximate_count
 
 __all__ = [
     "DeadLetter",
@@ -82,19 +85,31 @@ class Received:
     Attributes:
         messages: the messages, as ``ReceiveMessage`` gives them, each once.
         calls: ``ReceiveMessage`` calls made.
+        size: bytes of the messages as JSON (what the XCom holds).
+        over: the collection stopped because ``size`` passed ``max_bytes``.
     """
 
     messages: list[dict[str, Any]]
     calls: int
+    size: int = 0
+    over: bool = False
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as JSON (UTF-8), what an XCom of it stores."""
+    return len(json.dumps(value, default=str).encode())
 
 
 def collect_messages(sqs: Any, url: str, max_messages: int, *, visibility_timeout: int,
-                     wait_seconds: int = 1, expected: int | None = None) -> Received:
+                     wait_seconds: int = 1, expected: int | None = None,
+                     max_bytes: int | None = None) -> Received:
     """Receive up to ``max_messages``, at most 10 per call, without deleting any.
 
-    Stops at ``max_messages``, at an empty answer, or once it has at least
-    ``expected`` messages (what the queue said it held) and a call returned
-    fewer than asked: no receive is spent to find out that the queue is empty.
+    Stops at ``max_messages``, at an empty answer, once the messages take
+    more than ``max_bytes`` as JSON (``over``: no more is received than shows
+    that the batch is too large), or once it has at least ``expected``
+    messages (what the queue said it held) and a call returned fewer than
+    asked: no receive is spent to find out that the queue is empty.
 
     Args:
         sqs: a boto3 SQS client.
@@ -103,9 +118,10 @@ def collect_messages(sqs: Any, url: str, max_messages: int, *, visibility_timeou
         visibility_timeout: seconds each message stays invisible to others.
         wait_seconds: long-poll wait of each call.
         expected: messages the queue held (``ApproximateNumberOfMessages``).
+        max_bytes: the most the messages may take as JSON (None: no limit).
     """
     got: dict[str, dict[str, Any]] = {}
-    calls = 0
+    calls = size = 0
     while len(got) < max_messages:
         want = min(SQS_BATCH, max_messages - len(got))
         answer = sqs.receive_message(
@@ -115,19 +131,16 @@ def collect_messages(sqs: Any, url: str, max_messages: int, *, visibility_timeou
         calls += 1
         batch = answer.get("Messages") or []
         for message in batch:
-            got.setdefault(message["MessageId"], message)
+            if message["MessageId"] not in got:
+                got[message["MessageId"]] = message
+                size += json_size(message) + 2  # ", " between list items
+        if max_bytes is not None and size > max_bytes:
+            return Received(list(got.values()), calls, size, over=True)
         if not batch:
             break
         if expected is not None and len(got) >= expected and len(batch) < want:
             break
-    return Received(list(got.values()), calls)
-
-
-def approximate_count(sqs: Any, url: str) -> int:
-    """``ApproximateNumberOfMessages`` of the queue (visible messages)."""
-    answer = sqs.get_queue_attributes(QueueUrl=url,
-                                      AttributeNames=["ApproximateNumberOfMessages"])
-    return int(answer.get("Attributes", {}).get("ApproximateNumberOfMessages", 0))
+    return Received(list(got.values()), calls, size)
 
 
 class SqsBufferingSensor(BaseSensorOperator):
@@ -136,12 +149,16 @@ class SqsBufferingSensor(BaseSensorOperator):
     Pushes the messages (possibly none) as XCom ``messages`` (the provider's
     ``SqsSensor`` shape: a list of ``ReceiveMessage`` entries) and deletes
     none. The queue, the batch size, the wait and the visibility timeout come
-    from the environment's Variable when it runs (see ``smserve_dags/config.py``);
-    ``poke_interval_seconds`` sets the time between pokes (at least
-    ``min_reschedule_seconds`` in reschedule mode). A failed try is retried
-    (``retries``, default 2) unless the settings are wrong; a retry receives
-    afresh: what the failed try received is invisible until its visibility
-    timeout, then received again (its receive count one higher).
+    from the environment's Variable when it runs (see ``smserve_dags/config.py``).
+    With ``deferrable`` (the default) it waits in the triggerer
+    (:class:`~smserve_dags.triggers.QueueBatchTrigger`, task state
+    ``deferred``) and receives in :meth:`execute_complete`; otherwise it pokes
+    in ``reschedule`` mode every ``poke_interval_seconds`` (at least
+    ``min_reschedule_seconds``). A failed try is retried (``retries``,
+    default 2) unless the settings are wrong; a retry receives afresh: what
+    the failed try received is invisible until its visibility timeout, then
+    received again (its receive count one higher). A batch larger than
+    ``max_xcom_bytes`` fails the task; its messages are made visible again.
 
     Args:
         env: the settings' environment (``main``, ``dev``).
@@ -162,9 +179,42 @@ class SqsBufferingSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         self.env = env
 
+    def execute(self, context: Any) -> Any:
+        """Defer to the triggerer (``deferrable``), or poke in reschedule mode."""
+        ti = context["ti"]
+        try:
+            deferrable = load_config(self.env).deferrable
+        except ConfigError as err:
+            fail(ti, str(err))
+        if not deferrable:
+            return super().execute(context)
+        cfg, aws, url = self._prepare(ti)
+        self._step(ti, cfg, aws, url, time.time(), resumed=False)
+        return None
+
+    def execute_complete(self, context: Any, event: Mapping[str, Any]) -> None:
+        """The trigger fired: receive and push the batch (or defer again, or fail)."""
+        ti = context["ti"]
+        if event.get("status") == "error":
+            trigger_failed(ti, event)
+        cfg, aws, url = self._prepare(ti)
+        self._step(ti, cfg, aws, url, float(event["started"]), resumed=True)
+
     def poke(self, context: Any) -> bool:
         """Collect and push the batch when it is full or the wait is over; otherwise wait."""
         ti = context["ti"]
+        cfg, aws, url = self._prepare(ti)
+        started = ti.get_first_reschedule_date(context) or datetime.now(UTC)
+        waited = (datetime.now(UTC) - started).total_seconds()
+        visible = self._count(ti, aws, url)
+        if not self._ready(cfg, url, visible, waited):
+            return False
+        self._collect(ti, cfg, aws, url, visible, waited)
+        return True
+
+    # --- the parts -------------------------------------------------------------------------
+
+    def _prepare(self, ti: Any) -> tuple[PipelineConfig, Aws, str]:
         try:
             cfg = load_config(self.env)
             self.poke_interval = cfg.interval(cfg.poke_interval_seconds, self.mode)
@@ -176,28 +226,77 @@ class SqsBufferingSensor(BaseSensorOperator):
             aws.check_bucket(cfg.bucket)
         except ConfigError as err:
             fail(ti, str(err))
-        started = ti.get_first_reschedule_date(context) or datetime.now(UTC)
-        waited = (datetime.now(UTC) - started).total_seconds()
+        return cfg, aws, url
+
+    @staticmethod
+    def _count(ti: Any, aws: Aws, url: str) -> int:
         try:
-            visible = approximate_count(aws.sqs, url)
-            if visible < cfg.max_messages and waited < cfg.max_wait_seconds:
-                log.info("%d message(s) visible on %s; waiting for %d or %.0f s more",
-                         visible, url, cfg.max_messages, cfg.max_wait_seconds - waited)
-                return False
-            begun = time.monotonic()
-            received = collect_messages(aws.sqs, url, cfg.max_messages,
-                                        visibility_timeout=cfg.visibility_timeout_seconds,
-                                        wait_seconds=cfg.receive_wait_seconds, expected=visible)
+            return approximate_count(aws.sqs, url)
         except Exception as err:
             if not error_code(err):
                 raise
             fail(ti, f"SQS refused {url}: {describe_error(err)}")
+
+    @staticmethod
+    def _ready(cfg: PipelineConfig, url: str, visible: int, waited: float) -> bool:
+        if visible < cfg.max_messages and waited < cfg.max_wait_seconds:
+            log.info("%d message(s) visible on %s; waiting for %d or %.0f s more",
+                     visible, url, cfg.max_messages, cfg.max_wait_seconds - waited)
+            return False
+        return True
+
+    def _step(self, ti: Any, cfg: PipelineConfig, aws: Aws, url: str, started: float, *,
+              resumed: bool) -> None:
+        """Collect if the batch is ready; otherwise defer until it is."""
+        waited = time.time() - started
+        visible = self._count(ti, aws, url)
+        if self._ready(cfg, url, visible, waited):
+            self._collect(ti, cfg, aws, url, visible, waited,
+                          " in the triggerer (deferred)" if resumed else "")
+            return
+        self.defer(trigger=QueueBatchTrigger(
+            queue_url=url, max_messages=cfg.max_messages, aws_conn_id=cfg.aws_conn_id,
+            poll_seconds=cfg.poke_interval_seconds, started=started,
+            deadline=started + cfg.max_wait_seconds, variable=cfg.variable),
+            method_name="execute_complete", timeout=timedelta(seconds=self.timeout))
+
+    def _collect(self, ti: Any, cfg: PipelineConfig, aws: Aws, url: str, visible: int,
+                 waited: float, where: str = "") -> None:
+        try:
+            begun = time.monotonic()
+            received = collect_messages(aws.sqs, url, cfg.max_messages,
+                                        visibility_timeout=cfg.visibility_timeout_seconds,
+                                        wait_seconds=cfg.receive_wait_seconds, expected=visible,
+                                        max_bytes=cfg.max_xcom_bytes)
+        except Exception as err:
+            if not error_code(err):
+                raise
+            fail(ti, f"SQS refused {url}: {describe_error(err)}")
+        if received.over:
+            _too_large(ti, cfg, aws, url, received)
         ti.xcom_push(key="messages", value=received.messages)
         report_message(ti, f"received {len(received.messages)} message(s) from {url} in "
                            f"{received.calls} receive call(s) ({time.monotonic() - begun:.2f} s), "
-                           f"after waiting {waited:.1f} s (batch of up to {cfg.max_messages}, "
-                           f"or what came in {cfg.max_wait_seconds:g} s)")
-        return True
+                           f"after waiting {waited:.1f} s{where} (batch of up to "
+                           f"{cfg.max_messages}, or what came in {cfg.max_wait_seconds:g} s)")
+
+
+def _too_large(ti: Any, cfg: PipelineConfig, aws: Aws, url: str, received: Received) -> NoReturn:
+    """Fail: the batch would not fit in an XCom. Its messages become visible again at once."""
+    count = len(received.messages)
+    fits = max(1, cfg.max_xcom_bytes * count // max(1, received.size) * 9 // 10)
+    lost = extend_visibility(aws.sqs, url, received.messages, 0)
+    back = (f"its {count} received message(s) are back on the queue (visible again; their "
+            "receive count is one higher), none deleted")
+    if lost:
+        back += f"; {len(lost)} could not be made visible and return after their visibility " \
+                "timeout"
+    fail(ti, f"the batch is too large for an XCom: the first {count} message(s) from {url} "
+             f"already take {received.size} bytes as JSON, over max_xcom_bytes = "
+             f"{cfg.max_xcom_bytes}; set max_messages to {min(fits, cfg.max_messages - 1)} or "
+             f"fewer in Variable {cfg.variable} (messages here average "
+             f"{received.size // max(1, count)} bytes), or send smaller messages (the "
+             f"bucket and key, not the data); {back}")
 
 
 def _entries(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:

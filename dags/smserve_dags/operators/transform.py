@@ -2,8 +2,11 @@
 
 The job's name is a function of the DAG run, the model, the batch and the
 task's try (:func:`job_name`), so every poke and every retry knows which jobs
-are its own. Each poke of :class:`BatchTransformOperator` (a sensor in
-``reschedule`` mode: no worker slot is held while SageMaker works):
+are its own. No worker slot is held while SageMaker works: with
+``deferrable`` (the default) the task defers to a
+:class:`~smserve_dags.triggers.TransformJobTrigger` (task state ``deferred``)
+and, when the job ends, resumes in :meth:`~BatchTransformOperator.execute_complete`
+with one more poke; otherwise it is a sensor in ``reschedule`` mode. Each poke:
 
 1. ``DescribeTransformJob`` for the names of this try and the earlier ones:
    a ``Completed`` one is adopted (no new job; its outputs are counted), an
@@ -29,6 +32,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -36,18 +40,17 @@ from typing import Any, NoReturn
 from airflow.sdk import BaseSensorOperator
 
 from smserve_dags.config import ConfigError, PipelineConfig, load_config
-from smserve_dags.operators.aws import Aws, describe_error, error_code
+from smserve_dags.operators.aws import Aws, describe_error, job_missing
 from smserve_dags.operators.models import model_graph
 from smserve_dags.operators.report import fail, report_message
+from smserve_dags.triggers import RUNNING, TransformJobTrigger
 
-__all__ = ["JOB_NAME", "BatchTransformOperator", "job_name", "transform_jobs"]
+__all__ = ["JOB_NAME", "RUNNING", "BatchTransformOperator", "job_name", "transform_jobs"]
 
 log = logging.getLogger("smserve.transform")
 
 #: SageMaker's rule for transform job names.
 JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-RUNNING = ("InProgress", "Stopping")
-_MISSING = ("ResourceNotFound",)
 
 
 def job_name(dag_id: str, run_id: str, model: str, batch: str, attempt: int) -> str:
@@ -137,6 +140,54 @@ class BatchTransformOperator(BaseSensorOperator):
         self.model = model
         self.env = env
         self.work = work
+        self._cfg: PipelineConfig | None = None
+        self._waiting: str | None = None
+        self._deferred = False
+
+    # --- deferred -------------------------------------------------------------------------
+
+    def execute(self, context: Any) -> Any:
+        """Defer to the triggerer while the job runs (``deferrable``), or poke (reschedule)."""
+        try:
+            deferrable = load_config(self.env).deferrable
+        except ConfigError as err:
+            self._failed(context["ti"], self.work, str(err), None)
+        if not deferrable:
+            return super().execute(context)
+        self._advance(context, time.time())
+        return None
+
+    def execute_complete(self, context: Any, event: Mapping[str, Any]) -> None:
+        """The trigger fired: one more poke (adopt, report, fail) or, on an error, fail."""
+        ti = context["ti"]
+        status = event.get("status")
+        if status == "error":
+            self._failed(ti, self.work, str(event["message"]), None,
+                         retry=bool(event.get("retryable")))
+        if status == "timeout":
+            limit = float(event["deadline"]) - float(event["started"])
+            self._failed(ti, self.work, (
+                f"transform job {event['job']} is still {event['state']} after {limit:.0f} s "
+                f"(transform_timeout_seconds); raise transform_timeout_seconds in Variable "
+                f"smserve_{self.env}, then clear this task: it adopts the job, which keeps "
+                "running (StopTransformJob stops it)"), None)
+        self._advance(context, float(event["started"]))
+
+    def _advance(self, context: Any, started: float) -> None:
+        """Poke once; defer until the job this try waits for ends, unless the poke finished."""
+        self._deferred = True
+        if self.poke(context):
+            return
+        assert self._cfg is not None and self._waiting is not None
+        cfg = self._cfg
+        deadline = started + cfg.transform_timeout_seconds
+        # the trigger fires at the deadline; Airflow's own limit is a backstop (a dead triggerer)
+        backstop = max(0.0, deadline - time.time()) + 2 * cfg.transform_poll_seconds + 60
+        self.defer(trigger=TransformJobTrigger(
+            job_name=self._waiting, aws_conn_id=cfg.aws_conn_id,
+            poll_seconds=cfg.transform_poll_seconds, started=started, deadline=deadline,
+            variable=cfg.variable), method_name="execute_complete",
+            timeout=timedelta(seconds=backstop))
 
     # --- one poke ------------------------------------------------------------------------
 
@@ -152,6 +203,7 @@ class BatchTransformOperator(BaseSensorOperator):
             aws.check_connection()
         except ConfigError as err:
             self._failed(ti, work, str(err), None)
+        self._cfg = cfg
         names = [job_name(ti.dag_id, ti.run_id, self.model, str(work["batch"]), attempt)
                  for attempt in range(1, max(1, int(ti.try_number)) + 1)]
         described = {name: self._describe(aws, name) for name in names}
@@ -162,6 +214,7 @@ class BatchTransformOperator(BaseSensorOperator):
         for name, found in described.items():
             if found and found["TransformJobStatus"] in RUNNING:
                 log.info("transform job %s is %s", name, found["TransformJobStatus"])
+                self._waiting = name
                 return False
         current = described[names[-1]]
         if current is not None:
@@ -178,6 +231,7 @@ class BatchTransformOperator(BaseSensorOperator):
                 "job": None, "started": None, "ended": None, "seconds": None})
             return True
         self._create(ti, aws, cfg, work, names[-1])
+        self._waiting = names[-1]
         return False
 
     # --- the parts -------------------------------------------------------------------------
@@ -186,10 +240,7 @@ class BatchTransformOperator(BaseSensorOperator):
         try:
             found: dict[str, Any] | None = aws.sagemaker_hook.describe_transform_job(name)
         except Exception as err:
-            code = error_code(err)
-            text = describe_error(err)
-            if code in _MISSING or (code == "ValidationException"
-                                    and "Could not find" in text):
+            if job_missing(err):
                 return None
             raise
         return found
@@ -240,6 +291,8 @@ class BatchTransformOperator(BaseSensorOperator):
             "skipped": skipped, "failed": other + failed, "reason": None, "job": name,
             "started": started, "ended": ended,
             "seconds": ended - started if started is not None and ended is not None else None}
+        if self._deferred:
+            report["wait"] = "deferred"  # the worker slot was free while the job ran
         if adopted:
             report["note"] = (f"adopted transform job {name}, which an earlier try started; "
                               "no new job")
@@ -256,19 +309,27 @@ class BatchTransformOperator(BaseSensorOperator):
         report_message(ti, report)
 
     def _failed(self, ti: Any, work: Mapping[str, Any], reason: str,
-                found: Mapping[str, Any] | None, aws: Aws | None = None) -> NoReturn:
+                found: Mapping[str, Any] | None, aws: Aws | None = None,
+                retry: bool = False) -> NoReturn:
+        """Report the model failed and fail the task (``retry``: a retry may help)."""
         pending = int(work.get("pending", 0))
         written = 0
         if aws is not None and work.get("request_uri"):
             written = self._written(aws, str(work["request_uri"]))
         started = _epoch((found or {}).get("TransformStartTime"))
         ended = _epoch((found or {}).get("TransformEndTime"))
-        fail(ti, f"{self.model}: {reason}", {
+        report = {
             "model": self.model, "status": "failed", "records": work.get("records", 0),
             "written": written, "skipped": int(work.get("exist", 0)),
             "failed": pending - written, "reason": reason,
             "job": (found or {}).get("TransformJobName"), "started": started, "ended": ended,
-            "seconds": ended - started if started is not None and ended is not None else None})
+            "seconds": ended - started if started is not None and ended is not None else None}
+        if retry:
+            from airflow.sdk.exceptions import AirflowException
+
+            report_message(ti, report)
+            raise AirflowException(f"{self.model}: {reason}")
+        fail(ti, f"{self.model}: {reason}", report)
 
     @staticmethod
     def _written(aws: Aws, request_uri: str) -> int:
