@@ -47,7 +47,9 @@ def wait_or_dump(proc: subprocess.Popen[str], timeout: float,
         proc.kill()
         proc.wait()
         text = output.read() if output is not None else "(output not captured)"
-        raise AssertionError(f"{' '.join(map(str, proc.args))} did not exit within "
+        args = proc.args
+        command = " ".join(map(str, args)) if isinstance(args, list | tuple) else str(args)
+        raise AssertionError(f"{command} did not exit within "
                              f"{timeout:g} s; its output and threads:\n{text[-12000:]}") from None
 
 
