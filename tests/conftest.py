@@ -26,6 +26,27 @@ def pytest_configure(config: pytest.Config) -> None:
     bin_dir = str(Path(sys.executable).parent)
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    _children_get_default_signals()
+
+
+def _no_op(signo: int, frame: Any) -> None:
+    """Ignore the signal in this process only (a handler, unlike SIG_IGN, is not inherited)."""
+
+
+def _children_get_default_signals() -> None:
+    """Commands the tests start see SIGINT and SIGHUP as a terminal user's would.
+
+    A suite started in the background (``cmd &`` in a script: SIGINT ignored) or under
+    ``nohup`` (SIGHUP ignored) passes the ignored disposition on to every child, so the
+    commands under test would never see the Ctrl-C or hang-up the tests send (and
+    ``smserve`` rightly keeps an ignored SIGHUP ignored). Here the suite itself stays
+    immune, through a handler that does nothing, and its children start with the default.
+    """
+    import signal
+
+    for signo in (signal.SIGINT, signal.SIGHUP):
+        if signal.getsignal(signo) is signal.SIG_IGN:
+            signal.signal(signo, _no_op)
 
 
 @pytest.fixture(scope="session")
