@@ -72,6 +72,16 @@ class AirflowApi:
         """The DAGs the dag-processor has parsed."""
         return sorted(d["dag_id"] for d in self.get("/dags?limit=100")["dags"])
 
+    def set_variable(self, key: str, value: Mapping[str, Any]) -> None:
+        """Create or replace a Variable (stored as JSON text, as ``airflow variables set``)."""
+        body = {"key": key, "value": json.dumps(dict(value))}
+        try:
+            self._call("PATCH", f"/api/v2/variables/{_q(key)}", body)
+        except ApiError as err:
+            if "HTTP 404" not in str(err):
+                raise
+            self._call("POST", "/api/v2/variables", body)
+
     def unpause(self, dag_id: str) -> None:
         """``PATCH /dags/{id}`` with ``is_paused: false``."""
         self._call("PATCH", f"/api/v2/dags/{_q(dag_id)}", {"is_paused": False})

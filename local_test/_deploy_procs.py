@@ -147,17 +147,22 @@ class Component:
 
 @dataclass
 class Postgres:
-    """A private PostgreSQL cluster in ``folder``, on ``127.0.0.1:port`` and a socket there.
+    """A private PostgreSQL cluster in a temporary folder, on ``127.0.0.1:port`` and a socket.
+
+    The folder is made at start (under the system's temporary folder, which the
+    ``postgres`` user can reach, unlike a root-only home) and removed at stop.
 
     Attributes:
-        folder: the cluster's data (``data/``), socket and log.
         port: its TCP port on loopback.
+        log: the server's log.
         database: the database Airflow uses (made at start).
+        folder: the cluster's data (``data/``) and socket, once started.
     """
 
-    folder: Path
     port: int
+    log: Path
     database: str = "airflow"
+    folder: Path | None = None
     component: Component | None = None
 
     @property
@@ -172,7 +177,9 @@ class Postgres:
             raise DeployError("PostgreSQL is not installed: apt-get install -y postgresql "
                               "(Debian's package; /usr/lib/postgresql/*/bin)")
         prefix = _as_postgres()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        self.folder = Path(tempfile.mkdtemp(prefix="smserve-postgres-"))
         _chown_postgres(self.folder)
         data = self.folder / "data"
         base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
@@ -186,7 +193,7 @@ class Postgres:
             *prefix, str(binaries / "postgres"), "-D", str(data), "-p", str(self.port),
             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.folder}",
             "-c", "fsync=off", "-c", "max_connections=200"],
-            self.folder.parent / "logs" / "postgres.log", {**base_env, **env}).start()
+            self.log, {**base_env, **env}).start()
         deadline = time.monotonic() + timeout
         while not self._answers():
             self.component.check()
@@ -223,13 +230,18 @@ class Postgres:
             conn.close()  # type: ignore[attr-defined]
 
     def stop(self) -> None:
-        """Fast shutdown (SIGINT to the server: no waiting for clients), then the guard."""
-        if self.component is None:
-            return
+        """Fast shutdown (SIGINT to the server: no waiting for clients), the guard, the folder."""
+        if self.component is not None:
+            self._shut_down(self.component)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def _shut_down(self, component: Component) -> None:
         from serving.server.guard import descendants
 
-        pid = self.component.pid
-        if self.component.alive() and pid is not None:
+        pid = component.pid
+        if component.alive() and pid is not None and self.folder is not None:
             pidfile = self.folder / "data" / "postmaster.pid"
             with contextlib.suppress(OSError, ValueError, IndexError):
                 server = int(pidfile.read_text().split()[0])
@@ -238,4 +250,4 @@ class Postgres:
                     deadline = time.monotonic() + STOP_TIMEOUT
                     while server in descendants(pid) and time.monotonic() < deadline:
                         time.sleep(0.1)
-        self.component.stop()
+        component.stop()

@@ -12,8 +12,9 @@ outlives this one, even after a SIGKILL):
   ``postgresql`` package; run as the ``postgres`` user when we are root);
 - the embedded AWS stack (``smserve local up``) unless ``--endpoint`` names a running one;
 - the pipeline's buckets, queues and SageMaker models (:mod:`local_test.airflow_setup`),
-  ``airflow db migrate``, the ``aws_default`` connection and the ``smserve_dev``
-  Variable (environment variables, written to ``HOME/env.sh`` as well);
+  ``airflow db migrate``, the ``aws_default`` connection (an environment variable,
+  written to ``HOME/env.sh`` with the rest) and, once the api-server answers, the
+  ``smserve_dev`` Variable (through the REST API);
 - Airflow's **api-server, scheduler, dag-processor and triggerer**, and with
   ``--executor celery`` (the default) one **Celery worker** whose broker is an SQS
   queue on the stack (results in PostgreSQL); ``--executor local`` runs tasks in the
@@ -47,6 +48,8 @@ from local_test._deploy_procs import Component, DeployError, Postgres, tail
 EXECUTORS = {"celery": "CeleryExecutor", "local": "LocalExecutor"}
 #: The Celery broker's SQS queue (Airflow's ``default`` Celery queue) on the stack.
 BROKER_QUEUE = "smserve-airflow-celery"
+#: The Variable the ``dev`` DAGs read (set through the REST API, so it can be changed later).
+VARIABLE = "smserve_dev"
 #: The DAGs a deployment must have parsed before it is ready.
 PIPELINE_DAGS = ("inference_dev", "sync_data_dev")
 #: Health entries of ``/api/v2/monitor/health`` that must say ``healthy``.
@@ -94,7 +97,7 @@ class Deployment:
         self.endpoint_url = endpoint_url
         self.variable_settings = dict(variable or {})
         self.worker_concurrency = worker_concurrency
-        self.postgres = Postgres(self.home / "postgres", free_port())
+        self.postgres = Postgres(free_port(), self.home / "logs" / "postgres.log")
         self.stack: Component | None = None
         self.components: list[Component] = []
         self.variable: dict[str, Any] = {}
@@ -143,7 +146,6 @@ class Deployment:
             "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret,
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs / "tasks"),
             "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(self.endpoint_url, self.region),
-            "AIRFLOW_VAR_SMSERVE_DEV": json.dumps(self.variable),
         }
         if self.executor == "celery":
             host = (self.endpoint_url or "").split("://", 1)[-1]
@@ -203,6 +205,8 @@ class Deployment:
             self._migrate(deadline)
             self._start_components()
             self._wait_healthy(deadline)
+            self.api.set_variable(VARIABLE, self.variable)
+            self.echo(f"Variable {VARIABLE}: {json.dumps(self.variable)}")
         except BaseException:
             self.stop()
             raise
