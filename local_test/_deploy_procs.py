@@ -80,13 +80,14 @@ class Component:
         command: what the guard runs.
         log: its stdout and stderr.
         env: its environment.
-        stop_signal: what :meth:`stop` sends the guard (which forwards SIGTERM).
+        remove: a folder the guard removes when this process dies without stopping it.
     """
 
     name: str
     command: Sequence[str]
     log: Path
     env: Mapping[str, str]
+    remove: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> Component:
@@ -97,6 +98,8 @@ class Component:
         guard = [sys.executable, "-m", "serving.server.guard"]
         if threading.current_thread() is threading.main_thread():
             guard.append("--pdeathsig")
+        if self.remove is not None:
+            guard += ["--remove", str(self.remove)]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             try:
@@ -193,7 +196,7 @@ class Postgres:
             *prefix, str(binaries / "postgres"), "-D", str(data), "-p", str(self.port),
             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.folder}",
             "-c", "fsync=off", "-c", "max_connections=200"],
-            self.log, {**base_env, **env}).start()
+            self.log, {**base_env, **env}, remove=self.folder).start()
         deadline = time.monotonic() + timeout
         while not self._answers():
             self.component.check()

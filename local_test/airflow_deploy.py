@@ -262,8 +262,10 @@ class Deployment:
                                          "--without-gossip"]
         env = self.environ()
         for name, command in commands.items():
+            # the api-server's guard removes a temporary home if this process is killed
+            remove = self.home if name == "api-server" and not self.keep_home else None
             self.components.append(Component(name, command, self.logs / f"{name}.log",
-                                             env).start())
+                                             env, remove=remove).start())
 
     def _wait_healthy(self, deadline: float) -> None:
         waiting = "the api-server"

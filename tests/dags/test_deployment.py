@@ -1,10 +1,11 @@
 """A real Airflow deployment (local_test/airflow_deploy.py) runs the pipeline through its REST API.
 
 PostgreSQL, the embedded stack, the api-server, scheduler, dag-processor,
-triggerer and a Celery worker whose broker is SQS on the stack: every one a
-real process. The tests drive it as a user would (docs/airflow.md, "First
-deployment"): unpause and trigger through ``/api/v2``, poll the run, read the
-report's XCom; the last test stops it and finds none of its processes left.
+triggerer and a Celery worker whose broker is SQS on the stack (then the same
+with the LocalExecutor and no worker): every one a real process. The tests
+drive it as a user would (docs/airflow.md, "First deployment"): unpause and
+trigger through ``/api/v2``, poll the run, read the report's XCom; the last
+test stops it and finds none of its processes left.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ SETTINGS = {**FAST, "transform_poll_seconds": 1, "min_reschedule_seconds": 1}
 RUN_TIMEOUT = 600.0
 
 
-@pytest.fixture(scope="module")
-def deployment() -> Iterator[Deployment]:
-    """The deployment (Celery executor), started once for the module; stopped at the end."""
-    deployed = Deployment("celery", variable=SETTINGS)
+@pytest.fixture(scope="module", params=["celery", "local"])
+def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """The deployment (each executor in turn), started once per executor; stopped at the end."""
+    deployed = Deployment(request.param, variable=SETTINGS)
     deployed.start()
     try:
         yield deployed
@@ -98,8 +99,9 @@ def test_the_deployment_is_healthy_and_has_parsed_the_dags(deployment: Deploymen
     for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
         assert health[part]["status"] == "healthy", health
     assert set(PIPELINE_DAGS) <= set(deployment.api.dag_ids())
+    workers = {"celery-worker"} if deployment.executor == "celery" else set()
     assert {c.name for c in deployment.components} == {
-        "api-server", "scheduler", "dag-processor", "triggerer", "celery-worker"}
+        "api-server", "scheduler", "dag-processor", "triggerer", *workers}
 
 
 def test_sync_then_inference_through_the_rest_api(deployment: Deployment,
