@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/local_transform.py
 	$(BIN)/python bench/pipeline_local.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/pipeline_deployed.py
 	$(BIN)/python bench/watch.py
 	$(BIN)/python bench/warm_servers.py
 

@@ -19,6 +19,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,3 +256,34 @@ class Postgres:
                     while server in descendants(pid) and time.monotonic() < deadline:
                         time.sleep(0.1)
         component.stop()
+
+
+def base_environ() -> dict[str, str]:
+    """This process's environment less any Airflow or AWS settings; the repository importable."""
+    root = Path(__file__).resolve().parents[1]
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("AIRFLOW", "AWS_", "SMSERVE_AIRFLOW"))}
+    path = base.get("PYTHONPATH")
+    base["PYTHONPATH"] = str(root) + (os.pathsep + path if path else "")
+    base.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
+    return base
+
+
+def answers(url: str) -> bool:
+    """True when ``url`` answers with a success status."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def before(deadline: float, what: str, component: Component | None,
+           logs: Path | None = None) -> None:
+    """Raise :class:`DeployError` (with a log's tail) once ``deadline`` has passed."""
+    if time.monotonic() < deadline:
+        return
+    detail = f"; the end of {component.log}:\n{tail(component.log)}" if component else ""
+    if logs is not None:
+        detail = f"; logs in {logs}"
+    raise DeployError(f"start-up timed out: {what}{detail}")

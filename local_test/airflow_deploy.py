@@ -36,14 +36,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from local_test._deploy_api import AirflowApi
-from local_test._deploy_procs import Component, DeployError, Postgres, tail
+from local_test._deploy_procs import (
+    Component,
+    DeployError,
+    Postgres,
+    answers,
+    base_environ,
+    before,
+    tail,
+)
 
 EXECUTORS = {"celery": "CeleryExecutor", "local": "LocalExecutor"}
 #: The Celery broker's SQS queue (Airflow's ``default`` Celery queue) on the stack.
@@ -165,7 +171,7 @@ class Deployment:
 
     def environ(self) -> dict[str, str]:
         """The components' environment: ours without any other Airflow settings, plus theirs."""
-        return {**_base_environ(), **self.stack_environ(), **self.airflow_environ()}
+        return {**base_environ(), **self.stack_environ(), **self.airflow_environ()}
 
     def exports(self) -> str:
         """``export`` lines that give a shell this deployment's ``airflow`` CLI and AWS."""
@@ -218,10 +224,10 @@ class Deployment:
         port = free_port()
         self.endpoint_url = f"http://127.0.0.1:{port}"
         self.stack = Component("stack", [_bin("smserve"), "local", "up", "--port", str(port)],
-                               self.logs / "stack.log", _base_environ()).start()
-        while not _answers(self.endpoint_url + "/moto-api/"):
+                               self.logs / "stack.log", base_environ()).start()
+        while not answers(self.endpoint_url + "/moto-api/"):
             self.stack.check()
-            _before(deadline, "the embedded stack did not answer", self.stack)
+            before(deadline, "the embedded stack did not answer", self.stack)
             time.sleep(0.2)
         self.echo(f"embedded AWS stack on {self.endpoint_url} (smserve local up)")
 
@@ -275,7 +281,7 @@ class Deployment:
             waiting = self._not_ready()
             if not waiting:
                 break
-            _before(deadline, f"still waiting for {waiting}", None, self.logs)
+            before(deadline, f"still waiting for {waiting}", None, self.logs)
             time.sleep(0.5)
         self.echo(f"Airflow {EXECUTORS[self.executor]} ready: api-server, scheduler, "
                   "dag-processor, triggerer" + (", celery worker" if self.executor == "celery"
@@ -323,36 +329,6 @@ class Deployment:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _base_environ() -> dict[str, str]:
-    """This process's environment less any Airflow or AWS settings; the repository importable."""
-    from local_test.airflow_setup import ROOT
-
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("AIRFLOW", "AWS_", "SMSERVE_AIRFLOW"))}
-    path = base.get("PYTHONPATH")
-    base["PYTHONPATH"] = str(ROOT) + (os.pathsep + path if path else "")
-    base.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
-    return base
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _before(deadline: float, what: str, component: Component | None,
-            logs: Path | None = None) -> None:
-    if time.monotonic() < deadline:
-        return
-    detail = f"; the end of {component.log}:\n{tail(component.log)}" if component else ""
-    if logs is not None:
-        detail = f"; logs in {logs}"
-    raise DeployError(f"start-up timed out: {what}{detail}")
 
 
 def instructions(deployment: Deployment) -> list[str]:
