@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         "state": state, "wall_s": r3(wall), "warm_up_s": r3(warm_up),
         "sensor_s": r3(sensor_wait), "transform_s": {m: r3(e - s) for m, (s, e) in jobs.items()},
         "transform_union_s": r3(transform_union), "airflow_s": r3(airflow),
-        "airflow_share": r3(share), "between_tasks_s": r3(between), "task_s": {t: r3(e - s) for t, (s, e) in
-                                               sorted(spans.items())},
+        "airflow_share": r3(share), "between_tasks_s": r3(between),
+        "task_s": {t: r3(e - s) for t, (s, e) in sorted(spans.items())},
         "receive_calls": receives, "messages_received": received,
         "messages_per_receive_call": r3(per_call) if per_call else None,
         "goal_met": goal_met, "outputs": outputs,
