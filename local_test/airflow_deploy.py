@@ -266,12 +266,19 @@ class Deployment:
         if self.executor == "celery":
             commands["celery-worker"] = [airflow, "celery", "worker", "--without-mingle",
                                          "--without-gossip"]
+        from local_test.airflow_setup import DAGS
+
         env = self.environ()
         for name, command in commands.items():
             # the api-server's guard removes a temporary home if this process is killed
             remove = self.home if name == "api-server" and not self.keep_home else None
+            own = dict(env)
+            if name == "triggerer":  # it imports triggers (smserve_dags.triggers) itself, and
+                # unlike the dag-processor and task runs it does not put the DAGs folder on
+                # sys.path
+                own["PYTHONPATH"] = f"{DAGS}{os.pathsep}{env['PYTHONPATH']}"
             self.components.append(Component(name, command, self.logs / f"{name}.log",
-                                             env, remove=remove).start())
+                                             own, remove=remove).start())
 
     def _wait_healthy(self, deadline: float) -> None:
         waiting = "the api-server"
