@@ -21,7 +21,9 @@ come from the report (the sensor counts them): messages per ``ReceiveMessage``.
 
     .venv/bin/python bench/pipeline_deployed.py [--executor celery|local] [--clips 100]
 
-The last line of stdout is one JSON object with the figures.
+The last line of stdout is one JSON object with the figures. (``--stack``, which every
+script takes, changes nothing here: the deployment always runs ``smserve local up`` in its own
+process.)
 """
 
 from __future__ import annotations
