@@ -345,7 +345,8 @@ def instructions(deployment: Deployment) -> list[str]:
     url = deployment.api_url
     return [
         f"Airflow UI and REST API: {url}  (every user is an admin; logs in {deployment.logs})",
-        f"export lines for the airflow CLI and AWS: source {env_file}",
+        f"export lines for the airflow CLI and AWS (also in {env_file}):",
+        *deployment.exports().splitlines(),
         "trigger a DAG through the REST API:",
         f"  TOKEN=$(curl -s {url}/auth/token | python3 -c "
         "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
