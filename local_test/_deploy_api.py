@@ -12,6 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 #: DAG run states after which nothing more happens.
@@ -127,6 +128,24 @@ class AirflowApi:
                 raise TimeoutError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s; "
                                    f"tasks: {self.task_states(dag_id, run_id)}")
             time.sleep(poll)
+
+
+def usage(url: str, logs: Path, env_file: Path, exports: str) -> list[str]:
+    """The lines a ready deployment prints: its URL, export lines, how to trigger a DAG."""
+    return [
+        f"Airflow UI and REST API: {url}  (every user is an admin; logs in {logs})",
+        f"export lines for the airflow CLI and AWS (also in {env_file}):",
+        *exports.splitlines(),
+        "trigger a DAG through the REST API:",
+        f"  TOKEN=$(curl -s {url}/auth/token | python3 -c "
+        "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
+        f"  curl -s -X PATCH -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: "
+        f"application/json' {url}/api/v2/dags/sync_data_dev -d '{{\"is_paused\": false}}'",
+        f"  curl -s -X POST -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: "
+        f"application/json' {url}/api/v2/dags/sync_data_dev/dagRuns "
+        "-d '{\"logical_date\": null}'",
+        "Ctrl-C (or SIGTERM/SIGHUP) stops every process this started",
+    ]
 
 
 def _q(part: str) -> str:

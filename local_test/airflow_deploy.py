@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from local_test._deploy_api import AirflowApi
+from local_test._deploy_api import AirflowApi, usage
 from local_test._deploy_procs import (
     Component,
     DeployError,
@@ -238,7 +238,13 @@ class Deployment:
 
         clients = ClientFactory(Settings.from_environ({**os.environ, **self.stack_environ()}))
         resources = PipelineResources()
-        created = create_resources(clients, resources, echo=lambda line: self.echo("  " + line))
+        try:
+            created = create_resources(clients, resources,
+                                       echo=lambda line: self.echo("  " + line))
+        except Exception as err:  # botocore's connection and API errors
+            raise DeployError(f"cannot create the pipeline's resources at {self.endpoint_url} "
+                              f"({type(err).__name__}: {err}); is the stack running there "
+                              "(smserve local up)?") from err
         self.variable = resources.variable(images=created.images, **self.variable_settings)
         if self.executor == "celery":
             sqs = clients.client("sqs")
@@ -342,21 +348,7 @@ def instructions(deployment: Deployment) -> list[str]:
     """What to print once the deployment is ready: URL, exports, trigger commands."""
     env_file = deployment.home / "env.sh"
     env_file.write_text(deployment.exports() + "\n")
-    url = deployment.api_url
-    return [
-        f"Airflow UI and REST API: {url}  (every user is an admin; logs in {deployment.logs})",
-        f"export lines for the airflow CLI and AWS (also in {env_file}):",
-        *deployment.exports().splitlines(),
-        "trigger a DAG through the REST API:",
-        f"  TOKEN=$(curl -s {url}/auth/token | python3 -c "
-        "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
-        f"  curl -s -X PATCH -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: "
-        f"application/json' {url}/api/v2/dags/sync_data_dev -d '{{\"is_paused\": false}}'",
-        f"  curl -s -X POST -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: "
-        f"application/json' {url}/api/v2/dags/sync_data_dev/dagRuns "
-        "-d '{\"logical_date\": null}'",
-        "Ctrl-C (or SIGTERM/SIGHUP) stops every process this started",
-    ]
+    return usage(deployment.api_url, deployment.logs, env_file, deployment.exports())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -375,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--api-port", type=int, default=None, metavar="N",
                         help="the api-server's port (default: a free one)")
     args = parser.parse_args(argv)
+    if args.endpoint and not args.endpoint.startswith(("http://", "https://")):
+        parser.error(f"--endpoint {args.endpoint}: give a URL, like http://127.0.0.1:PORT")
     if args.api_port is not None and not 1024 <= args.api_port <= 65535:
         parser.error(f"--api-port {args.api_port}: use a port from 1024 to 65535")
 
@@ -396,7 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
     except DeployError as err:
-        print(f"airflow_deploy: error: {err}", file=sys.stderr)
+        keep = "" if args.home else " (the temporary home is removed: --home DIR keeps the logs)"
+        print(f"airflow_deploy: error: {err}{keep}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("stopped", flush=True)

@@ -100,7 +100,7 @@ def test_an_unknown_executor_or_a_busy_port_is_refused_before_anything_starts() 
             Deployment(api_port=port, home=None)
 
 
-def test_the_command_refuses_a_bad_port_or_executor(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command_refuses_a_bad_port_executor_or_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["--api-port", "80"])
     assert caught.value.code == 2
@@ -108,3 +108,7 @@ def test_the_command_refuses_a_bad_port_or_executor(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as caught:
         main(["--executor", "kubernetes"])
     assert caught.value.code == 2
+    with pytest.raises(SystemExit) as caught:
+        main(["--endpoint", "127.0.0.1:4566"])
+    assert caught.value.code == 2
+    assert "give a URL, like http://127.0.0.1:PORT" in capsys.readouterr().err
