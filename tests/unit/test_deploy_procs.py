@@ -100,7 +100,8 @@ def test_an_unknown_executor_or_a_busy_port_is_refused_before_anything_starts() 
             Deployment(api_port=port, home=None)
 
 
-def test_the_command_refuses_a_bad_port_executor_or_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command_refuses_a_bad_port_executor_or_endpoint(
+        capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["--api-port", "80"])
     assert caught.value.code == 2
