@@ -44,9 +44,15 @@ RUN_TIMEOUT = 600.0
 
 
 @pytest.fixture(scope="module", params=["celery", "local"])
-def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
-    """The deployment (each executor in turn), started once per executor; stopped at the end."""
-    deployed = Deployment(request.param, variable=SETTINGS)
+def deployment(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """The deployment (each executor in turn), started once per executor; stopped at the end.
+
+    Its home is under pytest's temporary folder, so the components' and tasks' logs are
+    still there after a failure (pytest keeps the last three runs' folders).
+    """
+    home = tmp_path_factory.mktemp(f"airflow-{request.param}")
+    deployed = Deployment(request.param, variable=SETTINGS, home=home)
     deployed.start()
     try:
         yield deployed
@@ -64,7 +70,7 @@ def _diagnosis(deployment: Deployment, dag_id: str, run_id: str) -> str:
     states = deployment.api.task_states(dag_id, run_id)
     logs = "\n".join(f"--- {log.name}\n{tail(log, 15)}"
                      for log in sorted(Path(deployment.logs).glob("*.log")))
-    return f"{dag_id} {run_id}: tasks {states}\n{logs}"
+    return f"{dag_id} {run_id}: tasks {states}\n{logs}\n(every log: {deployment.logs})"
 
 
 def _run(deployment: Deployment, dag_id: str) -> tuple[str, str]:
@@ -149,12 +155,12 @@ def test_a_failing_model_is_reported_with_every_other_and_keeps_its_messages(
     finally:
         deployment.api.set_variable(VARIABLE, deployment.variable)
 
-    assert state == "failed", _diagnosis(deployment, "inference_dev", run_id)
-    states = deployment.api.task_states("inference_dev", run_id)
-    assert states["frame_features.transform"] == "failed", states
-    assert states["clip_stats.transform"] == "success", states
-    assert states["report"] == "failed", states
     summary = str(deployment.api.xcom("inference_dev", run_id, "report", "summary"))
+    assert state == "failed", f"{summary}\n{_diagnosis(deployment, 'inference_dev', run_id)}"
+    states = deployment.api.task_states("inference_dev", run_id)
+    assert states["frame_features.transform"] == "failed", f"{states}\n{summary}"
+    assert states["clip_stats.transform"] == "success", f"{states}\n{summary}"
+    assert states["report"] == "failed", f"{states}\n{summary}"
     assert _row(summary, "frame_features")[1] == "failed", summary
     assert _row(summary, "clip_stats")[1] == "done", summary
     _row(summary, "scene_classifier")  # named, though it never ran
@@ -164,6 +170,7 @@ def test_a_failing_model_is_reported_with_every_other_and_keeps_its_messages(
 
 def test_stop_ends_every_process_it_started(deployment: Deployment) -> None:
     started = {pid: _start_time(pid) for pid in deployment.processes()}
+    cluster = deployment.postgres.folder
     names = {_name(pid) for pid in started}
     assert len(started) > 6 and {"postgres", "airflow"} <= names, names
 
@@ -172,7 +179,7 @@ def test_stop_ends_every_process_it_started(deployment: Deployment) -> None:
     left = {pid: _name(pid) for pid, since in started.items()
             if _running(pid) and _start_time(pid) == since}
     assert left == {}, f"still running after stop: {left}"
-    assert not Path(deployment.home).exists(), "the temporary home is removed"
+    assert cluster is not None and not cluster.exists(), "the cluster's folder is removed"
 
 
 def _name(pid: int) -> str:
