@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-airflow test test-random lint unit integration bench images clean help
+.PHONY: demo demo-airflow deploy-airflow test test-random lint unit integration bench images clean help
 
 help:
 	@echo "make demo   - run the three example models as batch transforms on the embedded local stack"
@@ -14,6 +14,7 @@ help:
 	@echo "make images - build smserve-cpu and smserve-gpu (bases: SMSERVE_PYTHON_IMAGE, SMSERVE_BUILD_IMAGE, SMSERVE_CUDA_IMAGE)"
 	@echo "make test-random - the test suite in a random order (prints the seed)"
 	@echo "make demo-airflow - the sync and inference DAGs end to end (dag.test) on the local stack"
+	@echo "make deploy-airflow - a real Airflow (PostgreSQL, Celery + SQS broker) on the local stack, until Ctrl-C"
 
 $(STAMP): pyproject.toml
 	@command -v java >/dev/null || { echo "multi-model-server needs a Java runtime (17 works): apt-get install -y openjdk-17-jre-headless"; exit 1; }
@@ -30,11 +31,15 @@ demo: $(STAMP)
 demo-airflow: $(STAMP)
 	$(BIN)/python -m local_test.airflow_demo
 
+# docs/airflow.md, "First deployment"; ARGS="--executor local --api-port 8791" etc.
+deploy-airflow: $(STAMP)
+	$(BIN)/python -m local_test.airflow_deploy $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	# the two DAG files are both named dag.py: one mypy pass each
-	MYPYPATH=dags $(BIN)/mypy dags/smserve_dags dags/sync/dag.py dags/operators_test tests/dags local_test/airflow_setup.py local_test/airflow_demo.py
+	MYPYPATH=dags $(BIN)/mypy dags/smserve_dags dags/sync/dag.py dags/operators_test tests/dags local_test/airflow_setup.py local_test/airflow_demo.py local_test/airflow_deploy.py local_test/_deploy_procs.py local_test/_deploy_api.py
 	MYPYPATH=dags $(BIN)/mypy dags/inference/dag.py
 
 # -rs: say what was skipped and why (the container tests need a Docker engine and the
@@ -62,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/local_transform.py
 	$(BIN)/python bench/pipeline_local.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/pipeline_deployed.py
 	$(BIN)/python bench/watch.py
 	$(BIN)/python bench/warm_servers.py
 
