@@ -112,8 +112,13 @@ class AirflowApi:
                           f"{_q(task_id)}/xcomEntries/{_q(key)}?deserialize=true")
         return answer["value"]
 
-    def wait(self, dag_id: str, run_id: str, timeout: float, poll: float = 1.0) -> str:
+    def wait(self, dag_id: str, run_id: str, timeout: float, poll: float = 1.0,
+             seen: dict[str, set[str]] | None = None) -> str:
         """Poll the run until it finishes; returns its final state.
+
+        Args:
+            seen: when given, every state each task was seen in at a poll is added to it
+                (``task id -> states``): ``deferred`` shows a wait that freed its slot.
 
         Raises:
             TimeoutError: still unfinished after ``timeout`` seconds (the message lists the
@@ -122,6 +127,9 @@ class AirflowApi:
         deadline = time.monotonic() + timeout
         while True:
             state = self.run_state(dag_id, run_id)
+            if seen is not None:
+                for task, task_state in self.task_states(dag_id, run_id).items():
+                    seen.setdefault(task, set()).add(task_state)
             if state in FINISHED:
                 return state
             if time.monotonic() > deadline:

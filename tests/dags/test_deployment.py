@@ -73,13 +73,17 @@ def _diagnosis(deployment: Deployment, dag_id: str, run_id: str) -> str:
     return f"{dag_id} {run_id}: tasks {states}\n{logs}\n(every log: {deployment.logs})"
 
 
-def _run(deployment: Deployment, dag_id: str) -> tuple[str, str]:
-    """Trigger ``dag_id`` through the REST API and wait; ``(run id, final state)``."""
+def _run(deployment: Deployment, dag_id: str,
+         seen: dict[str, set[str]] | None = None) -> tuple[str, str]:
+    """Trigger ``dag_id`` through the REST API and wait; ``(run id, final state)``.
+
+    ``seen`` collects the states each task was in at the polls (see ``Api.wait``).
+    """
     api = deployment.api
     api.unpause(dag_id)
     run_id = api.trigger(dag_id)
     try:
-        state = api.wait(dag_id, run_id, timeout=RUN_TIMEOUT)
+        state = api.wait(dag_id, run_id, timeout=RUN_TIMEOUT, poll=0.5, seen=seen)
     except TimeoutError as err:
         raise AssertionError(f"{err}\n{_diagnosis(deployment, dag_id, run_id)}") from err
     return run_id, state
@@ -123,9 +127,17 @@ def test_sync_then_inference_through_the_rest_api(deployment: Deployment,
     assert state == "success", _diagnosis(deployment, "sync_data_dev", sync_run)
     assert _depth(sqs, queue_url) == (2, 0), "one message per copied clip"
 
-    run_id, state = _run(deployment, "inference_dev")
+    seen: dict[str, set[str]] = {}
+    run_id, state = _run(deployment, "inference_dev", seen)
 
     assert state == "success", _diagnosis(deployment, "inference_dev", run_id)
+    # The waits gave their worker slot back: the tasks sat "deferred" (the triggerer
+    # polled), and each model's transform resumed from its trigger.
+    assert "deferred" in seen["wait_for_messages"] or any(
+        "deferred" in seen[f"{model}.transform"] for model in MODELS), seen
+    for model in MODELS:
+        report = deployment.api.xcom("inference_dev", run_id, f"{model}.transform", "report")
+        assert report.get("wait") == "deferred", report
     for model in MODELS:
         listed = s3.list_objects_v2(Bucket=resources.bucket, Prefix=f"results/{model}/")
         written = sorted(o["Key"] for o in listed.get("Contents", []))
