@@ -188,3 +188,12 @@ def make_pipeline(stack: LocalStack, stack_clients: ClientFactory, dags: dict[st
         return pipeline
 
     yield make
+
+
+def summary_row(summary: str, model: str) -> list[str]:
+    """The words of the report summary's table row for ``model``."""
+    for line in summary.splitlines():
+        parts = line.split()
+        if parts and parts[0] == model:
+            return parts
+    raise AssertionError(f"no row for {model} in:\n{summary}")

@@ -26,7 +26,7 @@ from local_test.clips import upload_clips
 from serving.aws import ClientFactory
 from serving.pipeline import output_key
 from serving.settings import Settings
-from tests.dags.conftest import FAST, requires_sagemaker
+from tests.dags.conftest import FAST, requires_sagemaker, summary_row
 
 pytestmark = [
     pytest.mark.integration, requires_sagemaker,
@@ -96,14 +96,6 @@ def _depth(sqs: Any, url: str) -> tuple[int, int]:
             int(attrs["ApproximateNumberOfMessagesNotVisible"]))
 
 
-def _row(summary: str, model: str) -> list[str]:
-    for line in summary.splitlines():
-        parts = line.split()
-        if parts and parts[0] == model:
-            return parts
-    raise AssertionError(f"no row for {model} in:\n{summary}")
-
-
 def test_the_deployment_is_healthy_and_has_parsed_the_dags(deployment: Deployment) -> None:
     health = deployment.api.health()
     for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
@@ -148,7 +140,7 @@ def test_sync_then_inference_through_the_rest_api(deployment: Deployment,
     assert _depth(sqs, queue_url) == (0, 0), "every message is deleted"
     summary = str(deployment.api.xcom("inference_dev", run_id, "report", "summary"))
     for model in MODELS:
-        assert _row(summary, model)[1] == "done", summary
+        assert summary_row(summary, model)[1] == "done", summary
 
 
 def test_a_failing_model_is_reported_with_every_other_and_keeps_its_messages(
@@ -173,9 +165,9 @@ def test_a_failing_model_is_reported_with_every_other_and_keeps_its_messages(
     assert states["frame_features.transform"] == "failed", f"{states}\n{summary}"
     assert states["clip_stats.transform"] == "success", f"{states}\n{summary}"
     assert states["report"] == "failed", f"{states}\n{summary}"
-    assert _row(summary, "frame_features")[1] == "failed", summary
-    assert _row(summary, "clip_stats")[1] == "done", summary
-    _row(summary, "scene_classifier")  # named, though it never ran
+    assert summary_row(summary, "frame_features")[1] == "failed", summary
+    assert summary_row(summary, "clip_stats")[1] == "done", summary
+    summary_row(summary, "scene_classifier")  # named, though it never ran
     visible, in_flight = _depth(clients.client("sqs"), created.queue_url)
     assert visible + in_flight == 2, "no message of a failed run is deleted"
 

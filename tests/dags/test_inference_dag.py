@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.dags.conftest import requires_sagemaker
+from tests.dags.conftest import requires_sagemaker, summary_row
 
 pytestmark = [pytest.mark.integration, requires_sagemaker]
 
@@ -17,14 +17,6 @@ MODELS = ("frame_features", "scene_classifier", "clip_stats")
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _row(summary: str, model: str) -> list[str]:
-    for line in summary.splitlines():
-        parts = line.split()
-        if parts and parts[0] == model:
-            return parts
-    raise AssertionError(f"no row for {model} in:\n{summary}")
 
 
 def test_a_batch_runs_every_model_then_a_rerun_skips_everything(make_pipeline: Any) -> None:
@@ -38,7 +30,8 @@ def test_a_batch_runs_every_model_then_a_rerun_skips_everything(make_pipeline: A
     assert set(first.states.values()) == {"success"}
     for model in MODELS:
         assert len(pipeline.outputs(model)) == 3, model
-        assert _row(first.summary, model)[1:4] == ["done", "3", "3"]  # status, records, written
+        # status, records, written
+        assert summary_row(first.summary, model)[1:4] == ["done", "3", "3"]
     assert pipeline.depth() == (0, 0), "every message is deleted"
     for model in MODELS:  # dag.test() runs the trigger inline; the task deferred and resumed
         assert first.reports[f"{model}.transform"][0]["wait"] == "deferred", model
@@ -51,7 +44,7 @@ def test_a_batch_runs_every_model_then_a_rerun_skips_everything(make_pipeline: A
 
     assert second.state == "success", second.summary
     for model in MODELS:
-        row = _row(second.summary, model)
+        row = summary_row(second.summary, model)
         assert row[1:3] == ["skipped", "3"] and row[4] == "3", second.summary  # 3 skipped
     assert "no transform job started" in second.summary
     assert pipeline.jobs_since(since) == [], "nothing left to do, so no job"
@@ -79,16 +72,16 @@ def test_a_failing_model_skips_its_downstream_and_keeps_the_messages(make_pipeli
     assert len(pipeline.outputs("clip_stats")) == 2
     head = result.summary.splitlines()[0]
     assert "FAILED" in head and "frame_features failed" in head
-    assert _row(result.summary, "frame_features")[1] == "failed"
-    reason = result.summary.split(_row(result.summary, "frame_features")[-1], 1)[1]
+    assert summary_row(result.summary, "frame_features")[1] == "failed"
+    reason = result.summary.split(summary_row(result.summary, "frame_features")[-1], 1)[1]
     assert "transform job smserve-frame-features-" in reason and "2 of 2 record(s) failed" \
         in reason
     assert "not on the allow-list" in reason, reason
     assert f"s3://{pipeline.resources.bucket}/{keys[0]}" in reason
-    assert _row(result.summary, "scene_classifier")[1] == "skipped"
+    assert summary_row(result.summary, "scene_classifier")[1] == "skipped"
     assert "upstream frame_features failed" in result.summary
     # the other branch finished before the report ran, and is reported as such (issue 10)
-    assert _row(result.summary, "clip_stats")[1:4] == ["done", "2", "2"], result.summary
+    assert summary_row(result.summary, "clip_stats")[1:4] == ["done", "2", "2"], result.summary
     assert "deleted 0 of 2 message(s); 2 kept on the queue" in result.summary
     for key in keys:
         assert f"({key}): kept, back on the queue after its visibility timeout" in result.summary
@@ -123,9 +116,9 @@ def test_one_bad_clip_fails_alone_and_reaches_the_dead_letter_queue_alone(
         written = [k for k in pipeline.outputs(model) if not k.endswith(".error.json")]
         assert len(written) == 3 and not any("broken" in k for k in written), model
     for model in ("frame_features", "clip_stats"):
-        assert _row(first.summary, model)[1:5] == ["partial", "4", "3", "0"], first.summary
+        assert summary_row(first.summary, model)[1:5] == ["partial", "4", "3", "0"], first.summary
     # scene_classifier runs on the three clips whose features exist, and says so
-    assert _row(first.summary, "scene_classifier")[1:4] == ["done", "3", "3"], first.summary
+    assert summary_row(first.summary, "scene_classifier")[1:4] == ["done", "3", "3"], first.summary
     assert "1 record(s) not run: their upstream output does not exist" in first.summary
     assert f"{bad}: no output of frame_features" in first.summary
     head = first.summary.splitlines()[0]
@@ -199,7 +192,7 @@ def test_no_messages_skips_every_model_and_still_reports(make_pipeline: Any) -> 
     assert result.states["skip_if_empty"] == "success"
     for model in MODELS:
         assert result.states[f"{model}.transform"] == "skipped"
-        assert _row(result.summary, model)[1] == "skipped"
+        assert summary_row(result.summary, model)[1] == "skipped"
     assert result.states["delete_messages"] == "skipped"
     assert result.states["report"] == "success"
     assert "received 0 message(s)" in result.summary
