@@ -95,14 +95,19 @@ def handler_imports_undone() -> Iterator[None]:
     """Undo, on exit, what ``serving.handler.load_handlers`` does to sys.path and sys.modules."""
     from serving import handler
 
-    path, modules = list(sys.path), set(sys.modules)
+    path, modules = list(sys.path), dict(sys.modules)
     folders = set(handler._MODEL_FOLDERS)
     try:
         yield
     finally:
         sys.path[:] = path
-        for name in set(sys.modules) - modules:
+        for name in set(sys.modules) - set(modules):
             del sys.modules[name]
+        # A name that existed before may now be another folder's module (two model
+        # folders' model.py): put each one back, or the next test imports a stranger.
+        for name, module in modules.items():
+            if sys.modules.get(name) is not module:
+                sys.modules[name] = module
         handler._MODEL_FOLDERS.clear()
         handler._MODEL_FOLDERS.update(folders)
 
