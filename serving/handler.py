@@ -206,10 +206,6 @@ def _entry_file(path: Path, program: str) -> Path:
     )
 
 
-#: Folders :func:`load_handlers` has put on ``sys.path``.
-_MODEL_FOLDERS: set[Path] = set()
-
-
 def _home(module: ModuleType) -> Path | None:
     """The folder a top-level module or package was imported from."""
     file = getattr(module, "__file__", None)
@@ -219,22 +215,42 @@ def _home(module: ModuleType) -> Path | None:
     return path.parent.parent if path.stem == "__init__" else path.parent
 
 
+def _kept_homes() -> set[Path]:
+    """Folders whose top-level modules a model's file never evicts.
+
+    The standard library, the installed packages (site-packages) and the
+    folder that holds the toolkit's own ``serving`` package.
+    """
+    import sysconfig
+
+    homes = {Path(__file__).resolve().parents[1]}
+    paths = sysconfig.get_paths()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        if paths.get(key):
+            homes.add(Path(paths[key]).resolve())
+            homes.add(Path(paths[key]).resolve() / "lib-dynload")
+    return homes
+
+
 def _forget_siblings(folder: Path) -> None:
-    """Drop cached modules from other model folders that share a name with one in ``folder``.
+    """Drop cached modules that a file or package in ``folder`` must replace.
 
     Two model folders both have ``model.py``; without this, the second
-    ``import model`` would return the first folder's module. Only modules
-    imported from a model folder loaded earlier are dropped (with their
-    submodules): the toolkit's own ``serving`` package, the standard library
-    and installed packages stay, whatever the model's files are called.
+    ``import model`` would return the first folder's module (or a ``model``
+    that something else imported from elsewhere: a test, the current
+    directory). A cached module of the same name is dropped, with its
+    submodules, unless it comes from ``folder`` itself, the standard library,
+    the installed packages or the toolkit (``serving`` stays whatever the
+    model's files are called).
     """
     names = {p.stem for p in folder.glob("*.py")} | {
         p.name for p in folder.iterdir() if (p / "__init__.py").is_file()
     }
-    others = _MODEL_FOLDERS - {folder}
+    kept = _kept_homes() | {folder}
     for name in names:
         mod = sys.modules.get(name)
-        if mod is None or _home(mod) not in others:
+        home = None if mod is None else _home(mod)
+        if home is None or home in kept:
             continue
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
             del sys.modules[key]
@@ -266,7 +282,6 @@ def load_handlers(path: str | Path, program: str = "serving.py") -> Handlers:
         sys.path.remove(str(folder))
     sys.path.insert(0, str(folder))
     _forget_siblings(folder)
-    _MODEL_FOLDERS.add(folder)
     name = f"_smserve_handler_{abs(hash(str(entry))):x}"
     spec = importlib.util.spec_from_file_location(name, entry)
     if spec is None or spec.loader is None:

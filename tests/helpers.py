@@ -93,10 +93,8 @@ def kill_tagged(tag: str, wait: float = 10.0, width: int = 200) -> list[str]:
 @contextmanager
 def handler_imports_undone() -> Iterator[None]:
     """Undo, on exit, what ``serving.handler.load_handlers`` does to sys.path and sys.modules."""
-    from serving import handler
 
     path, modules = list(sys.path), dict(sys.modules)
-    folders = set(handler._MODEL_FOLDERS)
     try:
         yield
     finally:
@@ -108,8 +106,6 @@ def handler_imports_undone() -> Iterator[None]:
         for name, module in modules.items():
             if sys.modules.get(name) is not module:
                 sys.modules[name] = module
-        handler._MODEL_FOLDERS.clear()
-        handler._MODEL_FOLDERS.update(folders)
 
 
 # --- recording HTTP servers -------------------------------------------------------------------

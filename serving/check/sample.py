@@ -23,6 +23,7 @@ from serving.check.report import describe
 from serving.errors import BadRequest, ConfigError, InputNotFound, SmserveError
 from serving.modelspec import ModelSpec
 from serving.s3refs import RequestRecord, dumps_records
+from serving.s3refs.outcomes import error_path
 
 SAMPLE_REQUEST = "sample_request.json"
 SAMPLE_DATA = "sample_data"
@@ -156,8 +157,9 @@ def stage_sample(s3: Any, sample: Sample, data_dir: Path) -> list[str]:
             s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(),
                           ContentType=content_type_of(path))
     for record in records:  # a stack shared with earlier runs: write the outputs afresh
-        if record.output_path not in objects:
-            s3.delete_object(Bucket=record.bucket, Key=record.output_path)
+        if record.output_path not in objects:  # (and no error document of an earlier run)
+            for key in (record.output_path, error_path(record.output_path)):
+                s3.delete_object(Bucket=record.bucket, Key=key)
     lines = []
     for i, record in enumerate(records):
         for name, key in record.inputs.items():

@@ -121,6 +121,8 @@ def test_stage_sample_uploads_and_clears_old_outputs(clients: Any, clip_stats: P
     sample = load_sample(clip_stats, load_spec(clip_stats))
     s3.create_bucket(Bucket="smserve-samples")
     s3.put_object(Bucket="smserve-samples", Key=RECORD["output_path"], Body=b"old")
+    s3.put_object(Bucket="smserve-samples", Key=RECORD["output_path"] + ".error.json",
+                  Body=b'{"status": "failed"}')
     lines = stage_sample(s3, sample, clip_stats / "sample_data")
     assert lines == ["record 0 input 'video': s3://smserve-samples/samples/clips/clip-000.npy "
                      "(ndarray uint8 (8, 32, 32, 3))"]

@@ -402,6 +402,21 @@ def test_two_folders_each_get_their_own_model_module(make_model: MakeModel) -> N
     assert again.load_model("/x") == "a"
 
 
+def test_a_model_module_imported_from_elsewhere_does_not_shadow_the_folders(
+        make_model: MakeModel, tmp_path: Path) -> None:
+    # Something else in the process (a test, a notebook, the current directory) has a
+    # `model` of its own: the model folder's model.py still wins for its handlers.
+    stranger = make_model("elsewhere", model='NAME = "stranger"\n')
+    sys.path.insert(0, str(stranger))
+    sys.modules.pop("model", None)  # (the fixture puts back whatever was there)
+    import model  # type: ignore[import-not-found]
+
+    assert model.NAME == "stranger"
+    loaded = load_handlers(make_model("a", serving=SIBLING, model='NAME = "a"\n'))
+    assert loaded.load_model("/x") == "a"
+    assert sys.modules["json"].__name__ == "json"  # the standard library stays
+
+
 def test_sibling_packages_and_their_submodules_are_not_shared(make_model: MakeModel,
                                                               tmp_path: Path) -> None:
     source = """
