@@ -154,8 +154,8 @@ class Deployment:
             # Hand-overs: a task's downstream is queued on the scheduler's next loop, and an
             # idle loop sleeps this long first (default 1 s: about 0.5 s on average for each of
             # the critical path's hand-overs and trigger resumes). 0.25 s makes that about
-            # 0.12 s for about 5 % of one core more while idle (scheduler and PostgreSQL, 3.5 %
-            # -> 8.6 % measured here; bench/README.md); production keeps the default 1 s, where
+            # 0.12 s for about 5 % of one core more while idle (scheduler and PostgreSQL, 3 % ->
+            # 8 % here: bench/scheduler_idle_cpu.py); production keeps the default 1 s, where
             # hours-long transforms dwarf it and several schedulers share the database.
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25",
             "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(self.endpoint_url, self.region),
