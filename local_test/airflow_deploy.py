@@ -151,12 +151,9 @@ class Deployment:
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret,
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs / "tasks"),
-            # Hand-overs: a task's downstream is queued on the scheduler's next loop, and an
-            # idle loop sleeps this long first (default 1 s: about 0.5 s on average for each of
-            # the critical path's hand-overs and trigger resumes). 0.25 s makes that about
-            # 0.12 s for about 5 % of one core more while idle (scheduler and PostgreSQL, 3 % ->
-            # 8 % here: bench/scheduler_idle_cpu.py); production keeps the default 1 s, where
-            # hours-long transforms dwarf it and several schedulers share the database.
+            # Hand-overs: an idle scheduler loop sleeps this long before it queues a finished
+            # task's downstream (default 1 s: ~0.5 s a hand-over); 0.25 s costs ~5 % of a core
+            # more while idle (bench/scheduler_idle_cpu.py). Production keeps the default 1 s.
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25",
             "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(self.endpoint_url, self.region),
         }

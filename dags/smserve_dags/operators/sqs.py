@@ -307,15 +307,14 @@ def extend_visibility(sqs: Any, url: str, messages: Sequence[Mapping[str, Any]],
                       seconds: int) -> list[str]:
     """Keep ``messages`` invisible for ``seconds`` more; returns the ids that could not be.
 
-    A message whose receipt handle went stale (its visibility ran out and
-    someone received it again) cannot be extended; it is returned, not raised.
+    A few calls run at once. A message whose receipt handle went stale (its visibility ran
+    out and someone received it again) cannot be extended; it is returned, not raised.
     """
     def change(chunk: Sequence[Mapping[str, Any]]) -> list[str]:
         entries = [{**e, "VisibilityTimeout": seconds} for e in _entries(chunk)]
         answer = sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
         return [chunk[int(failure["Id"])]["MessageId"] for failure in answer.get("Failed") or []]
 
-    # the 10-entry calls at once (bounded), their answers in the messages' order
     return [message_id for lost in each(change, _chunks(list(messages))) for message_id in lost]
 
 
@@ -337,18 +336,16 @@ class DeleteResult:
 
 
 def delete_batch(sqs: Any, url: str, messages: Sequence[Mapping[str, Any]]) -> DeleteResult:
-    """Delete ``messages`` (10 per call, a few calls at once); stale receipt handles are reported.
+    """Delete ``messages`` (10 per call, a few calls at once, the result in their order).
 
-    The answers are read in the messages' order, so the result's order does
-    not depend on which call ended first.
+    Stale receipt handles are reported, not raised.
     """
     deleted: list[str] = []
     stale: dict[str, str] = {}
     failed: dict[str, str] = {}
     chunks = list(_chunks(list(messages)))
-    answers = each(lambda chunk: sqs.delete_message_batch(QueueUrl=url, Entries=_entries(chunk)),
-                   chunks)
-    for chunk, answer in zip(chunks, answers, strict=True):
+    for chunk, answer in zip(chunks, each(lambda chunk: sqs.delete_message_batch(
+            QueueUrl=url, Entries=_entries(chunk)), chunks), strict=True):
         for ok in answer.get("Successful") or []:
             deleted.append(chunk[int(ok["Id"])]["MessageId"])
         for bad in answer.get("Failed") or []:
