@@ -89,7 +89,7 @@ def prepare_requests(model: str, env: str, batch: Mapping[str, Any],
             digest = hashlib.sha256(body).hexdigest()[:12]
             key = f"{base}requests/{digest}.jsonl"
             s3.put_object(Bucket=bucket, Key=key, Body=body,
-                              ContentType="application/jsonlines")
+                          ContentType="application/jsonlines")
             request_uri = f"s3://{bucket}/{key}"
     except Exception as err:
         if not error_code(err) and not isinstance(err, ValueError):
