@@ -218,3 +218,24 @@ def test_a_batch_larger_than_max_xcom_bytes_fails_and_goes_back_to_the_queue(
     assert all(m["Attributes"]["ApproximateReceiveCount"] == "2" for m in got), \
         "received once by the failed try, nothing lost"
     assert len(json.dumps(got)) <= 4096
+
+
+def test_visibility_and_deletion_of_many_chunks_keep_the_messages_order(
+        clients: Any, resources: Resources) -> None:
+    from smserve_dags.operators.sqs import collect_messages, delete_batch, extend_visibility
+
+    sqs = clients.client("sqs")
+    send(sqs, resources.queue_url, 35)
+    got = collect_messages(sqs, resources.queue_url, 35, visibility_timeout=30,
+                           wait_seconds=0, expected=35).messages
+    assert len(got) == 35
+    stale_at = (3, 12, 27, 34)  # in the first, second, third and last call's chunk
+    batch = [{**m, "ReceiptHandle": f"stale-{i}"} if i in stale_at else m
+             for i, m in enumerate(got)]
+    ids = [m["MessageId"] for m in got]
+    assert extend_visibility(sqs, resources.queue_url, batch, 600) == [ids[i] for i in stale_at]
+    result = delete_batch(sqs, resources.queue_url, batch)
+    assert result.deleted == [m for i, m in enumerate(ids) if i not in stale_at]
+    assert list(result.stale) == [ids[i] for i in stale_at]
+    assert result.failed == {}
+    assert _depth(sqs, resources.queue_url) == (0, 4), "only the ones with a live handle are gone"

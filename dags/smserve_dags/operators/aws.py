@@ -9,12 +9,54 @@ to boto3's defaults (the provider's hooks only log a warning).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from smserve_dags.config import ConfigError
 
-__all__ = ["Aws", "describe_error", "error_code", "job_missing"]
+__all__ = ["CONCURRENCY", "Aws", "at_once", "describe_error", "each", "error_code", "job_missing"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+S = TypeVar("S")
+
+#: AWS calls a task makes at once (boto3 clients are thread-safe): enough to hide the round
+#: trips of a batch's 10-entry SQS calls and per-object S3 calls, few enough for a small worker.
+CONCURRENCY = 8
+
+
+def each(call: Callable[[T], R], items: Iterable[T], limit: int = CONCURRENCY) -> list[R]:
+    """``call(item)`` for every item, at most ``limit`` at once; the results in ``items``' order.
+
+    Every call runs to its end; then the first exception, in ``items``' order,
+    is raised (as a loop that went on past a failure would raise it).
+    """
+    todo = list(items)
+    if len(todo) <= 1 or limit <= 1:
+        return [call(item) for item in todo]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(limit, len(todo))) as pool:
+        futures = [pool.submit(call, item) for item in todo]
+    return [f.result() for f in futures]
+
+
+def at_once(first: Callable[[], R], second: Callable[[], S]) -> tuple[R, S]:
+    """``(first(), second())``, the two run at the same time (``second`` in a thread).
+
+    Both run to their end; then ``first``'s exception, else ``second``'s, is raised.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        later = pool.submit(second)
+        try:
+            result = first()
+        except BaseException:
+            later.exception()  # wait for it: nothing of this call runs on afterwards
+            raise
+    return result, later.result()
 
 
 def error_code(err: BaseException) -> str:

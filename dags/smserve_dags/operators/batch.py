@@ -15,7 +15,7 @@ from typing import Any
 from airflow.sdk import TriggerRule, get_current_context, task
 
 from smserve_dags.config import ConfigError, load_config
-from smserve_dags.operators.aws import Aws, describe_error, error_code
+from smserve_dags.operators.aws import Aws, at_once, describe_error, each, error_code
 from smserve_dags.operators.messages import BadMessage, batch_id, parse_batch
 from smserve_dags.operators.report import fail, report_message
 from smserve_dags.operators.sqs import dead_letter, delete_batch, queue_url
@@ -85,10 +85,13 @@ def parse_messages(env: str, messages: Sequence[Mapping[str, Any]] | None) -> di
         aws.check_connection()
         url = queue_url(aws.sqs, cfg.queue)
         aws.check_bucket(cfg.bucket)  # else every object would look missing
-        batch = parse_batch(received, cfg.bucket,
-                            exists=lambda keys: existing_keys(aws.s3, cfg.bucket, keys),
-                            check_key=_check_key)
-        letters = dead_letter(aws.sqs, url)
+        s3, sqs = aws.s3, aws.sqs  # the clients made once, here; the threads share them
+        # the redrive policy is read while the objects are checked
+        batch, letters = at_once(
+            lambda: parse_batch(received, cfg.bucket,
+                                exists=lambda keys: existing_keys(s3, cfg.bucket, keys),
+                                check_key=_check_key),
+            lambda: dead_letter(sqs, url))
     except ConfigError as err:
         fail(ti, str(err))
     except Exception as err:
@@ -169,19 +172,24 @@ def delete_messages(env: str, models: Sequence[str]) -> None:
             records = graph.build_requests(model, bucket, every, prefix=cfg.output_prefix)
             expected[model] = {k: r.output_path
                                for k, r in zip(dict.fromkeys(every), records, strict=True)}
-        exists = existing_keys(aws.s3, bucket, [o for m in expected.values() for o in m.values()])
         base = run_prefix(cfg, ti.dag_id, ti.run_id, str(batch["batch"]))
-        outcomes = {m: read_outcomes(aws.s3, bucket, f"{base}{m}/out/") for m in models}
+        s3, sqs = aws.s3, aws.sqs  # the clients made once, here; the threads share them
+        # independent reads at once: the outputs and the redrive policy, then each model's outcomes
+        exists, letters = at_once(
+            lambda: existing_keys(s3, bucket, [o for m in expected.values() for o in m.values()]),
+            lambda: dead_letter(sqs, str(batch["queue_url"])))
+        outcomes = dict(zip(models, each(
+            lambda m: read_outcomes(s3, bucket, f"{base}{m}/out/"), models), strict=True))
         states = collect_states(ti)
         ended = {m: f"its transform task is {task_state(states, f'{m}.transform') or 'unknown'}"
                  for m in models}
         fates = message_fates(chosen, keys_of, expected, exists, outcomes, ended)
-        letters = dead_letter(aws.sqs, str(batch["queue_url"]))
         done = [m for m, f in zip(chosen, fates, strict=True) if f.delete]
-        result = delete_batch(aws.sqs, str(batch["queue_url"]), done)
-        notes = [write_note(aws.s3, bucket, cfg.work_prefix, f, dag_id=ti.dag_id,
-                            run_id=ti.run_id, body=str(m.get("Body", "")))
-                 for m, f in zip(chosen, fates, strict=True) if not f.delete]
+        result = delete_batch(sqs, str(batch["queue_url"]), done)
+        notes = each(lambda pair: write_note(s3, bucket, cfg.work_prefix, pair[1],
+                                             dag_id=ti.dag_id, run_id=ti.run_id,
+                                             body=str(pair[0].get("Body", ""))),
+                     [(m, f) for m, f in zip(chosen, fates, strict=True) if not f.delete])
     except ConfigError as err:
         fail(ti, str(err))
     kept = [f for f in fates if not f.delete]

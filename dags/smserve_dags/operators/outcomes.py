@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from smserve_dags.operators.aws import each
+
 __all__ = ["Fate", "failed_reason", "message_fates", "note_key", "read_outcomes", "write_note"]
 
 #: Failed objects named in one reason line (the rest are counted).
@@ -39,10 +41,12 @@ def read_outcomes(s3: Any, bucket: str, prefix: str) -> dict[str, dict[str, Any]
     items = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         items.extend(page.get("Contents", []))
-    for item in sorted(items, key=lambda i: (i.get("LastModified") or datetime.min, i["Key"])):
-        if not item["Key"].endswith(".out"):
-            continue
-        body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+    keys = [item["Key"] for item in sorted(
+        items, key=lambda i: (i.get("LastModified") or datetime.min, i["Key"]))
+        if item["Key"].endswith(".out")]
+    # read at once (bounded), parsed in the listing's order: a later job's answer still wins
+    bodies = each(lambda key: s3.get_object(Bucket=bucket, Key=key)["Body"].read(), keys)
+    for body in bodies:
         for outcome in parse(body):
             if outcome is not None and outcome.key:
                 found[outcome.key] = outcome.to_dict()

@@ -20,7 +20,7 @@ from typing import Any
 from airflow.sdk import get_current_context, task
 
 from smserve_dags.config import ConfigError, PipelineConfig, load_config
-from smserve_dags.operators.aws import Aws, describe_error, error_code
+from smserve_dags.operators.aws import Aws, at_once, describe_error, error_code
 from smserve_dags.operators.batch import batch_messages, existing_keys
 from smserve_dags.operators.models import model_graph
 from smserve_dags.operators.report import fail, report_message
@@ -65,19 +65,22 @@ def prepare_requests(model: str, env: str, batch: Mapping[str, Any],
         _model_failed(ti, model, len(keys), str(err))
     bucket = str(batch["bucket"])
     try:
-        lost = extend_visibility(aws.sqs, str(batch["queue_url"]),
-                                 batch_messages(batch, messages),
-                                 cfg.visibility_timeout_seconds)
-        if lost:
-            log.warning("%d message(s) could not be kept invisible (their receipt handle "
-                           "went stale): %s", len(lost), ", ".join(lost))
         from serving.s3refs import dumps_records
 
         graph = model_graph()
         records = graph.build_requests(model, bucket, keys, prefix=cfg.output_prefix)
-        found = existing_keys(aws.s3, bucket, [r.output_path for r in records])
+        s3, sqs = aws.s3, aws.sqs  # the clients made once, here; the threads share them
+        # the visibility is extended while the outputs are checked (both before any upload)
+        lost, found = at_once(
+            lambda: extend_visibility(sqs, str(batch["queue_url"]),
+                                      batch_messages(batch, messages),
+                                      cfg.visibility_timeout_seconds),
+            lambda: existing_keys(s3, bucket, [r.output_path for r in records]))
+        if lost:
+            log.warning("%d message(s) could not be kept invisible (their receipt handle "
+                           "went stale): %s", len(lost), ", ".join(lost))
         pending = [r for r in records if r.output_path not in found]
-        pending, blocked = _upstream_ready(aws.s3, bucket, graph[model].upstream_inputs,
+        pending, blocked = _upstream_ready(s3, bucket, graph[model].upstream_inputs,
                                            pending, keys, records)
         body = dumps_records(pending)
         base = run_prefix(cfg, ti.dag_id, ti.run_id, str(batch["batch"])) + f"{model}/"
@@ -85,8 +88,8 @@ def prepare_requests(model: str, env: str, batch: Mapping[str, Any],
         if pending:
             digest = hashlib.sha256(body).hexdigest()[:12]
             key = f"{base}requests/{digest}.jsonl"
-            aws.s3.put_object(Bucket=bucket, Key=key, Body=body,
-                              ContentType="application/jsonlines")
+            s3.put_object(Bucket=bucket, Key=key, Body=body,
+                          ContentType="application/jsonlines")
             request_uri = f"s3://{bucket}/{key}"
     except Exception as err:
         if not error_code(err) and not isinstance(err, ValueError):

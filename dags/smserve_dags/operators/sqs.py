@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 from airflow.sdk import BaseSensorOperator
 
 from smserve_dags.config import ConfigError, PipelineConfig, load_config
-from smserve_dags.operators.aws import Aws, describe_error, error_code
+from smserve_dags.operators.aws import Aws, describe_error, each, error_code
 from smserve_dags.operators.report import fail, report_message, trigger_failed
 from smserve_dags.triggers import QueueBatchTrigger, approximate_count
 
@@ -307,16 +307,15 @@ def extend_visibility(sqs: Any, url: str, messages: Sequence[Mapping[str, Any]],
                       seconds: int) -> list[str]:
     """Keep ``messages`` invisible for ``seconds`` more; returns the ids that could not be.
 
-    A message whose receipt handle went stale (its visibility ran out and
-    someone received it again) cannot be extended; it is returned, not raised.
+    A few calls run at once. A message whose receipt handle went stale (its visibility ran
+    out and someone received it again) cannot be extended; it is returned, not raised.
     """
-    lost: list[str] = []
-    for chunk in _chunks(list(messages)):
+    def change(chunk: Sequence[Mapping[str, Any]]) -> list[str]:
         entries = [{**e, "VisibilityTimeout": seconds} for e in _entries(chunk)]
         answer = sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
-        for failure in answer.get("Failed") or []:
-            lost.append(chunk[int(failure["Id"])]["MessageId"])
-    return lost
+        return [chunk[int(failure["Id"])]["MessageId"] for failure in answer.get("Failed") or []]
+
+    return [message_id for lost in each(change, _chunks(list(messages))) for message_id in lost]
 
 
 @dataclass(frozen=True)
@@ -337,12 +336,16 @@ class DeleteResult:
 
 
 def delete_batch(sqs: Any, url: str, messages: Sequence[Mapping[str, Any]]) -> DeleteResult:
-    """Delete ``messages`` (10 per call); stale receipt handles are reported, not raised."""
+    """Delete ``messages`` (10 per call, a few calls at once, the result in their order).
+
+    Stale receipt handles are reported, not raised.
+    """
     deleted: list[str] = []
     stale: dict[str, str] = {}
     failed: dict[str, str] = {}
-    for chunk in _chunks(list(messages)):
-        answer = sqs.delete_message_batch(QueueUrl=url, Entries=_entries(chunk))
+    chunks = list(_chunks(list(messages)))
+    for chunk, answer in zip(chunks, each(lambda chunk: sqs.delete_message_batch(
+            QueueUrl=url, Entries=_entries(chunk)), chunks), strict=True):
         for ok in answer.get("Successful") or []:
             deleted.append(chunk[int(ok["Id"])]["MessageId"])
         for bad in answer.get("Failed") or []:
