@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -327,10 +328,15 @@ def _ended(sm: Any, name: str, timeout: float = 180.0) -> dict[str, Any]:
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("signo", [signal.SIGHUP, signal.SIGKILL],
-                         ids=lambda s: signal.Signals(s).name)
-def test_local_up_leaves_nothing_after_a_signal_during_a_job(
-        signo: int, tag: str, scratch: Path, tmp_path: Path) -> None:
+@contextmanager
+def _local_up_running_a_slow_job(
+        tag: str, scratch: Path, tmp_path: Path,
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], Any, str]]:
+    """``smserve local up`` with a job whose model is busy on its record.
+
+    Yields ``(process, its exports, a SageMaker client, the job name)``; the process is
+    killed at the end, whatever the test did to it.
+    """
     proc = _spawn("local", "up", env=_env(tag, scratch))
     try:
         env = _exports(proc)
@@ -338,6 +344,17 @@ def test_local_up_leaves_nothing_after_a_signal_during_a_job(
         sm, name = _slow_job(env, tmp_path, mark)
         _wait_for("the job's model to start on its record", mark.exists, proc,
                   explain=lambda: _job_story(env, sm, name))
+        yield proc, env, sm, name
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("signo", [signal.SIGHUP, signal.SIGKILL],
+                         ids=lambda s: signal.Signals(s).name)
+def test_local_up_leaves_nothing_after_a_signal_during_a_job(
+        signo: int, tag: str, scratch: Path, tmp_path: Path) -> None:
+    with _local_up_running_a_slow_job(tag, scratch, tmp_path) as (proc, _, _, _):
         proc.send_signal(signo)
         code = wait_or_dump(proc, DEADLINE, proc.stdout)
         assert _all_gone(tag) == []
@@ -346,9 +363,6 @@ def test_local_up_leaves_nothing_after_a_signal_during_a_job(
             assert _leftover_files(scratch) == []
         else:
             _next_command_clears(tag, scratch)
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 # --- a job whose container's entry process dies -------------------------------------------------
@@ -356,13 +370,7 @@ def test_local_up_leaves_nothing_after_a_signal_during_a_job(
 
 def test_a_job_whose_entry_process_is_killed_fails_with_that_reason(
         tag: str, scratch: Path, tmp_path: Path) -> None:
-    proc = _spawn("local", "up", env=_env(tag, scratch))
-    try:
-        env = _exports(proc)
-        mark = tmp_path / "started"
-        sm, name = _slow_job(env, tmp_path, mark)
-        _wait_for("the job's model to start on its record", mark.exists, proc,
-                  explain=lambda: _job_story(env, sm, name))
+    with _local_up_running_a_slow_job(tag, scratch, tmp_path) as (proc, _, sm, name):
         (entry,) = [p for p in tagged(tag) if "serving.cli serve" in " ".join(p.cmdline())]
         entry.kill()
         described = _ended(sm, name, DEADLINE)
@@ -374,9 +382,6 @@ def test_a_job_whose_entry_process_is_killed_fails_with_that_reason(
         assert [n for n in _all_gone_but(tag, proc.pid)] == []
         proc.send_signal(signal.SIGTERM)
         assert wait_or_dump(proc, DEADLINE, proc.stdout) == 128 + signal.SIGTERM
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def _all_gone_but(tag: str, keep: int, timeout: float = DEADLINE) -> list[str]:
