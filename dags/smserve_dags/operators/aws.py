@@ -33,11 +33,11 @@ def each(call: Callable[[T], R], items: Iterable[T], limit: int = CONCURRENCY) -
     is raised (as a loop that went on past a failure would raise it).
     """
     todo = list(items)
-    if len(todo) <= 1 or limit <= 1:
+    if len(todo) <= 1:
         return [call(item) for item in todo]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(min(limit, len(todo))) as pool:
+    with ThreadPoolExecutor(max(1, min(limit, len(todo)))) as pool:
         futures = [pool.submit(call, item) for item in todo]
     return [f.result() for f in futures]
 
