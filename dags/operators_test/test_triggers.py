@@ -110,6 +110,51 @@ def test_the_transform_defers_and_resumes_when_its_job_completes(
 
 
 @needs_sagemaker
+def test_a_job_that_ends_within_the_hold_costs_no_deferral(
+        clients: Any, resources: Resources) -> None:
+    from smserve_dags.operators.transform import BatchTransformOperator, job_name
+
+    resources.configure(transform_hold_seconds=120)
+    ti = FakeTI(run_id="manual__held")
+    work = make_work(clients, resources, ti, 2, MODEL)
+    operator = BatchTransformOperator(task_id="t", model=MODEL, env="dev", work=work)
+
+    begun = time.monotonic()
+    operator.execute({"ti": ti})  # no TaskDeferred: the job ended while the task polled it
+
+    report = ti.xcoms["report"]
+    name = job_name(ti.dag_id, ti.run_id, MODEL, work["batch"], 1)
+    assert (report["status"], report["written"], report["job"]) == ("done", 2, name)
+    assert "wait" not in report, "the task waited itself, it never deferred"
+    assert time.monotonic() - begun < 120, "it stopped polling once the job ended"
+    found = clients.client("sagemaker").describe_transform_job(TransformJobName=name)
+    assert found["TransformJobStatus"] == "Completed"
+
+
+@needs_sagemaker
+def test_in_reschedule_mode_only_the_first_poke_of_a_try_holds(
+        clients: Any, resources: Resources) -> None:
+    from datetime import UTC, datetime
+
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    from smserve_dags.operators.transform import BatchTransformOperator
+
+    resources.configure(transform_hold_seconds=120, deferrable=False)
+    # a later poke of the try (the scheduler rescheduled it before): no hold, the slot goes back
+    ti = FakeTI(run_id="manual__rescheduled", first_reschedule=datetime.now(UTC))
+    work = make_work(clients, resources, ti, 2, MODEL)
+    operator = BatchTransformOperator(task_id="t", model=MODEL, env="dev", work=work)
+    with pytest.raises(AirflowRescheduleException):
+        operator.execute({"ti": ti})
+    assert "report" not in ti.xcoms
+
+    first = FakeTI(run_id="manual__rescheduled")  # the try's first poke holds until the end
+    operator.execute({"ti": first})
+    assert first.xcoms["report"]["status"] == "done"
+
+
+@needs_sagemaker
 def test_a_failed_job_fires_with_its_reason_and_fails_the_task(
         clients: Any, resources: Resources) -> None:
     from airflow.sdk.exceptions import AirflowFailException

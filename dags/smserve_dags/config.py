@@ -33,6 +33,7 @@ key                            meaning                                      defa
 ``visibility_timeout_seconds``  how long a batch stays invisible per model   1800
 ``transform_poll_seconds``     between two DescribeTransformJob calls       30
 ``transform_timeout_seconds``  a transform task gives up after this long    21600
+``transform_hold_seconds``     poll the job in the task this long first     0
 ``min_reschedule_seconds``     floor of the two intervals above (reschedule) 5
 ``deferrable``                 wait in the triggerer (false: reschedule)    ``true``
 ``max_xcom_bytes``             largest batch (JSON) the sensor pushes       48 MiB
@@ -48,6 +49,12 @@ buffering sensor, each transform task) hand their worker slot back and
 triggerer must be able to import ``smserve_dags``); with ``false`` they poke
 in ``reschedule`` mode, every ``poke_interval_seconds`` /
 ``transform_poll_seconds`` but at least ``min_reschedule_seconds``.
+``transform_hold_seconds`` > 0 makes each transform task poll its own job
+(every ``transform_poll_seconds``) for that long before it defers or
+reschedules: a job that ends sooner costs no defer, trigger and resume, about
+two task hand-overs. Worth it where jobs last seconds (``dev`` on the
+embedded stack); against SageMaker, whose jobs take minutes, 0 frees the
+slot at once, as the provider's deferrable operators do.
 ``max_xcom_bytes`` bounds the XCom ``messages`` (each message as JSON);
 a larger batch fails the sensor and deletes nothing.
 
@@ -102,6 +109,7 @@ class PipelineConfig:
     visibility_timeout_seconds: int = 1800
     transform_poll_seconds: float = 30.0
     transform_timeout_seconds: float = 6 * 3600.0
+    transform_hold_seconds: float = 0.0
     min_reschedule_seconds: float = 5.0
     deferrable: bool = True
     max_xcom_bytes: int = 48 * 2**20
@@ -151,7 +159,8 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "max_wait_seconds": (int, float), "poke_interval_seconds": (int, float),
     "receive_wait_seconds": (int,), "visibility_timeout_seconds": (int,),
     "transform_poll_seconds": (int, float), "transform_timeout_seconds": (int, float),
-    "min_reschedule_seconds": (int, float), "aws_conn_id": (str, type(None)),
+    "transform_hold_seconds": (int, float), "min_reschedule_seconds": (int, float),
+    "aws_conn_id": (str, type(None)),
     "deferrable": (bool,), "max_xcom_bytes": (int,),
     "images": (dict,), "role_arn": (str, type(None)),
     "model_environment": (dict,),
@@ -165,6 +174,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "poke_interval_seconds": (0.1, 3600), "receive_wait_seconds": (0, 20),
     "visibility_timeout_seconds": (1, 12 * 3600), "transform_poll_seconds": (0.1, 3600),
     "transform_timeout_seconds": (1, 5 * 24 * 3600), "min_reschedule_seconds": (0, 600),
+    "transform_hold_seconds": (0, 600),
     "max_xcom_bytes": (1024, 255 * 2**20),
 }
 

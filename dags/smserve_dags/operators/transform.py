@@ -6,7 +6,10 @@ are its own. No worker slot is held while SageMaker works: with
 ``deferrable`` (the default) the task defers to a
 :class:`~smserve_dags.triggers.TransformJobTrigger` (task state ``deferred``)
 and, when the job ends, resumes in :meth:`~BatchTransformOperator.execute_complete`
-with one more poke; otherwise it is a sensor in ``reschedule`` mode. Each poke:
+with one more poke; otherwise it is a sensor in ``reschedule`` mode. Before either,
+the task polls the job itself for ``transform_hold_seconds`` (default 0): a job
+that ends within it costs no hand-over, which matters for jobs of seconds (the
+embedded stack), not for SageMaker's jobs of minutes. Each poke:
 
 1. ``DescribeTransformJob`` for the names of this try and the earlier ones:
    a ``Completed`` one is adopted (no new job; its outputs are counted), an
@@ -143,23 +146,30 @@ class BatchTransformOperator(BaseSensorOperator):
         self._cfg: PipelineConfig | None = None
         self._waiting: str | None = None
         self._deferred = False
+        self._clients: Aws | None = None
 
     # --- deferred -------------------------------------------------------------------------
 
     def execute(self, context: Any) -> Any:
-        """Defer to the triggerer while the job runs (``deferrable``), or poke (reschedule)."""
+        """Poke; poll ``transform_hold_seconds`` here; then defer, or poke in reschedule mode."""
+        started = time.time()
         try:
             deferrable = load_config(self.env).deferrable
         except ConfigError as err:
             self._failed(context["ti"], self.work, str(err), None)
+        # in reschedule mode only a try's first poke holds the slot
+        first = deferrable or context["ti"].get_first_reschedule_date(context) is None
+        if self.poke(context) or (first and self._hold(context)):
+            return None
         if not deferrable:
             return super().execute(context)
-        self._advance(context, time.time())
+        self._defer(started)
         return None
 
     def execute_complete(self, context: Any, event: Mapping[str, Any]) -> None:
         """The trigger fired: one more poke (adopt, report, fail) or, on an error, fail."""
         ti = context["ti"]
+        self._deferred = True
         status = event.get("status")
         if status == "error":
             self._failed(ti, self.work, str(event["message"]), None,
@@ -171,13 +181,27 @@ class BatchTransformOperator(BaseSensorOperator):
                 f"(transform_timeout_seconds); raise transform_timeout_seconds in Variable "
                 f"smserve_{self.env}, then clear this task: it adopts the job, which keeps "
                 "running (StopTransformJob stops it)"), None)
-        self._advance(context, float(event["started"]))
+        if not self.poke(context):
+            self._defer(float(event["started"]))
 
-    def _advance(self, context: Any, started: float) -> None:
-        """Poke once; defer until the job this try waits for ends, unless the poke finished."""
-        self._deferred = True
-        if self.poke(context):
-            return
+    def _hold(self, context: Any) -> bool:
+        """Poll the job from this task for ``transform_hold_seconds``; True once a poke finished.
+
+        A job that ends within the hold costs no hand-over (no defer, trigger and
+        resume, no reschedule); a longer one gives the slot back after it.
+        """
+        assert self._cfg is not None and self._waiting is not None
+        cfg, name = self._cfg, self._waiting
+        end = time.monotonic() + cfg.transform_hold_seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(cfg.transform_poll_seconds, left))
+            found = self._describe(self._aws(cfg), name)
+            if found is None or found["TransformJobStatus"] not in RUNNING:
+                return self.poke(context)
+        return False
+
+    def _defer(self, started: float) -> None:
+        """Hand the slot back until the job this try waits for ends (or the deadline)."""
         assert self._cfg is not None and self._waiting is not None
         cfg = self._cfg
         deadline = started + cfg.transform_timeout_seconds
@@ -189,6 +213,13 @@ class BatchTransformOperator(BaseSensorOperator):
             variable=cfg.variable), method_name="execute_complete",
             timeout=timedelta(seconds=backstop))
 
+    def _aws(self, cfg: PipelineConfig) -> Aws:
+        """The connection's clients, made once per task process (per connection id)."""
+        if self._clients is None or self._clients.conn_id != cfg.aws_conn_id:
+            self._clients = Aws(cfg.aws_conn_id, cfg.variable)
+            self._clients.check_connection()
+        return self._clients
+
     # --- one poke ------------------------------------------------------------------------
 
     def poke(self, context: Any) -> bool:
@@ -199,8 +230,7 @@ class BatchTransformOperator(BaseSensorOperator):
             cfg = load_config(self.env)
             self.poke_interval = cfg.interval(cfg.transform_poll_seconds, self.mode)
             self.timeout = cfg.transform_timeout_seconds
-            aws = Aws(cfg.aws_conn_id, cfg.variable)
-            aws.check_connection()
+            aws = self._aws(cfg)
         except ConfigError as err:
             self._failed(ti, work, str(err), None)
         self._cfg = cfg
@@ -238,7 +268,8 @@ class BatchTransformOperator(BaseSensorOperator):
 
     def _describe(self, aws: Aws, name: str) -> dict[str, Any] | None:
         try:
-            found: dict[str, Any] | None = aws.sagemaker_hook.describe_transform_job(name)
+            found: dict[str, Any] | None = aws.sagemaker.describe_transform_job(
+                TransformJobName=name)
         except Exception as err:
             if job_missing(err):
                 return None
