@@ -55,7 +55,7 @@ from _common import (
 
 MODELS = ("frame_features", "scene_classifier", "clip_stats")
 #: Tasks whose time is our own work (not waiting on SQS or a transform job).
-WORK_TASKS = ("parse_messages", "skip_if_empty", "delete_messages", "report")
+WORK_TASKS = ("delete_messages", "report")
 
 
 @contextmanager

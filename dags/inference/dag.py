@@ -3,17 +3,17 @@
 One function builds both; they differ only in the environment whose
 Variable names the bucket and the queue (see ``smserve_dags/config.py``)::
 
-    wait_for_messages -> parse_messages -> skip_if_empty
+    wait_for_messages
         -> frame_features.requests -> frame_features.transform
                -> scene_classifier.requests -> scene_classifier.transform  -\\
         -> clip_stats.requests -> clip_stats.transform ---------------------+-> delete_messages
                                                                                  -> report
 
 - ``wait_for_messages`` buffers up to ``max_messages`` messages, or what
-  came in ``max_wait_seconds`` (reschedule mode; deletes nothing);
-- ``parse_messages`` turns them into input objects and sets aside the ones
-  it cannot use (they stay on the queue, and reach the dead-letter queue);
-  ``skip_if_empty`` skips every model when nothing is left;
+  came in ``max_wait_seconds`` (deferred, or reschedule mode; deletes
+  nothing), then turns them into input objects and sets aside the ones it
+  cannot use (they stay on the queue, and reach the dead-letter queue); with
+  nothing left it ends ``skipped`` and so does every model;
 - one task group per model, from ``models/*/model.toml`` and ``depends_on``
   (the graph the local pipeline run uses): ``requests`` extends the batch's
   visibility timeout and uploads the records whose output is missing;
@@ -50,11 +50,10 @@ if _BUNDLE not in sys.path:
 
 from airflow.sdk import DAG, TaskGroup, XComArg
 
-from smserve_dags.operators.batch import delete_messages, parse_messages, skip_if_empty
+from smserve_dags.operators.batch import BatchSensor, delete_messages
 from smserve_dags.operators.models import model_graph
 from smserve_dags.operators.report import reporter
 from smserve_dags.operators.requests import prepare_requests
-from smserve_dags.operators.sqs import SqsBufferingSensor
 from smserve_dags.operators.transform import BatchTransformOperator
 from smserve_dags.operators.wrap import Wrapper, wrap
 
@@ -73,11 +72,10 @@ def build_inference_dag(dag_id: str, env: str, schedule: timedelta | None,
     with DAG(dag_id, description=description, schedule=schedule, start_date=START,
              catchup=False, max_active_runs=1, default_args=DEFAULT_ARGS,
              tags=["smserve", env], doc_md=__doc__) as dag:
-        sensor = SqsBufferingSensor(task_id="wait_for_messages", env=env)
+        sensor = BatchSensor(task_id="wait_for_messages", env=env)
         # XComArgs stand for the values the tasks get when they run
         messages: Any = XComArg(sensor, key="messages")
-        batch: Any = parse_messages(env, messages)
-        gate = skip_if_empty(batch)
+        batch: Any = XComArg(sensor, key="batch")
         groups: dict[str, TaskGroup] = {}
         for name in order:
             spec = graph[name]
@@ -93,7 +91,7 @@ def build_inference_dag(dag_id: str, env: str, schedule: timedelta | None,
                          [groups[n] for n in order if n not in used])
         delete = delete_messages(env, order)
         report = reporter({n: list(graph.dependencies(n)) for n in order}, not_run=NOT_RUN)()
-        wrap(sensor) >> batch >> gate >> models >> delete >> report
+        wrap(sensor) >> models >> delete >> report
         for group in groups.values():  # the report waits for every model, whatever happens
             group >> report
     return dag

@@ -17,7 +17,7 @@ def test_a_failed_model_fails_the_run_and_explains_the_skipped_ones() -> None:
 
     outcomes = [
         TaskOutcome("wait_for_messages", "success", ["received 2 message(s)"]),
-        TaskOutcome("parse_messages", "success", [["2 message(s): 2 usable", "detail"]]),
+        TaskOutcome("wait_for_messages", "success", [["2 message(s): 2 usable", "detail"]]),
         TaskOutcome("frame_features.requests", "success"),
         TaskOutcome("frame_features.transform", "failed",
                     [_model("frame_features", "failed", failed=2,

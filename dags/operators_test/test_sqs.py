@@ -176,7 +176,7 @@ def test_visibility_extension_and_deletion_report_stale_receipt_handles(
 
 
 def test_dead_letter_reads_the_redrive_policy(clients: Any, resources: Resources) -> None:
-    from smserve_dags.operators.sqs import dead_letter
+    from smserve_dags.operators.deadletter import dead_letter
 
     sqs = clients.client("sqs")
     sqs.send_message(QueueUrl=resources.dead_letter_url, MessageBody="old poison")

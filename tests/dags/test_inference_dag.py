@@ -189,7 +189,7 @@ def test_no_messages_skips_every_model_and_still_reports(make_pipeline: Any) -> 
     result = pipeline.run()
 
     assert result.state == "success", result.summary
-    assert result.states["skip_if_empty"] == "success"
+    assert result.states["wait_for_messages"] == "skipped"
     for model in MODELS:
         assert result.states[f"{model}.transform"] == "skipped"
         assert summary_row(result.summary, model)[1] == "skipped"

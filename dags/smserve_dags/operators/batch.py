@@ -1,7 +1,8 @@
-"""The inference DAG's batch tasks: parse the messages, skip an empty run, delete when done.
+"""The inference DAG's batch: the sensor that receives and reads it, the deletion when done.
 
-Each is a ``@task`` to call in a DAG; they read their settings from the
-environment's Variable when they run, and report what they did (see
+:class:`BatchSensor` buffers the messages and reads what they ask for;
+``delete_messages`` is a ``@task`` to call in a DAG. Both read their settings
+from the environment's Variable when they run, and report what they did (see
 :mod:`smserve_dags.operators.report`).
 """
 
@@ -14,13 +15,14 @@ from typing import Any
 
 from airflow.sdk import TriggerRule, get_current_context, task
 
-from smserve_dags.config import ConfigError, load_config
+from smserve_dags.config import ConfigError, PipelineConfig, load_config
 from smserve_dags.operators.aws import Aws, at_once, describe_error, each, error_code
+from smserve_dags.operators.deadletter import dead_letter
 from smserve_dags.operators.messages import BadMessage, batch_id, parse_batch
 from smserve_dags.operators.report import fail, report_message
-from smserve_dags.operators.sqs import dead_letter, delete_batch, queue_url
+from smserve_dags.operators.sqs import SqsBufferingSensor, delete_batch
 
-__all__ = ["delete_messages", "existing_keys", "parse_messages", "skip_if_empty"]
+__all__ = ["BatchSensor", "delete_messages", "existing_keys", "read_batch"]
 
 log = logging.getLogger("smserve.batch")
 
@@ -69,22 +71,16 @@ def _check_key(key: str) -> None:
     output_key("model", key)  # BadRequest (a ValueError) for a key that cannot be an input
 
 
-@task(retries=0)
-def parse_messages(env: str, messages: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
-    """The objects the batch asks for, and the messages left on the queue (with why).
+def read_batch(ti: Any, cfg: PipelineConfig, aws: Aws, url: str,
+               received: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """The objects the batch asks for, the messages left on the queue (with why), report lines.
 
     Returns:
-        ``{"batch", "bucket", "queue_url", "keys", "message_ids", "bad"}``;
-        ``message_ids`` are the messages every model's success will delete.
+        ``{"batch", "bucket", "queue_url", "keys", "message_ids", "bad"}``
+        (``message_ids``: the messages every model's success will delete), and
+        the lines the sensor adds to its report.
     """
-    ti = get_current_context()["ti"]
-    received = list(messages or [])
     try:
-        cfg = load_config(env)
-        aws = Aws(cfg.aws_conn_id, cfg.variable)
-        aws.check_connection()
-        url = queue_url(aws.sqs, cfg.queue)
-        aws.check_bucket(cfg.bucket)  # else every object would look missing
         s3, sqs = aws.s3, aws.sqs  # the clients made once, here; the threads share them
         # the redrive policy is read while the objects are checked
         batch, letters = at_once(
@@ -92,8 +88,6 @@ def parse_messages(env: str, messages: Sequence[Mapping[str, Any]] | None) -> di
                                 exists=lambda keys: existing_keys(s3, cfg.bucket, keys),
                                 check_key=_check_key),
             lambda: dead_letter(sqs, url))
-    except ConfigError as err:
-        fail(ti, str(err))
     except Exception as err:
         if not error_code(err):
             raise
@@ -105,21 +99,32 @@ def parse_messages(env: str, messages: Sequence[Mapping[str, Any]] | None) -> di
     lines += _bad_lines(batch.bad, letters.max_receive_count, letters.queue)
     if batch.bad or letters.depth > 0:
         lines.append(letters.describe())
-    report_message(ti, lines)
-    return {"batch": batch_id(batch.message_ids), "bucket": cfg.bucket, "queue_url": url,
-            "keys": batch.keys, "message_ids": batch.message_ids,
-            "bad": [{"message_id": b.message_id, "reason": b.reason,
-                     "receive_count": b.receive_count} for b in batch.bad]}
+    return ({"batch": batch_id(batch.message_ids), "bucket": cfg.bucket, "queue_url": url,
+             "keys": batch.keys, "message_ids": batch.message_ids,
+             "bad": [{"message_id": b.message_id, "reason": b.reason,
+                      "receive_count": b.receive_count} for b in batch.bad]}, lines)
 
 
-@task.short_circuit(ignore_downstream_trigger_rules=False, retries=0)
-def skip_if_empty(batch: Mapping[str, Any]) -> bool:
-    """Go on only when the batch has objects to process (the report still runs)."""
-    ti = get_current_context()["ti"]
-    if not batch.get("keys"):
-        report_message(ti, "nothing to process: every model is skipped")
-        return False
-    return True
+class BatchSensor(SqsBufferingSensor):
+    """The inference DAG's sensor: buffer a batch of messages, then read what it asks for.
+
+    As :class:`~smserve_dags.operators.sqs.SqsBufferingSensor` (XCom
+    ``messages``), and once received it pushes XCom ``batch``
+    (:func:`read_batch`): the objects to process and the messages it sets aside
+    (they stay on the queue and reach the dead-letter queue). With nothing to
+    process the task ends ``skipped``, so every model is skipped; the tasks
+    that run ``all_done`` (deletion, the report) still run.
+    """
+
+    def received(self, ti: Any, cfg: PipelineConfig, aws: Aws, url: str,
+                 messages: list[dict[str, Any]]) -> tuple[list[str], str | None]:
+        """Push XCom ``batch``; skip the models when it has no object to process."""
+        batch, lines = read_batch(ti, cfg, aws, url, messages)
+        ti.xcom_push(key="batch", value=batch)
+        if not batch["keys"]:
+            lines.append("nothing to process: every model is skipped")
+            return lines, "nothing to process: every model is skipped"
+        return lines, None
 
 
 def batch_messages(batch: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None
@@ -154,7 +159,7 @@ def delete_messages(env: str, models: Sequence[str]) -> None:
     from smserve_dags.operators.requests import run_prefix
 
     ti = get_current_context()["ti"]
-    batch = ti.xcom_pull(task_ids="parse_messages")
+    batch = ti.xcom_pull(task_ids="wait_for_messages", key="batch")
     messages = ti.xcom_pull(task_ids="wait_for_messages", key="messages")
     if not isinstance(batch, Mapping) or not batch.get("keys"):
         raise AirflowSkipException("no batch to process")

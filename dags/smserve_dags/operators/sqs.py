@@ -35,11 +35,9 @@ from smserve_dags.operators.report import fail, report_message, trigger_failed
 from smserve_dags.triggers import QueueBatchTrigger, approximate_count
 
 __all__ = [
-    "DeadLetter",
     "DeleteResult",
     "SqsBufferingSensor",
     "collect_messages",
-    "dead_letter",
     "delete_batch",
     "extend_visibility",
     "queue_url",
@@ -275,10 +273,26 @@ class SqsBufferingSensor(BaseSensorOperator):
         if received.over:
             _too_large(ti, cfg, aws, url, received)
         ti.xcom_push(key="messages", value=received.messages)
-        report_message(ti, f"received {len(received.messages)} message(s) from {url} in "
-                           f"{received.calls} receive call(s) ({time.monotonic() - begun:.2f} s), "
-                           f"after waiting {waited:.1f} s{where} (batch of up to "
-                           f"{cfg.max_messages}, or what came in {cfg.max_wait_seconds:g} s)")
+        lines = [f"received {len(received.messages)} message(s) from {url} in {received.calls} "
+                 f"receive call(s) ({time.monotonic() - begun:.2f} s), after waiting "
+                 f"{waited:.1f} s{where} (batch of up to {cfg.max_messages}, or what came in "
+                 f"{cfg.max_wait_seconds:g} s)"]
+        more, skip = self.received(ti, cfg, aws, url, received.messages)
+        report_message(ti, lines + more if more else lines[0])
+        if skip:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(skip)
+
+    def received(self, ti: Any, cfg: PipelineConfig, aws: Aws, url: str,
+                 messages: list[dict[str, Any]]) -> tuple[list[str], str | None]:
+        """Act on the pushed messages (a subclass's hook; here nothing).
+
+        Returns:
+            lines for the task's report, and why the downstream tasks are to be
+            skipped (None: they run).
+        """
+        return [], None
 
 
 def _too_large(ti: Any, cfg: PipelineConfig, aws: Aws, url: str, received: Received) -> NoReturn:
@@ -353,47 +367,3 @@ def delete_batch(sqs: Any, url: str, messages: Sequence[Mapping[str, Any]]) -> D
             why = f"{bad.get('Code', '?')}: {bad.get('Message', '')}".strip(": ")
             (stale if bad.get("Code") in _STALE else failed)[message_id] = why
     return DeleteResult(deleted, stale, failed)
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """The queue's redrive policy and its dead-letter queue.
-
-    Attributes:
-        max_receive_count: receives after which SQS moves a message (0: no policy).
-        queue: the dead-letter queue's name ("" without a policy).
-        depth: messages on it (-1: unknown).
-    """
-
-    max_receive_count: int = 0
-    queue: str = ""
-    depth: int = -1
-
-    def describe(self) -> str:
-        """One line about the dead-letter queue."""
-        if not self.max_receive_count:
-            return ("the queue has no redrive policy: a message that cannot be used comes "
-                    "back every run; give the queue a dead-letter queue")
-        held = f", which holds {self.depth} message(s)" if self.depth >= 0 else ""
-        return (f"after {self.max_receive_count} receive(s) SQS moves a message to the "
-                f"dead-letter queue {self.queue}{held}")
-
-
-def dead_letter(sqs: Any, url: str) -> DeadLetter:
-    """The redrive policy of the queue at ``url``, and how full its dead-letter queue is."""
-    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
-    raw = attributes.get("Attributes", {}).get("RedrivePolicy")
-    if not raw:
-        return DeadLetter()
-    policy = json.loads(raw)
-    arn = str(policy.get("deadLetterTargetArn", ""))
-    name = arn.rsplit(":", 1)[-1]
-    count = int(policy.get("maxReceiveCount", 0))
-    try:
-        parts = arn.split(":")
-        dlq = sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=parts[4])["QueueUrl"]
-        depth = approximate_count(sqs, dlq)
-    except Exception as err:  # no permission on the DLQ: say what we know
-        log.warning("cannot read the dead-letter queue %s: %s", arn, describe_error(err))
-        depth = -1
-    return DeadLetter(count, name, depth)
