@@ -5,9 +5,11 @@ deployment (``local_test/airflow_deploy.py``: PostgreSQL, api-server,
 scheduler, dag-processor, triggerer and, with ``--executor celery``, a Celery
 worker whose broker is SQS on the embedded stack), triggered through the REST
 API, as in production. One run on the empty queue first (its figures apart:
-``warm_up_s``); then ``--clips`` clips go to our bucket with one message
-each, and one run is timed from the trigger to the run's end (the API polled
-every 0.2 s).
+``warm_up_s``); then twice ``--clips`` fresh clips go to our bucket with one
+message each, and a run is timed from the trigger to the run's end (the API
+polled every 0.2 s): the baseline with ``transform_hold_seconds`` 0 (every
+transform defers at once, as against SageMaker), then with ``--hold`` (60:
+the transform tasks poll their jobs themselves first, the dev setting).
 
 The wall time is split as ``pipeline.py`` splits it: the sensor's span, the
 union of the transform jobs' spans (``TransformStartTime`` to
@@ -20,6 +22,7 @@ the hand-overs from one task to the next). The receive calls
 come from the report (the sensor counts them): messages per ``ReceiveMessage``.
 
     .venv/bin/python bench/pipeline_deployed.py [--executor celery|local] [--clips 100]
+        [--hold 60]
 
 The last line of stdout is one JSON object with the figures. (``--stack``, which every
 script takes, changes nothing here: the deployment always runs ``smserve local up`` in its own
@@ -83,20 +86,94 @@ def job_spans(sagemaker: Any, since: datetime) -> dict[str, tuple[float, float]]
     return jobs
 
 
+def measure(deployment: Any, clients: Any, hold: float, clips: int,
+            prefix: str) -> dict[str, Any]:
+    """One timed run of ``clips`` fresh clips with ``transform_hold_seconds`` = ``hold``."""
+    from datetime import UTC
+
+    from local_test.airflow_deploy import VARIABLE
+    from local_test.airflow_setup import PipelineResources, queue_objects, seed_clips
+
+    api = deployment.api
+    api.set_variable(VARIABLE, {**deployment.variable, "transform_hold_seconds": hold})
+    resources = PipelineResources()
+    sqs = clients.client("sqs")
+    queue_url = sqs.get_queue_url(QueueName=resources.queue)["QueueUrl"]
+    keys = seed_clips(clients.client("s3"), resources.bucket, [prefix], clips)
+    queue_objects(sqs, queue_url, resources.bucket, keys)
+    since = datetime.now(UTC)
+    run_id, state, wall, at = timed_run(api, "inference_dev")
+    spans = task_spans(api, "inference_dev", run_id)
+    jobs = job_spans(clients.client("sagemaker"), since)
+    summary = str(api.xcom("inference_dev", run_id, "report", "summary"))
+    left = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    outputs = {m: clients.client("s3").list_objects_v2(
+        Bucket=resources.bucket, Prefix=f"results/{m}/{prefix}").get("KeyCount", 0)
+        for m in MODELS}
+    sensor = spans.get("wait_for_messages", (0.0, 0.0))
+    sensor_wait = sensor[1] - sensor[0]
+    transform_union = union_seconds(jobs.values())
+    airflow = max(0.0, wall - sensor_wait - transform_union)
+    # no task running and no job running: the scheduler, executor and broker handing over
+    busy = union_seconds([(max(s, at), min(e, at + wall))
+                          for s, e in [*spans.values(), *jobs.values()] if e > at])
+    found = re.search(r"received (\d+) message\(s\).* in (\d+) receive call", summary)
+    received, receives = (int(found[1]), int(found[2])) if found else (None, None)
+    return {"hold_s": hold, "state": state, "wall_s": wall, "sensor_s": sensor_wait,
+            "jobs": jobs, "transform_union_s": transform_union, "airflow_s": airflow,
+            "airflow_share": airflow / wall if wall else 0.0,
+            "between_tasks_s": max(0.0, wall - busy), "spans": spans, "summary": summary,
+            "left": left, "outputs": outputs, "received": received, "receives": receives}
+
+
+def show(row: dict[str, Any]) -> None:
+    """The run's summary and its split of the wall time."""
+    received, receives = row["received"], row["receives"]
+    per_call = received / receives if received is not None and receives else None
+    say("")
+    say(row["summary"])
+    say("")
+    say(f"run (transform_hold_seconds {row['hold_s']:g}): {row['state']} in "
+        f"{row['wall_s']:.1f} s wall (trigger to end); outputs {row['outputs']}; queue left: "
+        f"{row['left'].get('ApproximateNumberOfMessages')} visible, "
+        f"{row['left'].get('ApproximateNumberOfMessagesNotVisible')} in flight")
+    say(f"  sensor             {row['sensor_s']:6.2f} s  ({receives} ReceiveMessage calls for "
+        f"{received} messages: {per_call} per call; reading the batch included)")
+    for model, (start, end) in row["jobs"].items():
+        say(f"  transform {model:<17}{end - start:6.2f} s")
+    say(f"  transforms (union) {row['transform_union_s']:6.2f} s")
+    say(f"  Airflow's share    {row['airflow_s']:6.2f} s  ({row['airflow_share']:.0%} of the "
+        f"wall time; no task and no job running: {row['between_tasks_s']:.2f} s)")
+
+
+def _figures(row: dict[str, Any]) -> dict[str, Any]:
+    received, receives = row["received"], row["receives"]
+    return {
+        "hold_s": row["hold_s"], "state": row["state"], "wall_s": r3(row["wall_s"]),
+        "sensor_s": r3(row["sensor_s"]),
+        "transform_s": {m: r3(e - s) for m, (s, e) in row["jobs"].items()},
+        "transform_union_s": r3(row["transform_union_s"]), "airflow_s": r3(row["airflow_s"]),
+        "airflow_share": r3(row["airflow_share"]), "between_tasks_s": r3(row["between_tasks_s"]),
+        "task_s": {t: r3(e - s) for t, (s, e) in sorted(row["spans"].items())},
+        "receive_calls": receives, "messages_received": received,
+        "messages_per_receive_call": r3(received / receives) if received and receives else None,
+        "outputs": row["outputs"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when it ran (whether or not the goal was met)."""
     parser = start_script(__doc__)
     parser.add_argument("--clips", type=int, default=100, help="queued clips (100)")
     parser.add_argument("--executor", choices=("celery", "local"), default="celery")
+    parser.add_argument("--hold", type=float, default=60.0,
+                        help="transform_hold_seconds of the measured run (60; the baseline "
+                             "run has 0)")
     args = parser.parse_args(argv)
     load_before = load_average()
     say(f"bench/pipeline_deployed.py: inference_dev on {args.clips} queued clips, "
         f"{args.executor} executor; {machine()}")
 
-    from datetime import UTC
-
     from local_test.airflow_deploy import Deployment
-    from local_test.airflow_setup import PipelineResources, queue_objects, seed_clips
     from serving.aws import ClientFactory
     from serving.settings import Settings
 
@@ -109,60 +186,22 @@ def main(argv: list[str] | None = None) -> int:
         _, warm_state, warm_up, _ = timed_run(api, "inference_dev")
         say(f"warm-up run on the empty queue: {warm_state} in {warm_up:.1f} s")
         clients = ClientFactory(Settings.from_environ(deployment.stack_environ()))
-        resources = PipelineResources()
-        sqs = clients.client("sqs")
-        queue_url = sqs.get_queue_url(QueueName=resources.queue)["QueueUrl"]
-        keys = seed_clips(clients.client("s3"), resources.bucket, ["videos/2026/11/front/"],
-                          args.clips)
-        queue_objects(sqs, queue_url, resources.bucket, keys)
-        since = datetime.now(UTC)
-        run_id, state, wall, at = timed_run(api, "inference_dev")
-        spans = task_spans(api, "inference_dev", run_id)
-        jobs = job_spans(clients.client("sagemaker"), since)
-        summary = str(api.xcom("inference_dev", run_id, "report", "summary"))
-        left = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
-        outputs = {m: clients.client("s3").list_objects_v2(
-            Bucket=resources.bucket, Prefix=f"results/{m}/").get("KeyCount", 0) for m in MODELS}
+        base = measure(deployment, clients, 0.0, args.clips, "videos/2026/11/front/")
+        held = measure(deployment, clients, args.hold, args.clips, "videos/2026/11/rear/")
 
-    sensor = spans.get("wait_for_messages", (0.0, 0.0))
-    sensor_wait = sensor[1] - sensor[0]
-    transform_union = union_seconds(jobs.values())
-    airflow = max(0.0, wall - sensor_wait - transform_union)
-    share = airflow / wall if wall else 0.0
-    # no task running and no job running: the scheduler, executor and broker handing over
-    busy = union_seconds([(max(s, at), min(e, at + wall))
-                          for s, e in [*spans.values(), *jobs.values()] if e > at])
-    between = max(0.0, wall - busy)
-    found = re.search(r"received (\d+) message\(s\).* in (\d+) receive call", summary)
-    received, receives = (int(found[1]), int(found[2])) if found else (None, None)
-    per_call = received / receives if received is not None and receives else None
-    goal_met = state == "success" and share <= 0.20
-
+    for row in (base, held):
+        show(row)
+    goal_met = held["state"] == "success" and held["airflow_share"] <= 0.20
     say("")
-    say(summary)
-    say("")
-    say(f"run: {state} in {wall:.1f} s wall (trigger to end); outputs {outputs}; queue left: "
-        f"{left.get('ApproximateNumberOfMessages')} visible, "
-        f"{left.get('ApproximateNumberOfMessagesNotVisible')} in flight")
-    say(f"  sensor             {sensor_wait:6.2f} s  ({receives} ReceiveMessage calls for "
-        f"{received} messages: {per_call} per call)")
-    for model, (start, end) in jobs.items():
-        say(f"  transform {model:<17}{end - start:6.2f} s")
-    say(f"  transforms (union) {transform_union:6.2f} s")
-    say(f"  Airflow's share    {airflow:6.2f} s  ({share:.0%} of the wall time; no task and "
-        f"no job running: {between:.2f} s)")
-    say(f"goal: Airflow <= 20 % of the wall time: {share:.0%} -> "
+    say(f"Airflow's share: {base['airflow_share']:.0%} with transform_hold_seconds 0 "
+        f"(baseline), {held['airflow_share']:.0%} with {args.hold:g}; wall time ratio "
+        f"held / baseline = {held['wall_s'] / base['wall_s']:.2f}")
+    say(f"goal: Airflow <= 20 % of the wall time: {held['airflow_share']:.0%} -> "
         f"{'met' if goal_met else 'NOT met'}")
     say(json_line({
         "bench": "pipeline_deployed", "executor": args.executor, "clips": args.clips,
-        "state": state, "wall_s": r3(wall), "warm_up_s": r3(warm_up),
-        "sensor_s": r3(sensor_wait), "transform_s": {m: r3(e - s) for m, (s, e) in jobs.items()},
-        "transform_union_s": r3(transform_union), "airflow_s": r3(airflow),
-        "airflow_share": r3(share), "between_tasks_s": r3(between),
-        "task_s": {t: r3(e - s) for t, (s, e) in sorted(spans.items())},
-        "receive_calls": receives, "messages_received": received,
-        "messages_per_receive_call": r3(per_call) if per_call else None,
-        "goal_met": goal_met, "outputs": outputs,
+        "warm_up_s": r3(warm_up), "baseline": _figures(base), "held": _figures(held),
+        "wall_ratio": r3(held["wall_s"] / base["wall_s"]), "goal_met": goal_met,
         "load_average": [load_before, load_average()],
     }))
     return 0
