@@ -183,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     sensor_wait = sensor[1] - sensor[0]
     transform_union = union_seconds(jobs.values())
     overhead = max(0.0, wall - sensor_wait - transform_union)
-    task_work = sum(e - s for t, (s, e) in spans.items()
-                    if t in WORK_TASKS or t.endswith(".requests"))
+    task_work = sum(e - s for t, (s, e) in spans.items() if t in WORK_TASKS)
     sqs = {op: n for (service, op), n in sorted(calls.items()) if service == "sqs"}
     receives = sqs.get("ReceiveMessage", 0)
     total_sqs = sum(sqs.values())

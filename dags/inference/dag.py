@@ -4,22 +4,20 @@ One function builds both; they differ only in the environment whose
 Variable names the bucket and the queue (see ``smserve_dags/config.py``)::
 
     wait_for_messages
-        -> frame_features.requests -> frame_features.transform
-               -> scene_classifier.requests -> scene_classifier.transform  -\\
-        -> clip_stats.requests -> clip_stats.transform ---------------------+-> delete_messages
-                                                                                 -> report
+        -> frame_features.transform -> scene_classifier.transform  -\\
+        -> clip_stats.transform ------------------------------------+-> delete_messages -> report
 
 - ``wait_for_messages`` buffers up to ``max_messages`` messages, or what
   came in ``max_wait_seconds`` (deferred, or reschedule mode; deletes
   nothing), then turns them into input objects and sets aside the ones it
   cannot use (they stay on the queue, and reach the dead-letter queue); with
-  nothing left it ends ``skipped`` and so does every model;
+  nothing left it skips every model (a short circuit);
 - one task group per model, from ``models/*/model.toml`` and ``depends_on``
-  (the graph the local pipeline run uses): ``requests`` extends the batch's
-  visibility timeout and uploads the records whose output is missing;
-  ``transform`` runs them as a batch transform job with a deterministic name
-  (a retry adopts a job that already finished); models with no path between
-  them run at the same time;
+  (the graph the local pipeline run uses), with one task, ``transform``: it
+  extends the batch's visibility timeout, uploads the records whose output
+  is missing and runs them as a batch transform job with a deterministic
+  name (a retry adopts a job that already finished); models with no path
+  between them run at the same time;
 - ``delete_messages`` runs once every model is done, whatever happened: it
   deletes the message of every object that every model finished (written or
   skipped) and keeps the others on the queue, each with why (the failed
@@ -53,7 +51,6 @@ from airflow.sdk import DAG, TaskGroup, XComArg
 from smserve_dags.operators.batch import BatchSensor, delete_messages
 from smserve_dags.operators.models import model_graph
 from smserve_dags.operators.report import reporter
-from smserve_dags.operators.requests import prepare_requests
 from smserve_dags.operators.transform import BatchTransformOperator
 from smserve_dags.operators.wrap import Wrapper, wrap
 
@@ -81,8 +78,8 @@ def build_inference_dag(dag_id: str, env: str, schedule: timedelta | None,
             spec = graph[name]
             with TaskGroup(group_id=name, tooltip=f"{name}: {spec.instance_count} x "
                                                   f"{spec.instance_type}") as group:
-                work = prepare_requests(name, env, batch, messages)
-                BatchTransformOperator(task_id="transform", model=name, env=env, work=work)
+                BatchTransformOperator(task_id="transform", model=name, env=env, batch=batch,
+                                       messages=messages)
             groups[name] = group
         for name in order:
             for dep in graph.dependencies(name):

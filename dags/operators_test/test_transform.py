@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from typing import Any
 
@@ -120,6 +121,45 @@ def test_create_wait_then_a_retry_adopts_and_a_rerun_skips(
     assert rerun.xcoms["report"]["status"] == "skipped"
     assert rerun.xcoms["report"]["skipped"] == 3
     assert _jobs(clients, job_name(rerun.dag_id, rerun.run_id, MODEL, again["batch"], 1)) == []
+
+
+def test_given_the_batch_the_task_prepares_its_requests_and_a_later_try_reads_the_plan(
+        clients: Any, resources: Resources, model: Any) -> None:
+    from local_test.clips import upload_clips
+
+    from smserve_dags.operators.transform import BatchTransformOperator, job_name
+
+    model()
+    s3 = clients.client("s3")
+    keys = upload_clips(s3, resources.bucket, "videos/2026/11/side/", 3)
+    batch: dict[str, Any] = {"batch": "c" * 16, "bucket": resources.bucket,
+                             "queue_url": resources.queue_url, "keys": keys, "message_ids": []}
+    ti = FakeTI(run_id="manual__prepares")
+    operator = BatchTransformOperator(task_id="t", model=MODEL, env="dev", batch=batch,
+                                      messages=[])
+    assert operator.poke({"ti": ti}) is False, "the first poke prepares and creates the job"
+    name = job_name(ti.dag_id, ti.run_id, MODEL, batch["batch"], 1)
+    described = clients.client("sagemaker").describe_transform_job(TransformJobName=name)
+    request_uri = described["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+    assert request_uri.endswith(".jsonl"), "the requests were uploaded before the job"
+    plans = [o["Key"] for o in s3.list_objects_v2(Bucket=resources.bucket).get("Contents", [])
+             if o["Key"].endswith(f"{MODEL}/plan.json")]
+    assert len(plans) == 1, plans
+    plan = json.loads(s3.get_object(Bucket=resources.bucket, Key=plans[0])["Body"].read())
+    assert (plan["records"], plan["pending"], plan["request_uri"]) == (3, 3, request_uri)
+
+    # a resumed or rescheduled try runs in a new process: a new operator, no XCom of its own
+    later = BatchTransformOperator(task_id="t", model=MODEL, env="dev", batch=batch,
+                                   messages=[])
+    again = FakeTI(run_id=ti.run_id)
+    _poke_until_done(later, again)
+    report = again.xcoms["report"]
+    assert (report["status"], report["records"], report["written"], report["job"]) == \
+        ("done", 3, 3, name), report
+    assert _jobs(clients, name[:-2]) == [name], "the later try adopted the job"
+
+    with pytest.raises(ValueError, match=r"batch= .* or work="):
+        BatchTransformOperator(task_id="t", model=MODEL, env="dev")
 
 
 def test_a_failed_job_fails_the_task_with_its_reason(clients: Any, resources: Resources,

@@ -43,13 +43,10 @@ def test_the_dag_folder_defines_the_four_dags_and_nothing_else(dags: dict[str, A
 def test_inference_graph_follows_the_model_graph(dags: dict[str, Any], dag_id: str) -> None:
     dag = dags[dag_id]
     assert _edges(dag) == {
-        ("wait_for_messages", "frame_features.requests"),
-        ("wait_for_messages", "scene_classifier.requests"),
-        ("wait_for_messages", "clip_stats.requests"),
-        ("frame_features.requests", "frame_features.transform"),
-        ("frame_features.transform", "scene_classifier.requests"),
-        ("scene_classifier.requests", "scene_classifier.transform"),
-        ("clip_stats.requests", "clip_stats.transform"),
+        ("wait_for_messages", "frame_features.transform"),
+        ("wait_for_messages", "scene_classifier.transform"),
+        ("wait_for_messages", "clip_stats.transform"),
+        ("frame_features.transform", "scene_classifier.transform"),
         ("scene_classifier.transform", "delete_messages"),
         ("clip_stats.transform", "delete_messages"),
         ("delete_messages", "report"),

@@ -112,8 +112,8 @@ class BatchSensor(SqsBufferingSensor):
     ``messages``), and once received it pushes XCom ``batch``
     (:func:`read_batch`): the objects to process and the messages it sets aside
     (they stay on the queue and reach the dead-letter queue). With nothing to
-    process the task ends ``skipped``, so every model is skipped; the tasks
-    that run ``all_done`` (deletion, the report) still run.
+    process the task succeeds and skips the models (a short circuit); the
+    tasks that run ``all_done`` (deletion, the report) still run.
     """
 
     def received(self, ti: Any, cfg: PipelineConfig, aws: Aws, url: str,

@@ -17,14 +17,18 @@ operator who finds the message on the dead-letter queue will look:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from smserve_dags.operators.aws import each
+from smserve_dags.operators.aws import describe_error, each
 
-__all__ = ["Fate", "failed_reason", "message_fates", "note_key", "read_outcomes", "write_note"]
+__all__ = ["Fate", "count_answers", "failed_reason", "message_fates", "note_key",
+           "outputs_written", "read_outcomes", "write_note"]
+
+log = logging.getLogger("smserve.outcomes")
 
 #: Failed objects named in one reason line (the rest are counted).
 SHOWN = 5
@@ -158,3 +162,45 @@ def write_note(s3: Any, bucket: str, work_prefix: str, fate: Fate, *, dag_id: st
     s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(doc, indent=1).encode(),
                   ContentType="application/json")
     return key
+
+
+def count_answers(s3: Any, output_uri: str) -> tuple[int, int, int]:
+    """``(written, skipped, other)`` answers in the ``.out`` objects under ``output_uri``."""
+    from serving.transform.spec import parse_s3_uri
+
+    bucket, prefix = parse_s3_uri(output_uri, "S3OutputPath")
+    written = skipped = other = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            for line in body.splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    status = json.loads(line).get("status")
+                except (ValueError, AttributeError):
+                    status = None
+                if status == "written":
+                    written += 1
+                elif status == "skipped":
+                    skipped += 1
+                else:
+                    other += 1
+    return written, skipped, other
+
+
+def outputs_written(s3: Any, request_uri: str) -> int:
+    """Outputs of the request file's records that exist (a failed job may write some)."""
+    from serving.s3refs import parse_records
+    from serving.transform.spec import parse_s3_uri
+
+    from smserve_dags.operators.batch import existing_keys
+
+    try:
+        bucket, key = parse_s3_uri(request_uri, "request")
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        records = parse_records(body, "application/jsonlines")
+        return len(existing_keys(s3, bucket, [r.output_path for r in records]))
+    except Exception as err:  # counting is a courtesy; the failure is what matters
+        log.warning("cannot count the outputs of %s: %s", request_uri, describe_error(err))
+        return 0

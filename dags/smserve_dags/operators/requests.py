@@ -1,4 +1,4 @@
-"""The first task of each model: keep the batch invisible, build its requests, upload them.
+"""Each model's first step: keep the batch invisible, build its requests, upload them.
 
 Before a model runs, the batch's messages get another
 ``visibility_timeout_seconds`` of invisibility, so a long run does not hand
@@ -13,9 +13,10 @@ created with.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from airflow.sdk import get_current_context, task
 
@@ -26,7 +27,8 @@ from smserve_dags.operators.models import model_graph
 from smserve_dags.operators.report import fail, report_message
 from smserve_dags.operators.sqs import extend_visibility
 
-__all__ = ["prepare_requests", "run_prefix"]
+__all__ = ["not_run_lines", "plan_key", "prepare", "prepare_requests", "run_prefix",
+           "store_plan", "stored_plan"]
 
 log = logging.getLogger("smserve.requests")
 
@@ -37,30 +39,36 @@ def run_prefix(cfg: PipelineConfig, dag_id: str, run_id: str, batch: str) -> str
     return f"{cfg.work_prefix.rstrip('/')}/{dag_id}/{run}-{batch[:8]}/"
 
 
-def _model_failed(ti: Any, model: str, records: int, reason: str) -> None:
+def _model_failed(ti: Any, model: str, records: int, reason: str) -> NoReturn:
     fail(ti, f"{model}: {reason}", report={
         "model": model, "status": "failed", "records": records, "written": 0, "skipped": 0,
         "failed": records, "reason": reason, "job": None, "started": None, "ended": None,
         "seconds": None})
 
 
-@task(task_id="requests", retries=2)
-def prepare_requests(model: str, env: str, batch: Mapping[str, Any],
-                     messages: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+def prepare(ti: Any, model: str, env: str, batch: Mapping[str, Any],
+            messages: Sequence[Mapping[str, Any]] | None, *, cfg: PipelineConfig | None = None,
+            aws: Aws | None = None) -> dict[str, Any]:
     """Extend the batch's visibility, build ``model``'s requests, upload the pending ones.
 
     Returns:
-        ``{"model", "batch", "records", "pending", "exist", "request_uri",
-        "output_uri"}``: what the transform task needs (``request_uri`` is
-        None when every output exists).
+        ``{"model", "batch", "records", "pending", "exist", "blocked",
+        "not_run", "request_uri", "output_uri"}``: what the transform needs
+        (``request_uri`` is None when every output exists; ``not_run`` names
+        the objects whose upstream output is missing, with why). ``cfg`` and
+        ``aws``: the settings and clients the caller has already (else read here).
+
+    Raises:
+        AirflowFailException: the settings, the connection or S3 refused
+            (the model's report says why).
     """
-    context = get_current_context()
-    ti = context["ti"]
     keys = list(batch.get("keys") or [])
     try:
-        cfg = load_config(env)
-        aws = Aws(cfg.aws_conn_id, cfg.variable)
-        aws.check_connection()
+        if cfg is None:
+            cfg = load_config(env)
+        if aws is None:
+            aws = Aws(cfg.aws_conn_id, cfg.variable)
+            aws.check_connection()
     except ConfigError as err:
         _model_failed(ti, model, len(keys), str(err))
     bucket = str(batch["bucket"])
@@ -99,13 +107,63 @@ def prepare_requests(model: str, env: str, batch: Mapping[str, Any],
     exist = len(records) - len(pending) - len(blocked)
     log.info("%s: %d record(s), %d to run, %d output(s) exist%s", model, len(records),
              len(pending), exist, f"; requests in {request_uri}" if request_uri else "")
-    if blocked:  # said in the report: these objects are not run by this model
-        report_message(ti, [f"{model}: {len(blocked)} record(s) not run: their upstream "
-                            "output does not exist (the upstream model failed on them):",
-                            *blocked])
     return {"model": model, "batch": str(batch["batch"]), "records": len(records) - len(blocked),
             "pending": len(pending), "exist": exist, "blocked": len(blocked),
-            "request_uri": request_uri, "output_uri": f"s3://{bucket}/{base}out/"}
+            "not_run": not_run_lines(model, blocked), "request_uri": request_uri,
+            "output_uri": f"s3://{bucket}/{base}out/"}
+
+
+def plan_key(cfg: PipelineConfig, ti: Any, model: str, batch: str) -> str:
+    """Where :func:`prepare`'s result for one model of one run's batch is kept (``plan.json``).
+
+    A transform task that prepares its own requests keeps the plan next to
+    them: a resumed or rescheduled try (a new process; Airflow clears a
+    rescheduled task's XComs) reads it back to report the job it adopts.
+    """
+    return run_prefix(cfg, ti.dag_id, ti.run_id, batch) + f"{model}/plan.json"
+
+
+def store_plan(s3: Any, bucket: str, key: str, work: Mapping[str, Any]) -> None:
+    """Keep ``work`` at ``s3://bucket/key``."""
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(work).encode(),
+                  ContentType="application/json")
+
+
+def stored_plan(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """The plan kept at ``s3://bucket/key`` (None: there is none, or it is not a plan)."""
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as err:
+        if error_code(err) in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+    try:
+        plan = json.loads(body)
+    except ValueError:
+        return None
+    return plan if isinstance(plan, dict) and "batch" in plan else None
+
+
+def not_run_lines(model: str, blocked: Sequence[str]) -> list[str]:
+    """What the report says of the objects ``model`` did not run (upstream output missing)."""
+    if not blocked:
+        return []
+    return [f"{model}: {len(blocked)} record(s) not run: their upstream output does not "
+            "exist (the upstream model failed on them):", *blocked]
+
+
+@task(task_id="requests", retries=2)
+def prepare_requests(model: str, env: str, batch: Mapping[str, Any],
+                     messages: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+    """:func:`prepare` as a task of its own, for a DAG that keeps it apart from the transform.
+
+    The inference DAG does not: its transform task prepares its requests itself.
+    """
+    ti = get_current_context()["ti"]
+    work = prepare(ti, model, env, batch, messages)
+    if work["not_run"]:  # said in the report: these objects are not run by this model
+        report_message(ti, work["not_run"])
+    return work
 
 
 def _upstream_ready(s3: Any, bucket: str, upstream: Mapping[str, str], pending: list[Any],

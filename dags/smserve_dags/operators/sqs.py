@@ -279,18 +279,22 @@ class SqsBufferingSensor(BaseSensorOperator):
                  f"{cfg.max_wait_seconds:g} s)"]
         more, skip = self.received(ti, cfg, aws, url, received.messages)
         report_message(ti, lines + more if more else lines[0])
-        if skip:
-            from airflow.sdk.exceptions import AirflowSkipException
+        if skip:  # this task succeeds; the tasks right after it are skipped (a short circuit)
+            from airflow.sdk import TriggerRule
+            from airflow.sdk.exceptions import DownstreamTasksSkipped
 
-            raise AirflowSkipException(skip)
+            log.info("skipping the tasks after this one: %s", skip)
+            raise DownstreamTasksSkipped(tasks=[t.task_id for t in self.downstream_list
+                                                if t.trigger_rule == TriggerRule.ALL_SUCCESS])
 
     def received(self, ti: Any, cfg: PipelineConfig, aws: Aws, url: str,
                  messages: list[dict[str, Any]]) -> tuple[list[str], str | None]:
         """Act on the pushed messages (a subclass's hook; here nothing).
 
         Returns:
-            lines for the task's report, and why the downstream tasks are to be
-            skipped (None: they run).
+            lines for the task's report, and why the tasks right after this one
+            are to be skipped (None: they run); the others follow their trigger
+            rules, as after a short circuit.
         """
         return [], None
 

@@ -32,7 +32,6 @@ dict: written, skipped, failed, why, the job's name and time).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -43,7 +42,7 @@ from typing import Any, NoReturn
 from airflow.sdk import BaseSensorOperator
 
 from smserve_dags.config import ConfigError, PipelineConfig, load_config
-from smserve_dags.operators.aws import Aws, describe_error, job_missing
+from smserve_dags.operators.aws import Aws, job_missing
 from smserve_dags.operators.models import model_graph
 from smserve_dags.operators.report import fail, report_message
 from smserve_dags.triggers import RUNNING, TransformJobTrigger
@@ -94,29 +93,12 @@ def _epoch(value: Any) -> float | None:
     return None
 
 
-def count_answers(s3: Any, output_uri: str) -> tuple[int, int, int]:
-    """``(written, skipped, other)`` answers in the ``.out`` objects under ``output_uri``."""
-    from serving.transform.spec import parse_s3_uri
-
-    bucket, prefix = parse_s3_uri(output_uri, "S3OutputPath")
-    written = skipped = other = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-            for line in body.splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    status = json.loads(line).get("status")
-                except (ValueError, AttributeError):
-                    status = None
-                if status == "written":
-                    written += 1
-                elif status == "skipped":
-                    skipped += 1
-                else:
-                    other += 1
-    return written, skipped, other
+def _noted(report: dict[str, Any], work: Mapping[str, Any]) -> dict[str, Any]:
+    """``report`` with the plan's objects not run (upstream output missing) in its note."""
+    lines = [str(line) for line in work.get("not_run") or []]
+    if lines:
+        report["note"] = "\n".join([*filter(None, [report.get("note")]), *lines])
+    return report
 
 
 class BatchTransformOperator(BaseSensorOperator):
@@ -125,15 +107,23 @@ class BatchTransformOperator(BaseSensorOperator):
     Args:
         model: the model (a folder of ``models/``).
         env: the settings' environment (``main``, ``dev``).
-        work: what the model's ``requests`` task returned (an ``XComArg``).
+        batch: the sensor's XCom ``batch`` (an ``XComArg``): the task prepares
+            the model's requests itself (:func:`~smserve_dags.operators.requests.prepare`)
+            before it creates the job, and keeps that plan next to them.
+        messages: the sensor's XCom ``messages`` (their visibility is extended).
+        work: instead of ``batch``, what a separate ``requests`` task returned.
         **kwargs: for ``BaseSensorOperator`` (``mode`` is ``reschedule``; the
             poll interval and the time limit come from the Variable).
     """
 
-    template_fields = ("work",)
+    template_fields = ("work", "batch", "messages")
     ui_color = "#e8f0e0"
 
-    def __init__(self, *, model: str, env: str, work: Any, **kwargs: Any) -> None:
+    def __init__(self, *, model: str, env: str, batch: Any = None, messages: Any = None,
+                 work: Any = None, **kwargs: Any) -> None:
+        if (batch is None) == (work is None):
+            raise ValueError(f"{model}: give the transform batch= (the sensor's XCom batch) "
+                             "or work= (a requests task's result), not both or neither")
         kwargs.setdefault("mode", "reschedule")
         kwargs.setdefault("poke_interval", 30)
         kwargs.setdefault("timeout", 6 * 3600)
@@ -143,6 +133,9 @@ class BatchTransformOperator(BaseSensorOperator):
         self.model = model
         self.env = env
         self.work = work
+        self.batch = batch
+        self.messages = messages
+        self._plan: dict[str, Any] | None = None
         self._cfg: PipelineConfig | None = None
         self._waiting: str | None = None
         self._deferred = False
@@ -156,7 +149,7 @@ class BatchTransformOperator(BaseSensorOperator):
         try:
             deferrable = load_config(self.env).deferrable
         except ConfigError as err:
-            self._failed(context["ti"], self.work, str(err), None)
+            self._failed(context["ti"], self._known(), str(err), None)
         # in reschedule mode only a try's first poke holds the slot
         first = deferrable or context["ti"].get_first_reschedule_date(context) is None
         if self.poke(context) or (first and self._hold(context)):
@@ -172,11 +165,11 @@ class BatchTransformOperator(BaseSensorOperator):
         self._deferred = True
         status = event.get("status")
         if status == "error":
-            self._failed(ti, self.work, str(event["message"]), None,
+            self._failed(ti, self._known(), str(event["message"]), None,
                          retry=bool(event.get("retryable")))
         if status == "timeout":
             limit = float(event["deadline"]) - float(event["started"])
-            self._failed(ti, self.work, (
+            self._failed(ti, self._known(), (
                 f"transform job {event['job']} is still {event['state']} after {limit:.0f} s "
                 f"(transform_timeout_seconds); raise transform_timeout_seconds in Variable "
                 f"smserve_{self.env}, then clear this task: it adopts the job, which keeps "
@@ -225,7 +218,7 @@ class BatchTransformOperator(BaseSensorOperator):
     def poke(self, context: Any) -> bool:
         """Adopt, wait for, or create the job; True once it completed (or nothing was to do)."""
         ti = context["ti"]
-        work: Mapping[str, Any] = self.work
+        work: Mapping[str, Any] = self._known()
         try:
             cfg = load_config(self.env)
             self.poke_interval = cfg.interval(cfg.transform_poll_seconds, self.mode)
@@ -234,11 +227,13 @@ class BatchTransformOperator(BaseSensorOperator):
         except ConfigError as err:
             self._failed(ti, work, str(err), None)
         self._cfg = cfg
-        names = [job_name(ti.dag_id, ti.run_id, self.model, str(work["batch"]), attempt)
+        batch = str((self.work if self.work is not None else self.batch)["batch"])
+        names = [job_name(ti.dag_id, ti.run_id, self.model, batch, attempt)
                  for attempt in range(1, max(1, int(ti.try_number)) + 1)]
         described = {name: self._describe(aws, name) for name in names}
         for name, found in described.items():
             if found and found["TransformJobStatus"] == "Completed":
+                work = self._prepared(ti, cfg, aws, batch, fresh=False)
                 self._done(ti, aws, work, found, adopted=name != names[-1])
                 return True
         for name, found in described.items():
@@ -250,21 +245,48 @@ class BatchTransformOperator(BaseSensorOperator):
         if current is not None:
             status = current["TransformJobStatus"]
             reason = current.get("FailureReason") or "no FailureReason given"
+            work = self._prepared(ti, cfg, aws, batch, fresh=False)
             self._failed(ti, work, f"transform job {names[-1]} {status.lower()}: {reason}",
                          current, aws)
+        work = self._prepared(ti, cfg, aws, batch, fresh=True)
         if not work.get("pending") or not work.get("request_uri"):
             exist = int(work.get("exist", 0))
-            report_message(ti, {
+            report_message(ti, _noted({
                 "model": self.model, "status": "skipped", "records": work.get("records", 0),
                 "written": 0, "skipped": exist, "failed": 0,
                 "reason": f"all {exist} output(s) exist; no transform job started",
-                "job": None, "started": None, "ended": None, "seconds": None})
+                "job": None, "started": None, "ended": None, "seconds": None}, work))
             return True
         self._create(ti, aws, cfg, work, names[-1])
         self._waiting = names[-1]
         return False
 
     # --- the parts -------------------------------------------------------------------------
+
+    def _known(self) -> Mapping[str, Any]:
+        """The requests' plan as far as this process knows it (``{}``: not yet)."""
+        return self.work if self.work is not None else (self._plan or {})
+
+    def _prepared(self, ti: Any, cfg: PipelineConfig, aws: Aws, batch: str, *,
+                  fresh: bool) -> Mapping[str, Any]:
+        """The plan: ``work`` as given, or prepared here (``fresh``) or kept from the try that did.
+
+        ``fresh`` (no job yet): extend the batch's visibility, build and
+        upload the requests now, keep the plan in S3; otherwise read the kept
+        one (prepared anew if there is none).
+        """
+        if self.work is not None:
+            return dict(self.work)
+        from smserve_dags.operators.requests import plan_key, prepare, store_plan, stored_plan
+
+        bucket, key = str(self.batch["bucket"]), plan_key(cfg, ti, self.model, batch)
+        if not fresh:
+            self._plan = self._plan or stored_plan(aws.s3, bucket, key)
+        if fresh or self._plan is None:
+            self._plan = prepare(ti, self.model, self.env, self.batch, self.messages,
+                                 cfg=cfg, aws=aws)
+            store_plan(aws.s3, bucket, key, self._plan)
+        return self._plan
 
     def _describe(self, aws: Aws, name: str) -> dict[str, Any] | None:
         try:
@@ -304,7 +326,7 @@ class BatchTransformOperator(BaseSensorOperator):
               adopted: bool) -> None:
         from serving.transform.spec import parse_s3_uri
 
-        from smserve_dags.operators.outcomes import failed_reason, read_outcomes
+        from smserve_dags.operators.outcomes import count_answers, failed_reason, read_outcomes
 
         name = found["TransformJobName"]
         written, skipped, other = count_answers(aws.s3,
@@ -327,6 +349,7 @@ class BatchTransformOperator(BaseSensorOperator):
         if adopted:
             report["note"] = (f"adopted transform job {name}, which an earlier try started; "
                               "no new job")
+        report = _noted(report, work)
         if other:
             report.update(status="failed", reason=(
                 f"{other} answer(s) of {name} are not {{\"status\": \"written\" | "
@@ -343,10 +366,12 @@ class BatchTransformOperator(BaseSensorOperator):
                 found: Mapping[str, Any] | None, aws: Aws | None = None,
                 retry: bool = False) -> NoReturn:
         """Report the model failed and fail the task (``retry``: a retry may help)."""
+        from smserve_dags.operators.outcomes import outputs_written
+
         pending = int(work.get("pending", 0))
         written = 0
         if aws is not None and work.get("request_uri"):
-            written = self._written(aws, str(work["request_uri"]))
+            written = outputs_written(aws.s3, str(work["request_uri"]))
         started = _epoch((found or {}).get("TransformStartTime"))
         ended = _epoch((found or {}).get("TransformEndTime"))
         report = {
@@ -361,20 +386,3 @@ class BatchTransformOperator(BaseSensorOperator):
             report_message(ti, report)
             raise AirflowException(f"{self.model}: {reason}")
         fail(ti, f"{self.model}: {reason}", report)
-
-    @staticmethod
-    def _written(aws: Aws, request_uri: str) -> int:
-        """Outputs of the request file's records that exist (a failed job may write some)."""
-        from serving.s3refs import parse_records
-        from serving.transform.spec import parse_s3_uri
-
-        from smserve_dags.operators.batch import existing_keys
-
-        try:
-            bucket, key = parse_s3_uri(request_uri, "request")
-            body = aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            records = parse_records(body, "application/jsonlines")
-            return len(existing_keys(aws.s3, bucket, [r.output_path for r in records]))
-        except Exception as err:  # counting is a courtesy; the failure is what matters
-            log.warning("cannot count the outputs of %s: %s", request_uri, describe_error(err))
-            return 0
