@@ -124,12 +124,18 @@ def test_sync_then_inference_through_the_rest_api(deployment: Deployment,
 
     assert state == "success", _diagnosis(deployment, "inference_dev", run_id)
     # The waits gave their worker slot back: the tasks sat "deferred" (the triggerer
-    # polled), and each model's transform resumed from its trigger.
+    # polled), and each model's transform resumed from its trigger; or, where the
+    # scheduler lost the race of a deferral's "success" against the resumed try ("finished
+    # with state success, but the task instance's state attribute is running": an Airflow
+    # bug, seen under load with the LocalExecutor), a retry adopted the job of the try
+    # that deferred, with no second job.
     assert "deferred" in seen["wait_for_messages"] or any(
         "deferred" in seen[f"{model}.transform"] for model in MODELS), seen
     for model in MODELS:
         report = deployment.api.xcom("inference_dev", run_id, f"{model}.transform", "report")
-        assert report.get("wait") == "deferred", report
+        assert report.get("wait") == "deferred" or (
+            "which an earlier try started; no new job" in str(report.get("note"))
+            and str(report.get("job")).endswith("-1")), report
     for model in MODELS:
         listed = s3.list_objects_v2(Bucket=resources.bucket, Prefix=f"results/{model}/")
         written = sorted(o["Key"] for o in listed.get("Contents", []))
@@ -141,6 +147,29 @@ def test_sync_then_inference_through_the_rest_api(deployment: Deployment,
     summary = str(deployment.api.xcom("inference_dev", run_id, "report", "summary"))
     for model in MODELS:
         assert summary_row(summary, model)[1] == "done", summary
+
+
+def test_an_empty_queue_short_circuits_every_model_and_still_reports(
+        deployment: Deployment, clients: ClientFactory) -> None:
+    tag = f"e{uuid.uuid4().hex[:8]}"
+    resources = PipelineResources.unique(tag, settings={
+        "images": deployment.variable.get("images", {})})
+    create_resources(clients, resources, with_models=False)
+    deployment.api.set_variable(VARIABLE, resources.variable(**SETTINGS))
+    try:
+        run_id, state = _run(deployment, "inference_dev")
+    finally:
+        deployment.api.set_variable(VARIABLE, deployment.variable)
+
+    summary = str(deployment.api.xcom("inference_dev", run_id, "report", "summary"))
+    assert state == "success", f"{summary}\n{_diagnosis(deployment, 'inference_dev', run_id)}"
+    states = deployment.api.task_states("inference_dev", run_id)
+    assert states["wait_for_messages"] == "success", states  # it skipped what came after it
+    for model in MODELS:
+        assert states[f"{model}.transform"] == "skipped", states
+        assert summary_row(summary, model)[1] == "skipped", summary
+    assert (states["delete_messages"], states["report"]) == ("skipped", "success"), states
+    assert "received 0 message(s)" in summary and "nothing to process" in summary, summary
 
 
 def test_a_failing_model_is_reported_with_every_other_and_keeps_its_messages(
