@@ -149,21 +149,31 @@ def test_sync_then_inference_through_the_rest_api(deployment: Deployment,
         assert summary_row(summary, model)[1] == "done", summary
 
 
+def _run_on(deployment: Deployment, resources: PipelineResources
+            ) -> tuple[str, str, str, dict[str, str]]:
+    """``inference_dev`` on ``resources`` (the Variable names them for this run only).
+
+    Returns the run id, its state, the report's summary and the task states.
+    """
+    deployment.api.set_variable(VARIABLE, resources.variable(**SETTINGS))
+    try:
+        run_id, state = _run(deployment, "inference_dev")
+    finally:
+        deployment.api.set_variable(VARIABLE, deployment.variable)
+    summary = str(deployment.api.xcom("inference_dev", run_id, "report", "summary"))
+    return run_id, state, summary, deployment.api.task_states("inference_dev", run_id)
+
+
 def test_an_empty_queue_short_circuits_every_model_and_still_reports(
         deployment: Deployment, clients: ClientFactory) -> None:
     tag = f"e{uuid.uuid4().hex[:8]}"
     resources = PipelineResources.unique(tag, settings={
         "images": deployment.variable.get("images", {})})
     create_resources(clients, resources, with_models=False)
-    deployment.api.set_variable(VARIABLE, resources.variable(**SETTINGS))
-    try:
-        run_id, state = _run(deployment, "inference_dev")
-    finally:
-        deployment.api.set_variable(VARIABLE, deployment.variable)
 
-    summary = str(deployment.api.xcom("inference_dev", run_id, "report", "summary"))
+    run_id, state, summary, states = _run_on(deployment, resources)
+
     assert state == "success", f"{summary}\n{_diagnosis(deployment, 'inference_dev', run_id)}"
-    states = deployment.api.task_states("inference_dev", run_id)
     assert states["wait_for_messages"] == "success", states  # it skipped what came after it
     for model in MODELS:
         assert states[f"{model}.transform"] == "skipped", states
@@ -182,15 +192,10 @@ def test_a_failing_model_is_reported_with_every_other_and_keeps_its_messages(
     created = create_resources(clients, resources, with_models=False)
     keys = upload_clips(clients.client("s3"), resources.bucket, "videos/2026/11/front/", 2)
     queue_objects(clients.client("sqs"), created.queue_url, resources.bucket, keys)
-    deployment.api.set_variable(VARIABLE, resources.variable(**SETTINGS))
-    try:
-        run_id, state = _run(deployment, "inference_dev")
-    finally:
-        deployment.api.set_variable(VARIABLE, deployment.variable)
 
-    summary = str(deployment.api.xcom("inference_dev", run_id, "report", "summary"))
+    run_id, state, summary, states = _run_on(deployment, resources)
+
     assert state == "failed", f"{summary}\n{_diagnosis(deployment, 'inference_dev', run_id)}"
-    states = deployment.api.task_states("inference_dev", run_id)
     assert states["frame_features.transform"] == "failed", f"{states}\n{summary}"
     assert states["clip_stats.transform"] == "success", f"{states}\n{summary}"
     assert states["report"] == "failed", f"{states}\n{summary}"
