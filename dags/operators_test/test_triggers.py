@@ -119,14 +119,12 @@ def test_a_job_that_ends_within_the_hold_costs_no_deferral(
     work = make_work(clients, resources, ti, 2, MODEL)
     operator = BatchTransformOperator(task_id="t", model=MODEL, env="dev", work=work)
 
-    begun = time.monotonic()
     operator.execute({"ti": ti})  # no TaskDeferred: the job ended while the task polled it
 
     report = ti.xcoms["report"]
     name = job_name(ti.dag_id, ti.run_id, MODEL, work["batch"], 1)
     assert (report["status"], report["written"], report["job"]) == ("done", 2, name)
     assert "wait" not in report, "the task waited itself, it never deferred"
-    assert time.monotonic() - begun < 120, "it stopped polling once the job ended"
     found = clients.client("sagemaker").describe_transform_job(TransformJobName=name)
     assert found["TransformJobStatus"] == "Completed"
 
