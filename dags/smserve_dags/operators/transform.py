@@ -146,13 +146,13 @@ class BatchTransformOperator(BaseSensorOperator):
     def execute(self, context: Any) -> Any:
         """Poke; poll ``transform_hold_seconds`` here; then defer, or poke in reschedule mode."""
         started = time.time()
-        try:
-            deferrable = load_config(self.env).deferrable
-        except ConfigError as err:
-            self._failed(context["ti"], self._known(), str(err), None)
+        if self.poke(context):  # the poke reads the Variable (and fails on bad settings)
+            return None
+        assert self._cfg is not None
+        deferrable = self._cfg.deferrable
         # in reschedule mode only a try's first poke holds the slot
         first = deferrable or context["ti"].get_first_reschedule_date(context) is None
-        if self.poke(context) or (first and self._hold(context)):
+        if first and self._hold(context):
             return None
         if not deferrable:
             return super().execute(context)
